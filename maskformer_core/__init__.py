@@ -1,0 +1,1 @@
+"""Pure-PyTorch MaskFormer: models, matching, losses, inference, metrics and data formats."""

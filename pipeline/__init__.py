@@ -1,0 +1,1 @@
+"""Orchestration-side package: config, grid, train/eval entry points, tracking, tables, CLI."""

@@ -1,0 +1,58 @@
+"""The `python -m pipeline` command line: one sub-command per module in pipeline/commands/."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from maskformer_core.errors import CheckpointError, ConfigError, DataError
+from pipeline.errors import UserError
+
+# Each module defines register(subparsers) and sets `func` on its parser(s).
+COMMAND_MODULES = [
+    "pipeline.commands.model_stats",
+    "pipeline.commands.evaluate_files",
+    "pipeline.commands.data",
+    "pipeline.commands.train",
+    "pipeline.commands.evaluate",
+    "pipeline.commands.grid",
+    "pipeline.commands.study",
+    "pipeline.commands.tables",
+    "pipeline.commands.report",
+    "pipeline.commands.status",
+    "pipeline.commands.services",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="MaskFormer reproducibility pipeline: data, training, evaluation, the study grid, tables and report.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a command module not written yet
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ConfigError, DataError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
