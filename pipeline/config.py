@@ -1,0 +1,366 @@
+"""The resolved run configuration (`RunConfig`): one grid cell, validated, saved as config.yaml in its run folder.
+
+Sections mirror the packages (docs/ARCHITECTURE.md "Resolved run config"):
+
+- `model:`  keyword arguments of `maskformer_core.models.build_model` (A.0, B);
+- `loss:`   matcher + criterion options for `build_criterion` (C);
+- `data:`   dataset, root, crop and resize sizes, loader workers (A.1);
+- `solver:` AdamW, learning rate schedule, batch size, clipping (A.0);
+- `test:`   inference strategy, thresholds, test-time augmentation (D);
+- `run:`    seed, run folder, periods, device, tracking.
+
+Fields left `None` mean "the official default for this dataset/backbone"; `resolve_defaults` fills them
+(from the dataset metadata and the backbone family) so that the config saved in the run folder, logged
+to MLflow and compared on resume is fully explicit. Every section forbids unknown keys, so a typo in a
+params file is an error naming the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import UserError
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(BaseModel):
+    """`build_model` keyword arguments (docs/ARCHITECTURE.md model contract; values from FACTS A.0/B)."""
+
+    model_config = _STRICT | ConfigDict(protected_namespaces=())
+
+    arch: Literal["maskformer", "per_pixel", "per_pixel_plus"] = "maskformer"
+    backbone: str = "R50"
+    num_classes: int | None = None  # None: K from the dataset metadata
+    num_queries: int | None = 100  # A.0 NUM_OBJECT_QUERIES; per_pixel_plus: None -> K (B.5)
+    dec_layers: int = 6  # A.0
+    dec_self_attention: bool = True  # A.3 (False = appendix Table VIII variant)
+    pixel_decoder: Literal["base", "transformer_encoder"] = "base"  # B.3
+    enc_layers: int = 0  # B.3: 6 for the "+6 Enc" pixel decoder
+    transformer_in_feature: Literal["res5", "transformer_encoder"] = "res5"  # B.4
+    hidden_dim: int = 256  # A.0
+    mask_dim: int = 256  # A.0 SEM_SEG_HEAD.MASK_DIM
+    conv_dim: int = 256  # A.1 CONVS_DIM
+    nheads: int = 8  # A.0
+    dim_feedforward: int = 2048  # A.0
+    dropout: float = 0.1  # A.0
+    box_head: bool = False  # A.3 (Table 5 box matching)
+    deep_supervision: bool = True  # A.0
+    pretrained: str | None = None  # None | local weights file | "hub"
+    swin_window: int | None = None  # B.2: per backbone (7, or 12 for the 384 models)
+    drop_path: float | None = None  # B.2: 0.3 for Swin
+
+    def build_kwargs(self, num_classes: int) -> dict[str, Any]:
+        """The kwargs for `build_model`, with K filled in and unset per-backbone options left out."""
+        kwargs = self.model_dump()
+        kwargs["num_classes"] = self.num_classes if self.num_classes is not None else num_classes
+        if kwargs["num_queries"] is None:
+            kwargs["num_queries"] = kwargs["num_classes"]
+        for key in ("swin_window", "drop_path"):
+            if kwargs[key] is None:
+                del kwargs[key]
+        return kwargs
+
+
+class LossConfig(BaseModel):
+    """Matcher and criterion options (FACTS C); `build_criterion` kwargs."""
+
+    model_config = _STRICT
+
+    matching: Literal["hungarian", "fixed", "box"] = "hungarian"  # A.3: fixed = T4, box = T5
+    no_object_weight: float = 0.1  # A.0 NO_OBJECT_WEIGHT
+    mask_weight: float = 20.0  # A.0 MASK_WEIGHT (focal)
+    dice_weight: float = 1.0  # A.0 DICE_WEIGHT
+
+
+class DataConfig(BaseModel):
+    """Dataset and input sizes. `None` sizes come from the dataset metadata (A.1, F)."""
+
+    model_config = _STRICT
+
+    dataset: str = "ade20k"
+    root: str = "data/prepared/ade20k"
+    train_split: str | None = None  # None: metadata split names
+    val_split: str | None = None  # the evaluation split (metadata `test_split`: val, or test for COCO-Stuff)
+    crop_size: tuple[int, int] | None = None  # (H, W); 512x512 ADE, 512x1024 Cityscapes, ...
+    short_sizes: list[int] | None = None  # ResizeShortestEdge "choice" set (A.1)
+    max_size: int | None = None  # longest side at training
+    test_short_size: int | None = None
+    test_max_size: int | None = None
+    num_workers: int = 4  # A.0 DATALOADER.NUM_WORKERS
+    size_divisibility: int | None = None  # mapper padding (A.1: -1 on Cityscapes)
+    color_aug: bool = True  # A.1 COLOR_AUG_SSD (False for COCO panoptic)
+
+
+class SolverConfig(BaseModel):
+    """Optimiser and schedule (A.0). `None` fields take the backbone family's official value."""
+
+    model_config = _STRICT
+
+    optimizer: Literal["AdamW"] = "AdamW"  # A.0 SOLVER.OPTIMIZER
+    base_lr: float | None = None  # 1e-4 ResNet, 6e-5 Swin (A.1)
+    weight_decay: float | None = None  # 1e-4 ResNet, 0.01 Swin (A.1)
+    weight_decay_norm: float = 0.0  # A.0 WEIGHT_DECAY_NORM
+    weight_decay_embed: float = 0.0  # A.0 WEIGHT_DECAY_EMBED
+    backbone_multiplier: float | None = None  # 0.1 ResNet, 1.0 Swin (A.1)
+    betas: tuple[float, float] = (0.9, 0.999)  # A.0: torch AdamW defaults
+    eps: float = 1e-8
+    schedule: Literal["poly", "step"] = "poly"  # A.0: COCO panoptic keeps multi-step
+    poly_power: float = 0.9  # A.0 POLY_LR_POWER
+    warmup_iters: int | None = None  # 0 ResNet, 1500 Swin; 10 for COCO multi-step (A.0)
+    warmup_factor: float | None = None  # 1.0 ResNet, 1e-6 Swin (A.0)
+    warmup_method: Literal["linear", "constant"] = "linear"
+    steps: list[int] = Field(default_factory=list)  # multi-step milestones (369,600 for COCO)
+    gamma: float = 0.1  # A.0 GAMMA
+    max_iter: int = 160_000
+    ims_per_batch: int = 16  # TOTAL over all processes (A.0)
+    clip_type: Literal["full_model", "none"] = "full_model"  # A.0 CLIP_TYPE
+    clip_value: float = 0.01  # A.0 CLIP_VALUE (L2 norm)
+    amp: bool = False  # A.0: training is fp32
+
+    @model_validator(mode="after")
+    def _check(self) -> "SolverConfig":
+        if self.max_iter < 1:
+            raise ValueError(f"solver.max_iter must be >= 1, got {self.max_iter}")
+        if self.ims_per_batch < 1:
+            raise ValueError(f"solver.ims_per_batch must be >= 1, got {self.ims_per_batch}")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"solver.steps must increase, got {self.steps}")
+        return self
+
+
+class TestConfig(BaseModel):
+    """Inference strategy and evaluation (D, E)."""
+
+    model_config = _STRICT
+    __test__ = False  # not a pytest class
+
+    strategy: Literal["semantic", "general", "general_semantic", "detr", "per_pixel"] | None = None
+    object_mask_threshold: float | None = None  # D.4: 0.8 COCO, 0.7 ADE panoptic; 0.3 for T VII
+    overlap_threshold: float | None = None  # D.4: 0.8
+    tta: bool = False  # D.6 multi-scale + flip evaluation in addition to single scale
+    tta_sizes: list[int] | None = None  # D.6 MIN_SIZES; None from the metadata
+    tta_max_size: int | None = None
+    flip: bool | None = None  # D.6 TEST.AUG.FLIP; None from the metadata
+    fps_images: int = 20  # images timed for fps (E.4), after the warm-up
+    fps_warmup: int = 3
+    max_images: int | None = None  # evaluate on the first N val images only (smoke runs)
+
+
+class RunSection(BaseModel):
+    """Where and how the run executes and is tracked."""
+
+    model_config = _STRICT
+
+    seed: int = 0
+    output_dir: str = "runs/default"
+    eval_period: int = 0  # 0: evaluate only at the end (A.1/E.1: 5000 semantic, 0 panoptic)
+    checkpoint_period: int = 5000  # A.0 CHECKPOINT_PERIOD
+    log_period: int = 20  # detectron2 writer period
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_gpus: int = 1  # processes of the job (one per GPU; CPU: gloo processes)
+    deterministic: bool = True  # torch.use_deterministic_algorithms where feasible
+    threads: int | None = None  # torch intra-op threads per process (None: torch default)
+    tracking: bool = True  # MLflow on/off
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///<repo>/mlruns/mlflow.db
+    experiment: str = "maskformer"
+    run_name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)  # profile, cell_id, data_version, ...
+    measure_fps: bool = True
+
+
+class RunConfig(BaseModel):
+    """One fully resolved training + evaluation run (a grid cell)."""
+
+    model_config = _STRICT
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    solver: SolverConfig = Field(default_factory=SolverConfig)
+    test: TestConfig = Field(default_factory=TestConfig)
+    run: RunSection = Field(default_factory=RunSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (tuples become lists): safe for YAML, MLflow and `torch.load(weights_only)`."""
+        return json.loads(self.model_dump_json())
+
+    def config_hash(self, length: int = 10) -> str:
+        """Short SHA-256 of the config without the fields that do not change results (see `RESULT_FREE_KEYS`)."""
+        flat = {k: v for k, v in flatten(self.to_dict()).items() if not _result_free(k)}
+        blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+# Keys that never change the trained weights or metrics: allowed to differ on resume, left out of the hash.
+RESULT_FREE_KEYS = (
+    "run.output_dir",
+    "run.eval_period",
+    "run.checkpoint_period",
+    "run.log_period",
+    "run.device",
+    "run.num_gpus",
+    "run.threads",
+    "run.tracking",
+    "run.tracking_uri",
+    "run.experiment",
+    "run.run_name",
+    "run.tags",
+    "run.measure_fps",
+    "data.root",
+    "data.num_workers",
+    "test.",
+    "model.pretrained",
+)
+
+
+def _result_free(key: str) -> bool:
+    return any(key == k or key.startswith(k if k.endswith(".") else k + ".") for k in RESULT_FREE_KEYS)
+
+
+def training_keys_differ(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Flat keys (``solver.base_lr``) whose values differ between two config dicts, ignoring RESULT_FREE_KEYS."""
+    a = {k: v for k, v in flatten(saved).items() if not _result_free(k)}
+    b = {k: v for k, v in flatten(current).items() if not _result_free(k)}
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_swin(backbone: str) -> bool:
+    return "swin" in backbone.lower()
+
+
+def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
+    """Fill every `None` field with its official default; returns a new config.
+
+    `meta` is the dataset's `DatasetMeta` (`maskformer_core.data.get_metadata(name, root)`); it supplies
+    K, sizes, splits and TTA scales. Solver values follow the backbone family (A.1): ResNet 1e-4 / 1e-4 /
+    x0.1 with no warmup, Swin 6e-5 / 0.01 / x1.0 with a 1500-iteration linear warmup from 1e-6.
+    The multi-step schedule (COCO panoptic) keeps its 10-iteration warmup at factor 1.0 (A.0).
+    """
+    d = cfg.to_dict()
+    s, m, data, test = d["solver"], d["model"], d["data"], d["test"]
+    swin = _is_swin(m["backbone"])
+    _fill(s, "base_lr", 6e-5 if swin else 1e-4)
+    _fill(s, "weight_decay", 0.01 if swin else 1e-4)
+    _fill(s, "backbone_multiplier", 1.0 if swin else 0.1)
+    if swin:
+        _fill(s, "warmup_iters", 1500)
+        _fill(s, "warmup_factor", 1e-6)
+    elif s["schedule"] == "step":
+        _fill(s, "warmup_iters", 10)
+        _fill(s, "warmup_factor", 1.0)
+    else:
+        _fill(s, "warmup_iters", 0)
+        _fill(s, "warmup_factor", 1.0)
+    if meta is not None:
+        _fill(m, "num_classes", int(meta_get(meta, "num_classes")))
+        _fill(data, "train_split", meta_get(meta, "train_split", "train"))
+        _fill(data, "val_split", meta_get(meta, "test_split", "val"))
+        crop = meta_get(meta, "crop_size", None)
+        if crop is not None:
+            _fill(data, "crop_size", list(crop) if not isinstance(crop, int) else [crop, crop])
+        _fill(data, "short_sizes", _maybe_list(meta_get(meta, "train_short_sizes", None)))
+        _fill(data, "max_size", meta_get(meta, "train_max_size", None))
+        _fill(data, "test_short_size", meta_get(meta, "test_short_size", None))
+        _fill(data, "test_max_size", meta_get(meta, "test_max_size", None))
+        _fill(data, "size_divisibility", meta_get(meta, "size_divisibility", None))
+        _fill(test, "tta_sizes", _maybe_list(meta_get(meta, "tta_sizes", None)))
+        _fill(test, "tta_max_size", meta_get(meta, "tta_max_size", None))
+        _fill(test, "flip", meta_get(meta, "tta_flip", None))
+        task = meta_get(meta, "task", "semantic")
+    else:
+        task = "semantic"
+    if m["arch"] != "maskformer":
+        _fill(test, "strategy", "per_pixel")
+    elif task == "panoptic":
+        _fill(test, "strategy", "general")
+    else:
+        _fill(test, "strategy", "semantic")
+    # D.4: object-mask threshold 0.8 (COCO) / 0.7 (ADE panoptic); overlap 0.8. Semantic inference ignores them.
+    if test["strategy"] == "general_semantic":
+        _fill(test, "object_mask_threshold", 0.3)  # A.3 / T VII general inference for semantic data
+    _fill(test, "object_mask_threshold", 0.7 if data["dataset"] == "ade20k_panoptic" else 0.8)
+    _fill(test, "overlap_threshold", 0.8)
+    return RunConfig.model_validate(d)
+
+
+def meta_get(meta: Any, name: str, default: Any = ...) -> Any:
+    """Read a metadata field from an object or a dict (the metadata class is the data package's)."""
+    value = meta.get(name, default) if isinstance(meta, dict) else getattr(meta, name, default)
+    if value is ...:
+        raise UserError(f"dataset metadata has no field {name!r}")
+    return value
+
+
+def _maybe_list(value: Any) -> Any:
+    return list(value) if value is not None and not isinstance(value, (int, float)) else value
+
+
+def _fill(section: dict[str, Any], key: str, value: Any) -> None:
+    if section.get(key) is None and value is not None:
+        section[key] = value
+
+
+def load_config(path: str | os.PathLike) -> RunConfig:
+    """Read a YAML run config (yaml.safe_load) and validate it; errors name the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping with sections model/data/solver/test/run")
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a config dict; a `UserError` lists each bad key as `section.key: problem`."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise UserError(f"{source}: invalid run config: {problems}") from None
+
+
+def dump_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write the config as YAML atomically (temp file + fsync + rename)."""
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    atomic_write_text(Path(path), text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old or the new file, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
