@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
-# Fresh-machine test entry point: installs the project, then runs the whole test suite.
-# Used as-is by .ci/run.
+# Fresh-machine test entry point (used as-is by .ci/run): installs the project, starts the test
+# services (SLURM, MariaDB, Prefect, MLflow; scripts/services.sh), runs the WHOLE test suite
+# (slow, services, faults and browser tests included) and stops the services it started.
+# Extra arguments go to pytest: bash scripts/test.sh tests/test_report.py -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t0=$SECONDS
 bash scripts/install.sh
-export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true SUBMITIT_LOG_LEVEL=NOCONFIG
-export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
-.venv/bin/python -m pytest "$@"
+echo "test.sh: install took $((SECONDS - t0)) s"
+
+t1=$SECONDS
+if bash scripts/services.sh status >/dev/null 2>&1; then
+  echo "test.sh: services already running; leaving them running afterwards"
+else
+  trap 'bash scripts/services.sh down' EXIT
+  bash scripts/services.sh up
+fi
+echo "test.sh: services took $((SECONDS - t1)) s"
+# shellcheck disable=SC1091
+. scripts/services.env
+export REQUIRE_SERVICES=1   # tests/conftest.py: a missing service fails the run instead of skipping
+
+t2=$SECONDS
+rc=0
+.venv/bin/python -m pytest -ra --durations=15 "$@" || rc=$?
+echo "test.sh: pytest took $((SECONDS - t2)) s, exit $rc; total $((SECONDS - t0)) s"
+exit $rc

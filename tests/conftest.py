@@ -1,0 +1,143 @@
+"""Shared pytest fixtures: the live test services (scripts/services.env), the CLI in a subprocess, Chromium.
+
+Fixtures
+- ``services`` (session): the SLURM / Prefect / MLflow services started by ``scripts/services.sh up``.
+  Attributes ``env`` (dict of the exported variables), ``mlflow_uri``, ``prefect_api_url``,
+  ``slurm_conf``, ``root``; ``subprocess_env(**extra)`` gives ``os.environ`` + those variables for a
+  child process. A test that uses it is marked ``services`` automatically. When the services are
+  down the test is skipped, or fails when ``REQUIRE_SERVICES=1`` (set by scripts/test.sh, so CI
+  never silently skips).
+- ``services_env`` (function): like ``services`` but also puts the variables into ``os.environ``
+  for the test (monkeypatched, restored afterwards).
+- ``run_cli``: ``run_cli(*args, cwd=..., env=..., timeout=...)`` runs ``python -m pipeline ARGS`` in a
+  subprocess and returns the ``CompletedProcess`` (text stdout/stderr).
+- ``chromium``: path of the headless Chromium binary (skip / fail like ``services``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_FILE = REPO / "scripts" / "services.env"
+
+
+def _required() -> bool:
+    return os.environ.get("REQUIRE_SERVICES") == "1"
+
+
+def _unavailable(reason: str):
+    if _required():
+        pytest.fail(f"{reason} (REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    """``export KEY=VALUE`` lines of a services.env file (no shell evaluation)."""
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line.startswith("export ") or "=" not in line:
+            continue
+        key, value = line[len("export "):].split("=", 1)
+        env[key.strip()] = value.strip().strip("'\"")
+    return env
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 (local URL from services.env)
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class Services:
+    """The live services of one ``scripts/services.sh up``."""
+
+    env: dict[str, str]
+    root: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.env["SERVICES_ROOT"])
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    @property
+    def prefect_api_url(self) -> str:
+        return self.env["PREFECT_API_URL"]
+
+    @property
+    def slurm_conf(self) -> str:
+        return self.env["SLURM_CONF"]
+
+    def subprocess_env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def services() -> Services:
+    if not ENV_FILE.exists():
+        _unavailable(f"{ENV_FILE} not found; start the services: bash scripts/services.sh up")
+    svc = Services(parse_env_file(ENV_FILE))
+    problems = []
+    if not _answers(svc.mlflow_uri + "/health"):
+        problems.append(f"MLflow at {svc.mlflow_uri}")
+    if not _answers(svc.prefect_api_url + "/health"):
+        problems.append(f"Prefect at {svc.prefect_api_url}")
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        problems.append("SLURM (sinfo not installed)")
+    else:
+        out = subprocess.run([sinfo, "-h", "-o", "%T"], env=svc.subprocess_env(), capture_output=True,
+                             text=True, timeout=30)
+        if out.returncode != 0 or not any(s in out.stdout for s in ("idle", "mix", "alloc")):
+            problems.append(f"SLURM ({out.stdout.strip() or out.stderr.strip()})")
+    if problems:
+        _unavailable("services not answering: " + ", ".join(problems) + "; run: bash scripts/services.sh up")
+    return svc
+
+
+@pytest.fixture
+def services_env(services: Services, monkeypatch: pytest.MonkeyPatch) -> Services:
+    for key, value in services.env.items():
+        monkeypatch.setenv(key, value)
+    return services
+
+
+@pytest.fixture
+def run_cli():
+    def run(*args: str, cwd: str | Path = REPO, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    for candidate in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    _unavailable("headless Chromium not installed (scripts/services.sh up installs it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the live services carry the ``services`` marker (so ``-m 'not services'`` works)."""
+    for item in items:
+        if {"services", "services_env"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
