@@ -1,0 +1,272 @@
+"""Training losses: SetCriterion (mask classification, FACTS C) and PerPixelCriterion (baselines, B.5).
+
+Both return a dict of *unweighted* loss terms; ``criterion.weight_dict`` holds the weights and the
+total loss is ``sum(weight_dict[k] * losses[k] for k in losses if k in weight_dict)`` (detectron2's
+SimpleTrainer sums the weighted dict, FACTS C). ``build_criterion`` builds matcher + criterion.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maskformer_core.errors import ConfigError
+from maskformer_core.matching import BoxMatcher, FixedMatcher, HungarianMatcher, MatchIndices, target_boxes
+from maskformer_core.models.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+
+# Official loss weights (FACTS A.0 / C): class 1, focal ("MASK_WEIGHT") 20, dice 1, no-object 0.1.
+CLASS_WEIGHT = 1.0
+MASK_WEIGHT = 20.0
+DICE_WEIGHT = 1.0
+NO_OBJECT_WEIGHT = 0.1
+# DETR's box loss / cost weights (paper Table 5 uses DETR's box matching): L1 5, GIoU 2.
+BOX_L1_WEIGHT = 5.0
+BOX_GIOU_WEIGHT = 2.0
+
+
+def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, num_masks: float, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss: mean over pixels per mask, summed over masks, divided by num_masks (FACTS C).
+
+    Args: inputs ``[N, P]`` logits, targets ``[N, P]`` in {0, 1}. Returns a scalar.
+    """
+    prob = inputs.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.mean(1).sum() / num_masks
+
+
+def dice_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+    """Dice loss with +1 smoothing, summed over masks, divided by num_masks (FACTS C).
+
+    Args: inputs ``[N, P]`` logits, targets ``[N, P]`` in {0, 1}. Returns a scalar.
+    """
+    prob = inputs.sigmoid()
+    numerator = 2 * (prob * targets).sum(-1)
+    denominator = prob.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def _src_permutation(indices: MatchIndices) -> tuple[Tensor, Tensor]:
+    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+    src_idx = torch.cat([src for src, _ in indices])
+    return batch_idx, src_idx
+
+
+def _stack_target_masks(targets: list[dict], indices: MatchIndices, device) -> Tensor:
+    """Matched GT masks as [N, H, W] float, zero-padded to the largest mask size in the batch."""
+    sizes = [t["masks"].shape[-2:] for t in targets]
+    h = max(s[0] for s in sizes)
+    w = max(s[1] for s in sizes)
+    chunks = []
+    for t, (_, tgt) in zip(targets, indices):
+        m = t["masks"][tgt.to(t["masks"].device)]
+        if m.shape[-2:] != (h, w):
+            m = F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]))  # prepare_targets pads with 0 (FACTS C)
+        chunks.append(m.to(device=device, dtype=torch.float32))
+    if not chunks:
+        return torch.zeros((0, h, w), device=device)
+    return torch.cat(chunks)
+
+
+def _num_masks(targets: list[dict], device) -> float:
+    """GT masks in the batch; summed over processes and divided by world size, clamped >= 1 (FACTS C)."""
+    num = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], dtype=torch.float32, device=device)
+    world_size = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num)
+        world_size = dist.get_world_size()
+    return torch.clamp(num / world_size, min=1).item()
+
+
+class SetCriterion(nn.Module):
+    """Mask-classification loss of MaskFormer (FACTS C).
+
+    Args:
+        num_classes: K (no-object is index K).
+        matcher: a matcher object (``HungarianMatcher``, ``FixedMatcher``, ``BoxMatcher``).
+        weight_dict: loss name -> weight, including the aux copies ``loss_ce_0`` ...
+        eos_coef: class weight of no-object in the CE (0.1, FACTS A.0).
+        losses: subset of ``("labels", "masks", "boxes")``.
+
+    ``forward(outputs, targets)``: outputs ``pred_logits [B,Q,K+1]``, ``pred_masks [B,Q,h,w]``,
+    optional ``pred_boxes [B,Q,4]`` and ``aux_outputs`` (list of dicts with the same keys); targets: list
+    of ``{"labels": [M], "masks": [M,H,W]}``. Returns the unweighted terms ``loss_ce``, ``loss_mask``,
+    ``loss_dice`` (``loss_bbox``, ``loss_giou`` with "boxes") and ``<name>_<i>`` for aux layer i. Every
+    decoder layer is matched on its own (FACTS C).
+    """
+
+    def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict[str, float], eos_coef: float = NO_OBJECT_WEIGHT,
+                 losses: Sequence[str] = ("labels", "masks"), focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        super().__init__()
+        unknown = set(losses) - {"labels", "masks", "boxes"}
+        if unknown:
+            raise ConfigError(f"SetCriterion: unknown losses {sorted(unknown)}; allowed labels, masks, boxes")
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = dict(weight_dict)
+        self.eos_coef = eos_coef
+        self.losses = tuple(losses)
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight)
+
+    def loss_labels(self, outputs: dict, targets: list[dict], indices: MatchIndices, num_masks: float) -> dict[str, Tensor]:
+        """Weighted CE over all B*Q queries; PyTorch's weighted mean, NOT divided by num_masks (FACTS C)."""
+        logits = outputs["pred_logits"].float()
+        batch_idx, src_idx = _src_permutation(indices)
+        classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        if batch_idx.numel():
+            matched = torch.cat([t["labels"][tgt.to(t["labels"].device)] for t, (_, tgt) in zip(targets, indices)])
+            classes[batch_idx.to(logits.device), src_idx.to(logits.device)] = matched.to(logits.device, torch.int64)
+        loss = F.cross_entropy(logits.transpose(1, 2), classes, self.empty_weight.to(logits.device))
+        return {"loss_ce": loss}
+
+    def loss_masks(self, outputs: dict, targets: list[dict], indices: MatchIndices, num_masks: float) -> dict[str, Tensor]:
+        """Focal + dice on matched pairs, predictions bilinearly upsampled to the GT size (FACTS C)."""
+        pred_masks = outputs["pred_masks"]
+        batch_idx, src_idx = _src_permutation(indices)
+        src = pred_masks[batch_idx.to(pred_masks.device), src_idx.to(pred_masks.device)].float()  # [N, h, w]
+        tgt = _stack_target_masks(targets, indices, pred_masks.device)  # [N, H, W]
+        if src.shape[0] == 0:
+            zero = pred_masks.sum() * 0.0  # keeps the graph connected (no matched pair in the batch)
+            return {"loss_mask": zero, "loss_dice": zero.clone()}
+        src = F.interpolate(src[:, None], size=tgt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        src, tgt = src.flatten(1), tgt.flatten(1)
+        return {
+            "loss_mask": sigmoid_focal_loss(src, tgt, num_masks, self.focal_alpha, self.focal_gamma),
+            "loss_dice": dice_loss(src, tgt, num_masks),
+        }
+
+    def loss_boxes(self, outputs: dict, targets: list[dict], indices: MatchIndices, num_masks: float) -> dict[str, Tensor]:
+        """DETR's L1 (cxcywh) and 1 - GIoU on matched pairs, each summed and divided by num_masks."""
+        if "pred_boxes" not in outputs:
+            raise ConfigError("loss 'boxes' needs outputs['pred_boxes']: build the model with box_head=True")
+        pred_boxes = outputs["pred_boxes"]
+        batch_idx, src_idx = _src_permutation(indices)
+        src = pred_boxes[batch_idx.to(pred_boxes.device), src_idx.to(pred_boxes.device)].float()
+        if src.shape[0] == 0:
+            zero = pred_boxes.sum() * 0.0
+            return {"loss_bbox": zero, "loss_giou": zero.clone()}
+        tgt = torch.cat([target_boxes(t)[j.to(t["masks"].device)] for t, (_, j) in zip(targets, indices)])
+        tgt = tgt.to(src.device, torch.float32)
+        loss_bbox = F.l1_loss(src, tgt, reduction="none").sum() / num_masks
+        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt)))
+        return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_masks}
+
+    def _layer_losses(self, outputs: dict, targets: list[dict], num_masks: float) -> dict[str, Tensor]:
+        indices = self.matcher(outputs, targets)
+        losses: dict[str, Tensor] = {}
+        for name in self.losses:
+            losses.update(getattr(self, f"loss_{name}")(outputs, targets, indices, num_masks))
+        return losses
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        if len(targets) != outputs["pred_logits"].shape[0]:
+            raise ValueError(f"SetCriterion: {len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]}")
+        num_masks = _num_masks(targets, outputs["pred_logits"].device)
+        final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+        losses = self._layer_losses(final, targets, num_masks)
+        for i, aux in enumerate(outputs.get("aux_outputs") or []):
+            losses.update({f"{k}_{i}": v for k, v in self._layer_losses(aux, targets, num_masks).items()})
+        return losses
+
+
+class PerPixelCriterion(nn.Module):
+    """Per-pixel CE of PerPixelBaseline(+) (FACTS B.5).
+
+    ``forward(outputs, targets)``: outputs ``sem_seg_logits [B,K,h,w]`` (+ ``aux_sem_seg_logits`` list
+    for PerPixelBaseline+); targets either a LongTensor ``[B,H,W]`` or a list of dicts with ``sem_seg``
+    ``[H,W]`` (padded with ignore_index to the largest size). Logits are upsampled x4 bilinearly
+    (align_corners False, the common stride) and a mean CE with ``ignore_index`` is taken. Returns
+    ``loss_sem_seg`` and, with ``aux``, ``loss_sem_seg_{i}`` per aux layer (weight 1, FACTS B.5).
+    """
+
+    def __init__(self, ignore_index: int, aux: bool = True, num_aux: int = 0, loss_weight: float = 1.0, common_stride: int = 4):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.aux = aux
+        self.common_stride = common_stride
+        self.weight_dict = {"loss_sem_seg": loss_weight}
+        if aux:
+            self.weight_dict.update({f"loss_sem_seg_{i}": loss_weight for i in range(num_aux)})
+
+    def _targets(self, targets, device) -> Tensor:
+        if isinstance(targets, Tensor):
+            return targets.to(device, torch.int64)
+        maps = [t["sem_seg"] for t in targets]
+        h = max(m.shape[-2] for m in maps)
+        w = max(m.shape[-1] for m in maps)
+        out = torch.full((len(maps), h, w), self.ignore_index, dtype=torch.int64, device=device)
+        for i, m in enumerate(maps):
+            out[i, : m.shape[-2], : m.shape[-1]] = m.to(device, torch.int64)
+        return out
+
+    def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits = F.interpolate(logits.float(), scale_factor=self.common_stride, mode="bilinear", align_corners=False)
+        if logits.shape[-2:] != target.shape[-2:]:
+            raise ValueError(f"PerPixelCriterion: upsampled logits {tuple(logits.shape[-2:])} do not match the "
+                             f"target size {tuple(target.shape[-2:])}")
+        if not bool((target != self.ignore_index).any()):
+            # PyTorch's mean over zero valid pixels is NaN; an all-ignore batch contributes 0 instead.
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, target, reduction="mean", ignore_index=self.ignore_index)
+
+    def forward(self, outputs: dict, targets) -> dict[str, Tensor]:
+        logits = outputs["sem_seg_logits"]
+        target = self._targets(targets, logits.device)
+        losses = {"loss_sem_seg": self._ce(logits, target)}
+        if self.aux:
+            for i, aux_logits in enumerate(outputs.get("aux_sem_seg_logits") or []):
+                losses[f"loss_sem_seg_{i}"] = self._ce(aux_logits, target)
+        return losses
+
+
+def build_criterion(arch: str, num_classes: int, matching: str = "bipartite", ignore_label: int = 255,
+                    deep_supervision: bool = True, dec_layers: int = 6, num_queries: int | None = None,
+                    no_object_weight: float = NO_OBJECT_WEIGHT, class_weight: float = CLASS_WEIGHT,
+                    mask_weight: float = MASK_WEIGHT, dice_weight: float = DICE_WEIGHT,
+                    box_l1_weight: float = BOX_L1_WEIGHT, box_giou_weight: float = BOX_GIOU_WEIGHT) -> nn.Module:
+    """Build the criterion (with its matcher) for an architecture.
+
+    Args:
+        arch: ``maskformer`` | ``per_pixel`` | ``per_pixel_plus``.
+        matching: ``bipartite`` (Hungarian by mask) | ``fixed`` (needs num_queries == K) | ``box``.
+        deep_supervision / dec_layers: aux terms ``_0 .. _{dec_layers-2}`` (none for one layer, FACTS A.3).
+
+    The returned module has ``weight_dict`` covering every term it produces.
+    """
+    num_aux = dec_layers - 1 if deep_supervision else 0
+    if dec_layers < 1:
+        raise ConfigError(f"dec_layers must be >= 1, got {dec_layers}")
+    if arch == "per_pixel":
+        return PerPixelCriterion(ignore_label, aux=False)
+    if arch == "per_pixel_plus":
+        return PerPixelCriterion(ignore_label, aux=deep_supervision, num_aux=num_aux)
+    if arch != "maskformer":
+        raise ConfigError(f"unknown arch {arch!r}; expected maskformer, per_pixel or per_pixel_plus")
+    losses: tuple[str, ...] = ("labels", "masks")
+    weight_dict = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+    if matching == "bipartite":
+        matcher: nn.Module = HungarianMatcher(cost_class=1.0, cost_mask=mask_weight, cost_dice=dice_weight)
+    elif matching == "fixed":
+        if num_queries is not None and num_queries != num_classes:
+            raise ConfigError(f"matching 'fixed' needs num_queries == num_classes, got {num_queries} != {num_classes}")
+        matcher = FixedMatcher(num_classes)
+    elif matching == "box":
+        matcher = BoxMatcher(cost_class=1.0, cost_bbox=box_l1_weight, cost_giou=box_giou_weight)
+        losses = ("labels", "masks", "boxes")
+        weight_dict.update({"loss_bbox": box_l1_weight, "loss_giou": box_giou_weight})
+    else:
+        raise ConfigError(f"unknown matching {matching!r}; expected bipartite, fixed or box")
+    full = dict(weight_dict)
+    for i in range(num_aux):
+        full.update({f"{k}_{i}": v for k, v in weight_dict.items()})
+    return SetCriterion(num_classes, matcher, full, eos_coef=no_object_weight, losses=losses)

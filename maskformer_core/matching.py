@@ -1,0 +1,196 @@
+"""Matchers that pair predictions (queries) with ground-truth segments, one object per strategy.
+
+Every matcher is called as ``matcher(outputs, targets)`` on ONE decoder layer's outputs and returns,
+per image, a pair ``(pred_idx, tgt_idx)`` of int64 CPU tensors of equal length: query
+``pred_idx[k]`` is matched to target segment ``tgt_idx[k]``. Unmatched queries are "no object".
+
+- ``HungarianMatcher``: the official bipartite matching by mask (FACTS C, ``matcher.py``).
+- ``FixedMatcher``: MaskFormer-fixed, query i <-> class i (FACTS A.3, issue #22; Table 4).
+- ``BoxMatcher``: DETR's box matching for models with a box head (paper Table 5).
+
+``outputs``: ``pred_logits [B, Q, K+1]`` (last = no object), ``pred_masks [B, Q, h, w]`` (logits),
+optionally ``pred_boxes [B, Q, 4]`` (normalised cx, cy, w, h). ``targets``: list of B dicts with
+``labels LongTensor[M]`` and ``masks BoolTensor[M, Hp, Wp]`` (optionally ``boxes [M, 4]``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from maskformer_core.errors import ConfigError, DataError
+from maskformer_core.models.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, masks_to_boxes
+
+MatchIndices = list[tuple[Tensor, Tensor]]
+
+
+def _empty_pair() -> tuple[Tensor, Tensor]:
+    return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+
+
+def batch_sigmoid_focal_cost(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Pairwise sigmoid focal cost, mean over pixels (FACTS C).
+
+    Args:
+        inputs: ``[Q, P]`` mask logits of Q queries over P pixels.
+        targets: ``[M, P]`` binary GT masks (float).
+
+    Returns:
+        ``[Q, M]``: for every (query, target) the focal loss averaged over the P pixels.
+    """
+    num_pixels = inputs.shape[1]
+    prob = inputs.sigmoid()
+    focal_pos = ((1 - prob) ** gamma) * F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
+    focal_neg = (prob**gamma) * F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
+    if alpha >= 0:
+        focal_pos = focal_pos * alpha
+        focal_neg = focal_neg * (1 - alpha)
+    cost = focal_pos @ targets.T + focal_neg @ (1 - targets).T
+    return cost / num_pixels
+
+
+def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
+    """Pairwise dice cost 1 - (2|p t| + 1) / (|p| + |t| + 1) with +1 smoothing (FACTS C).
+
+    Args:
+        inputs: ``[Q, P]`` mask logits; targets: ``[M, P]`` binary masks. Returns ``[Q, M]``.
+    """
+    prob = inputs.sigmoid()
+    numerator = 2 * prob @ targets.T
+    denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def _solve(cost: Tensor, image_index: int) -> tuple[Tensor, Tensor]:
+    """Minimum-cost assignment of a [Q, M] cost matrix with scipy (CPU), as the official matcher."""
+    cost_np = cost.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(cost_np).all():
+        raise ValueError(f"matching cost of image {image_index} in the batch has NaN/inf entries "
+                         "(diverged predictions?)")
+    rows, cols = linear_sum_assignment(cost_np)
+    return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
+
+
+class HungarianMatcher(nn.Module):
+    """Bipartite matching by mask, per image (FACTS C).
+
+    Cost C[i, j] = cost_class * (-p_i(c_j)) + cost_mask * focal(i, j) + cost_dice * dice(i, j), with p the
+    softmax over K+1 classes, focal and dice as pixel means/ratios at the prediction resolution: the GT
+    masks are downsampled with *nearest* interpolation to ``pred_masks``' size (h, w); predictions are
+    not upsampled. Defaults are the official ones: class weight hard-coded to 1, MASK_WEIGHT 20,
+    DICE_WEIGHT 1 (FACTS A.0, C); focal alpha 0.25, gamma 2.
+    """
+
+    def __init__(self, cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        super().__init__()
+        if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
+            raise ConfigError("HungarianMatcher: all costs are 0 (cost_class, cost_mask, cost_dice)")
+        self.cost_class = cost_class
+        self.cost_mask = cost_mask
+        self.cost_dice = cost_dice
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    def cost_matrix(self, pred_logits: Tensor, pred_masks: Tensor, labels: Tensor, masks: Tensor) -> Tensor:
+        """Cost of one image: pred_logits [Q, K+1], pred_masks [Q, h, w], labels [M], masks [M, H, W] -> [Q, M]."""
+        prob = pred_logits.float().softmax(-1)
+        cost_class = -prob[:, labels]
+        out_mask = pred_masks.float().flatten(1)  # [Q, h*w]
+        tgt = masks.to(out_mask.dtype)[:, None]
+        tgt = F.interpolate(tgt, size=pred_masks.shape[-2:], mode="nearest")[:, 0].flatten(1)  # [M, h*w]
+        cost_mask = batch_sigmoid_focal_cost(out_mask, tgt, self.focal_alpha, self.focal_gamma)
+        cost_dice = batch_dice_cost(out_mask, tgt)
+        return self.cost_class * cost_class + self.cost_mask * cost_mask + self.cost_dice * cost_dice
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, targets: list[dict]) -> MatchIndices:
+        pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
+        if len(targets) != pred_logits.shape[0]:
+            raise ValueError(f"HungarianMatcher: {len(targets)} targets for a batch of {pred_logits.shape[0]}")
+        indices = []
+        for b, tgt in enumerate(targets):
+            labels = tgt["labels"].to(pred_logits.device)
+            if labels.numel() == 0:
+                indices.append(_empty_pair())
+                continue
+            cost = self.cost_matrix(pred_logits[b], pred_masks[b], labels, tgt["masks"].to(pred_masks.device))
+            indices.append(_solve(cost, b))
+        return indices
+
+
+class FixedMatcher(nn.Module):
+    """MaskFormer-fixed (Table 4; FACTS A.3, issue #22): query i predicts class i, so N must equal K.
+
+    Per image the pairs are ``(labels, arange(M))``: each GT segment is matched to the query indexed by
+    its class id; queries of absent classes become "no object". Meant for semantic targets (one segment
+    per class); two segments with the same class in one image are a DataError.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, targets: list[dict]) -> MatchIndices:
+        num_queries = outputs["pred_logits"].shape[1]
+        if num_queries != self.num_classes:
+            raise ConfigError(f"FixedMatcher needs num_queries == num_classes, got num_queries={num_queries} "
+                              f"and num_classes={self.num_classes}")
+        indices = []
+        for b, tgt in enumerate(targets):
+            labels = tgt["labels"].to("cpu", torch.int64)
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise DataError(f"FixedMatcher: image {b} has a label outside 0..{self.num_classes - 1}: "
+                                f"{labels.tolist()}")
+            if labels.unique().numel() != labels.numel():
+                raise DataError(f"FixedMatcher: image {b} has several segments of one class {labels.tolist()}; "
+                                "fixed matching needs one segment per class (semantic targets)")
+            indices.append((labels.clone(), torch.arange(labels.numel(), dtype=torch.int64)))
+        return indices
+
+
+class BoxMatcher(nn.Module):
+    """DETR's bipartite matching by box (paper Table 5; DETR ``models/matcher.py``).
+
+    Cost = cost_class * (-p(c)) + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU), DETR's weights 1 / 5 / 2.
+    Needs ``pred_boxes`` [B, Q, 4]; target boxes are ``targets[b]["boxes"]`` when present, else
+    ``masks_to_boxes(masks)`` (normalised by the padded size, the ARCHITECTURE targets contract).
+    """
+
+    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0):
+        super().__init__()
+        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
+            raise ConfigError("BoxMatcher: all costs are 0 (cost_class, cost_bbox, cost_giou)")
+        self.cost_class = cost_class
+        self.cost_bbox = cost_bbox
+        self.cost_giou = cost_giou
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, targets: list[dict]) -> MatchIndices:
+        if "pred_boxes" not in outputs:
+            raise ConfigError("BoxMatcher needs outputs['pred_boxes']: build the model with box_head=True")
+        pred_logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        indices = []
+        for b, tgt in enumerate(targets):
+            labels = tgt["labels"].to(pred_logits.device)
+            if labels.numel() == 0:
+                indices.append(_empty_pair())
+                continue
+            tgt_boxes = target_boxes(tgt).to(pred_boxes.device, torch.float32)
+            prob = pred_logits[b].float().softmax(-1)
+            out_boxes = pred_boxes[b].float()
+            cost = (self.cost_class * -prob[:, labels]
+                    + self.cost_bbox * torch.cdist(out_boxes, tgt_boxes, p=1)
+                    - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(out_boxes), box_cxcywh_to_xyxy(tgt_boxes)))
+            indices.append(_solve(cost, b))
+        return indices
+
+
+def target_boxes(target: dict) -> Tensor:
+    """The [M, 4] normalised cxcywh boxes of one target dict (``boxes`` or derived from ``masks``)."""
+    if "boxes" in target:
+        return target["boxes"]
+    return masks_to_boxes(target["masks"])
