@@ -1,0 +1,43 @@
+"""`python -m pipeline status [--profile P]`: each cell's state (done/running/failed/missing) with its MLflow link."""
+from __future__ import annotations
+
+import json
+
+from pipeline.status import scan, format_table
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "status", help="show each cell's state from its run folder, with its MLflow UI link",
+        description="Reads runs/<profile>/<cell>/status.json for every cell of the profile's grid "
+                    "(missing = no folder yet). Links point at $MLFLOW_UI_URL, the http tracking URI, "
+                    "or `mlflow ui`'s default http://127.0.0.1:5000.")
+    parser.add_argument("--profile", help="study profile (default: params.yaml study.profile)")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--runs-root", help="run folders root (default: params.yaml study.runs_root)")
+    parser.add_argument("--ui-url", help="MLflow UI base URL for the links")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--state", choices=["done", "running", "interrupted", "failed", "missing"],
+                        help="show only cells in this state")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pipeline.params import load_params
+
+    params = load_params(args.params)
+    profile = args.profile or params.study.profile
+    runs_root = args.runs_root or params.study.runs_root
+    cells, note = scan(profile, runs_root, args.params, ui_url=args.ui_url)
+    if args.state:
+        cells = [c for c in cells if c.state == args.state]
+    if args.json:
+        print(json.dumps([{"cell_id": c.cell_id, "state": c.state, "reason": c.reason, "time": c.time,
+                           "path": str(c.path), "rows": c.rows, "mlflow_run_id": c.mlflow_run_id,
+                           "mlflow_link": c.link} for c in cells], indent=2))
+    else:
+        print(f"profile {profile} ({runs_root}/{profile})")
+        if note:
+            print(f"note: {note}")
+        print(format_table(cells))
+    return 0

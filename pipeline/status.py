@@ -1,0 +1,219 @@
+"""State of every cell of a study profile (done / running / failed / interrupted / missing) from its run folders.
+
+Reads only the files the engine leaves in each run folder (docs/ARCHITECTURE.md "Run folder"):
+``status.json`` (``{"status": running|done|failed|interrupted, "time", "reason"?, "iteration"?,
+"mlflow_run_id"?}``), ``mlflow_run_id``, ``config.yaml``, ``metrics.json`` and ``train_log.jsonl``.
+The expected cells come from the grid (``pipeline.grid.expand``); a cell without a folder is
+``missing``. Each cell gets a link into the MLflow UI: ``<ui>/#/experiments/<id>/runs/<run_id>``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STATES = ("done", "running", "interrupted", "failed", "missing")
+# Where a person opens the MLflow UI when tracking goes to a local SQLite file (`mlflow ui` default).
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+
+
+@dataclass
+class CellState:
+    """One cell's run folder, parsed. ``config``/``metrics`` are {} when the files are absent."""
+
+    cell_id: str
+    path: Path
+    state: str
+    reason: str = ""
+    time: str = ""
+    iteration: int | None = None
+    mlflow_run_id: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rows: list[str] = field(default_factory=list)  # "table3: MaskFormer R50+6Enc" labels from the grid
+    link: str | None = None
+
+    def train_log(self) -> list[dict[str, Any]]:
+        """``train_log.jsonl`` entries (``iter``, ``train/total_loss``, ``train/lr``, ...); bad lines skipped."""
+        path = self.path / "train_log.jsonl"
+        entries = []
+        if not path.is_file():
+            return entries
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill; the engine truncates it on resume
+            if isinstance(entry, dict) and "iter" in entry:
+                entries.append(entry)
+        return entries
+
+    @property
+    def max_iter(self) -> int | None:
+        return (self.config.get("solver") or {}).get("max_iter")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_cell(path: Path, cell_id: str | None = None) -> CellState:
+    """Parse one run folder (which may not exist: state ``missing``)."""
+    path = Path(path)
+    cell_id = cell_id or path.name
+    if not path.is_dir():
+        return CellState(cell_id, path, "missing")
+    status = _read_json(path / "status.json")
+    metrics = _read_json(path / "metrics.json")
+    config = _read_yaml(path / "config.yaml")
+    run_id = None
+    run_id_file = path / "mlflow_run_id"
+    if run_id_file.is_file():
+        run_id = run_id_file.read_text().strip() or None
+    if not isinstance(status, dict) or status.get("status") not in STATES:
+        # A folder without a readable status.json: created, but the run never got going.
+        state, reason, when, iteration = "missing", "no status.json", "", None
+    else:
+        state = status["status"]
+        reason = str(status.get("reason", ""))
+        when = str(status.get("time", ""))
+        iteration = status.get("iteration")
+        run_id = run_id or status.get("mlflow_run_id")
+    if state == "done" and not isinstance(metrics, dict):
+        state, reason = "failed", "status.json says done but metrics.json is missing or unreadable"
+    return CellState(cell_id, path, state, reason, when, iteration, run_id, config,
+                     metrics if isinstance(metrics, dict) else {})
+
+
+def expected_cells(profile: str, params_path: str | os.PathLike = "params.yaml") -> dict[str, tuple[Path, list[str]]]:
+    """``{eval_id: (run folder, [row labels])}`` of a profile's grid (raises UserError on bad params)."""
+    from pipeline.grid import expand
+    from pipeline.params import load_params
+
+    params = load_params(params_path)
+    grid = expand(params, profile)
+    out: dict[str, tuple[Path, list[str]]] = {}
+    for eval_id, unit in grid.evals.items():
+        out[eval_id] = (Path(unit.run_dir), [])
+    for row in grid.rows:
+        for eval_id in row.eval_ids:
+            out[eval_id][1].append(f"{row.table}: {row.row}")
+    return out
+
+
+def scan(profile: str, runs_root: str | os.PathLike = "runs", params_path: str | os.PathLike | None = "params.yaml",
+         ui_url: str | None = None, resolve_links: bool = True) -> tuple[list[CellState], str | None]:
+    """Every cell of ``profile``: the grid's cells (``missing`` when absent) plus any other folder found.
+
+    Returns ``(cells, note)``; ``note`` explains when the grid could not be expanded (folders only).
+    """
+    cells: dict[str, CellState] = {}
+    note = None
+    if params_path is not None:
+        try:
+            for eval_id, (run_dir, rows) in expected_cells(profile, params_path).items():
+                cell = read_cell(run_dir, eval_id)
+                cell.rows = rows
+                cells[eval_id] = cell
+        except Exception as exc:  # noqa: BLE001 - status must still show what is on disk
+            note = f"grid of profile {profile!r} not expanded ({type(exc).__name__}: {exc}); showing run folders only"
+    root = Path(runs_root) / profile
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            if folder.name not in cells:
+                cells[folder.name] = read_cell(folder)
+    result = sorted(cells.values(), key=lambda c: (STATES.index(c.state), c.cell_id))
+    if resolve_links:
+        attach_links(result, ui_url)
+    return result, note
+
+
+def ui_base_url(tracking_uri: str | None = None, ui_url: str | None = None) -> str:
+    """The MLflow UI a person opens: ``MLFLOW_UI_URL``, else an http tracking URI, else ``mlflow ui``'s default."""
+    if ui_url:
+        return ui_url.rstrip("/")
+    if os.environ.get("MLFLOW_UI_URL"):
+        return os.environ["MLFLOW_UI_URL"].rstrip("/")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return DEFAULT_UI_URL
+
+
+def mlflow_link(ui: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def attach_links(cells: list[CellState], ui_url: str | None = None) -> None:
+    """Fill ``cell.link`` for cells with an MLflow run id, asking the tracking store for the experiment id."""
+    from pipeline.tracking import resolve_tracking_uri
+
+    with_ids = [c for c in cells if c.mlflow_run_id]
+    if not with_ids:
+        return
+    clients: dict[str, Any] = {}
+    for cell in with_ids:
+        uri = resolve_tracking_uri((cell.config.get("run") or {}).get("tracking_uri"))
+        ui = ui_base_url(uri, ui_url)
+        try:
+            if uri not in clients:
+                from mlflow.tracking import MlflowClient
+
+                clients[uri] = MlflowClient(tracking_uri=uri)
+            experiment_id = clients[uri].get_run(cell.mlflow_run_id).info.experiment_id
+        except Exception:  # noqa: BLE001 - the store may be down or wiped; show the run id alone
+            cell.link = f"{ui} (run {cell.mlflow_run_id}; experiment not found in {uri})"
+            continue
+        cell.link = mlflow_link(ui, experiment_id, cell.mlflow_run_id)
+
+
+def progress(cell: CellState) -> str:
+    """``1234/5000`` iterations from the last train_log entry (running cells), else ''."""
+    if cell.state not in ("running", "interrupted"):
+        return ""
+    log = cell.train_log()
+    done = log[-1]["iter"] if log else (cell.iteration or 0)
+    return f"{done}/{cell.max_iter}" if cell.max_iter else str(done)
+
+
+def format_table(cells: list[CellState]) -> str:
+    """A plain-text table: state, cell id, progress, headline metric, rows, reason, MLflow link."""
+    lines = []
+    counts = {s: sum(c.state == s for c in cells) for s in STATES}
+    lines.append("  ".join(f"{s}: {n}" for s, n in counts.items()) + f"  (total {len(cells)})")
+    for cell in cells:
+        headline = ""
+        for key in ("val/mIoU", "val/PQ", "val/PQSt"):
+            value = cell.metrics.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                headline = f"{key}={value:.2f}"
+                break
+        parts = [f"{cell.state:<11}", cell.cell_id]
+        if progress(cell):
+            parts.append(f"iter {progress(cell)}")
+        if headline:
+            parts.append(headline)
+        if cell.rows:
+            parts.append("[" + "; ".join(cell.rows[:2]) + ("; ..." if len(cell.rows) > 2 else "") + "]")
+        if cell.reason and cell.state != "done":
+            parts.append(f"reason: {cell.reason[:200]}")
+        if cell.link:
+            parts.append(cell.link)
+        lines.append("  ".join(parts))
+    return "\n".join(lines)
