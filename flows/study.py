@@ -1,0 +1,191 @@
+"""Prefect flows of the study: `study` (all tables), `main-results` (Tables 1-3), `ablations` (4-8), `tables`.
+
+Each flow plans the grid (pipeline.study), then a `run-cells` subflow with a
+`ThreadPoolTaskRunner(max_workers=max_concurrent)` maps one task per cell: the task submits the cell
+through submitit (local subprocess or SLURM; SLURM cells of one dataset go out as one job array) and
+blocks on `job.result()`. A failed cell is retried (`study.retries`, default 1), then recorded as
+failed with its reason while the other cells finish. Training cells run first, evaluation-only
+variants (other inference strategy, multi-scale) second, from the trained checkpoints. The flow ends
+Failed with "N cells: ... K failed" when any cell failed, Completed otherwise.
+Without PREFECT_API_URL the flows run against Prefect's ephemeral server.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")  # INFRA trap: before submitit is imported
+import submitit  # noqa: E402,F401  (imported at module top on purpose, see INFRA.md)
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NONE  # noqa: E402
+from prefect.runtime import task_run  # noqa: E402
+from prefect.states import Completed, Failed  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
+
+from pipeline import study as st  # noqa: E402
+from pipeline.executor import CellExecutor  # noqa: E402
+
+MAIN = ["table1", "table2", "table3"]
+ABLATIONS = ["table4", "table5", "table6", "table7", "table8"]
+
+
+def _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir):
+    return st.plan_study(
+        profile=profile,
+        tables=tables,
+        executor=executor,
+        max_concurrent=max_concurrent,
+        retries=retries,
+        cell_fn=cell_fn,
+        params_path=params_path,
+        reports_dir=reports_dir,
+    )
+
+
+@task(name="cell", cache_policy=NONE, persist_result=False, task_run_name="{unit_id}")
+def cell_task(plan: st.StudyPlan, executor: CellExecutor, unit_id: str, jobs: dict) -> dict:
+    """One cell: submit through submitit, block on the result; the first attempt may reuse an array job."""
+    job = jobs.get(unit_id) if task_run.run_count <= 1 else None
+    return st.run_unit(plan, executor, unit_id, job=job)
+
+
+def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -> dict:
+    """SLURM: submit pending cells as one job array per dataset (GPU counts differ per dataset)."""
+    if executor.kind != "slurm" or not plan.params.executor.slurm.use_array:
+        return {}
+    todo = st.pending(plan, ids)
+    by_dataset: dict[str, list[str]] = {}
+    for uid in todo:
+        unit = st._unit(plan, uid)
+        if getattr(unit, "is_variant", False):
+            if not st.is_done(plan.grid.train[unit.train_id]):
+                continue
+        by_dataset.setdefault(unit.config["data"]["dataset"], []).append(uid)
+    jobs = {}
+    for dataset, uids in by_dataset.items():
+        units = [st._unit(plan, u) for u in uids]
+        init = [plan.grid.train[u.train_id].run_dir if getattr(u, "is_variant", False) else None for u in units]
+        folder = plan.array_folder() / dataset
+        submitted = executor.submit_array([u.config for u in units], log_folder=folder, init_from=init)
+        jobs.update(dict(zip(uids, submitted)))
+    return jobs
+
+
+def _run_phase(plan, executor, ids, outcomes, logger) -> None:
+    if not ids:
+        return
+    jobs = _submit_arrays(plan, executor, ids)
+    task_fn = cell_task.with_options(retries=plan.retries, retry_delay_seconds=plan.params.study.retry_delay_s)
+    # quote(): Prefect passes these objects through as they are (no introspection of the plan or jobs).
+    futures = [task_fn.submit(quote(plan), quote(executor), uid, quote(jobs)) for uid in ids]
+    for uid, fut in zip(ids, futures):
+        fut.wait()
+        state = fut.state
+        if state.is_completed():
+            outcomes[uid] = fut.result()
+        else:
+            try:
+                fut.result(raise_on_failure=True)
+                reason = state.message or "failed"
+            except Exception as exc:  # noqa: BLE001 - the recorded reason
+                reason = str(exc) or type(exc).__name__
+            outcomes[uid] = {"cell_id": uid, "status": "failed", "reason": reason}
+            logger.warning("cell %s failed: %s", uid, reason)
+
+
+@flow(name="run-cells", log_prints=True)
+def run_cells(
+    profile: str | None = None,
+    tables: list[str] | None = None,
+    executor: str | None = None,
+    max_concurrent: int | None = None,
+    retries: int | None = None,
+    cell_fn: str | None = None,
+    params_path: str = "params.yaml",
+    reports_dir: str = "reports",
+):
+    """Train every pending training cell, then evaluate the variants; write the study records."""
+    logger = get_run_logger()
+    plan = _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
+    ex = CellExecutor(plan.params, plan.executor, cell_fn=plan.cell_fn, threads=plan.threads)
+    outcomes: dict[str, dict] = {}
+    logger.info(
+        "profile %s: %d training cells, %d evaluation variants, executor %s, %d concurrent, run %s",
+        plan.profile, len(plan.grid.train), len(plan.variant_ids()), plan.executor, plan.max_concurrent, plan.run_id,
+    )
+    _run_phase(plan, ex, plan.train_ids(), outcomes, logger)
+    _run_phase(plan, ex, plan.variant_ids(), outcomes, logger)
+    counts = st.summarize(plan, outcomes)
+    message = st.final_message(counts)
+    logger.info(message)
+    if counts["failed"]:
+        return Failed(message=message, data=counts)
+    return Completed(message=message, data=counts)
+
+
+def _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir):
+    # The subflow gets its task runner here so that max_concurrent is a run parameter (also for deployments).
+    plan = _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
+    runner = ThreadPoolTaskRunner(max_workers=plan.max_concurrent)
+    return run_cells.with_options(task_runner=runner)(
+        profile=plan.profile, tables=tables, executor=plan.executor, max_concurrent=plan.max_concurrent,
+        retries=plan.retries, cell_fn=plan.cell_fn, params_path=params_path, reports_dir=reports_dir,
+        return_state=True,
+    )
+
+
+@flow(name="study")
+def study(
+    profile: str | None = None,
+    tables: list[str] | None = None,
+    executor: str | None = None,
+    max_concurrent: int | None = None,
+    retries: int | None = None,
+    cell_fn: str | None = None,
+    params_path: str = "params.yaml",
+    reports_dir: str = "reports",
+):
+    """Every table of the grid (default: all of params.yaml `grid:`)."""
+    return _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
+
+
+@flow(name="main-results")
+def main_results(
+    profile: str | None = None,
+    executor: str | None = None,
+    max_concurrent: int | None = None,
+    retries: int | None = None,
+    cell_fn: str | None = None,
+    params_path: str = "params.yaml",
+    reports_dir: str = "reports",
+):
+    """Tables 1-3 (ADE20K, four semantic datasets, COCO panoptic)."""
+    return _study(MAIN, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
+
+
+@flow(name="ablations")
+def ablations(
+    profile: str | None = None,
+    executor: str | None = None,
+    max_concurrent: int | None = None,
+    retries: int | None = None,
+    cell_fn: str | None = None,
+    params_path: str = "params.yaml",
+    reports_dir: str = "reports",
+):
+    """Tables 4-8 (matching, boxes, queries, inference strategies, decoder layers)."""
+    return _study(ABLATIONS, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
+
+
+@flow(name="tables")
+def tables(profile: str | None = None, params_path: str = "params.yaml", reports_dir: str = "reports"):
+    """Build reports/tables/*.csv|.tex from the cells' metrics.json files."""
+    from pipeline.tables import build_tables
+
+    written = build_tables(profile=profile, params_path=params_path, reports_dir=reports_dir)
+    get_run_logger().info("wrote %d table files", len(written))
+    return [str(p) for p in written]
+
+
+FLOWS = {"study": study, "main-results": main_results, "ablations": ablations, "tables": tables}

@@ -1,0 +1,48 @@
+"""`python -m pipeline grid list|show`: the study grid's cells, their status and estimated GPU-hours."""
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from pipeline.grid import expand, find_cell
+from pipeline.params import load_params
+from pipeline.study import unit_state
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("grid", help="list the grid's cells or show one cell's resolved config")
+    sub = p.add_subparsers(dest="grid_command", metavar="ACTION", required=True)
+    ls = sub.add_parser("list", help="cells per table with status and estimated GPU-hours")
+    ls.add_argument("--table", action="append", help="table1..table8, appendixN, main, ablations (repeatable)")
+    ls.add_argument("--profile", help="profile in params.yaml (default: study.profile)")
+    ls.add_argument("--params", default="params.yaml")
+    ls.set_defaults(func=run)
+    show = sub.add_parser("show", help="print the resolved run config of one cell (id or unique prefix)")
+    show.add_argument("cell")
+    show.add_argument("--profile")
+    show.add_argument("--params", default="params.yaml")
+    show.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    if args.grid_command == "show":
+        grid = expand(params, args.profile)
+        unit = find_cell(grid, args.cell)
+        print(f"# cell {getattr(unit, 'eval_id', None) or unit.train_id} (train cell {unit.train_id})")
+        print(yaml.safe_dump(unit.config, sort_keys=False), end="")
+        return 0
+    grid = expand(params, args.profile, args.table)
+    print(f"profile {grid.profile}: {len(grid.rows)} table cells -> {len(grid.train)} training runs "
+          f"+ {sum(e.is_variant for e in grid.evals.values())} evaluation-only variants")
+    print(f"{'table':<10} {'row':<34} {'seeds':>5} {'status':<8} {'GPU-h':>8}  cell")
+    for row in grid.rows:
+        first = grid.evals[row.eval_ids[0]]
+        hours = sum(grid.train[grid.evals[e].train_id].gpu_hours for e in row.eval_ids) if not first.is_variant else 0.0
+        states = {unit_state(grid.evals[e].run_dir)[0] for e in row.eval_ids}
+        state = states.pop() if len(states) == 1 else "partial"
+        label = row.row + (" [eval-only]" if first.is_variant else "")
+        print(f"{row.table:<10} {label[:34]:<34} {len(row.eval_ids):>5} {state:<8} {hours:>8.1f}  {row.eval_ids[0]}")
+    print(f"estimated GPU-hours (unique training runs, V100, time_model in params.yaml): {grid.gpu_hours():.1f}")
+    return 0

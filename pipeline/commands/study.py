@@ -1,0 +1,36 @@
+"""`python -m pipeline study` (run the grid through the Prefect study flow) and `python -m pipeline serve`."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("study", help="train and evaluate the grid's cells (Prefect flow, submitit jobs)")
+    p.add_argument("--profile", help="profile in params.yaml (default: study.profile)")
+    p.add_argument("--table", action="append", help="table1..table8, main, ablations (repeatable; default all)")
+    p.add_argument("--executor", choices=["local", "slurm", "debug"], help="default: the profile's executor")
+    p.add_argument("--max-concurrent", type=int, help="cells running at once (default: the profile's)")
+    p.add_argument("--retries", type=int, help="retries per failed cell (default: study.retries)")
+    p.add_argument("--cell-fn", help="import path of the cell function (default: study.cell_fn)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--reports", default="reports")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when cells failed")
+    p.set_defaults(func=run)
+    s = subparsers.add_parser("serve", help="serve the study flows as Prefect deployments (needs PREFECT_API_URL)")
+    s.set_defaults(func=run_serve)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.stages import run_study
+
+    return run_study(
+        profile=args.profile, tables=args.table, executor=args.executor, max_concurrent=args.max_concurrent,
+        retries=args.retries, cell_fn=args.cell_fn, params_path=args.params, reports_dir=args.reports,
+        allow_failures=args.allow_failures,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from flows.serve import main
+
+    return main()

@@ -1,0 +1,436 @@
+"""The study grid: params.yaml tables -> cells -> resolved run configs per profile, deduplicated by hash.
+
+A table cell (a row of a paper table, one seed) resolves to two keys:
+
+- the **train key**: everything that changes the trained weights (model, loss, data, solver, seed) plus
+  the data version. Cells with the same train key share one training run, e.g. Table 2's MaskFormer
+  ADE20K row and Table 6's Q100 row, or R50/R101/R101c rows in the smoke profile (all SmokeR18).
+- the **eval key**: the train key plus the `test:` section. A cell whose test section is the training
+  run's default (its dataset's standard inference, single scale) is evaluated by the training run
+  itself; other cells (Table 7 "general", Table 3 "DETR post-processing", multi-scale columns) are
+  evaluation-only variants that reuse the trained checkpoint and never retrain.
+
+Cell ids are readable slugs plus a short SHA-256: ``ade20k-mf-SmokeR18-q100-d6-s0-3f9a1c2e``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from pipeline.errors import UserError
+from pipeline.params import (
+    DATASETS,
+    OFFICIAL_NUM_CLASSES,
+    PANOPTIC_DATASETS,
+    Cell,
+    Params,
+    Profile,
+    backbone_family,
+)
+
+MAIN_TABLES = ("table1", "table2", "table3")
+ABLATION_TABLES = ("table4", "table5", "table6", "table7", "table8")
+
+
+@dataclasses.dataclass
+class TrainUnit:
+    """One training run (deduplicated). `config` is a RunConfig dict (pipeline.config)."""
+
+    train_id: str
+    config: dict[str, Any]
+    gpu_hours: float
+
+    @property
+    def run_dir(self) -> str:
+        return self.config["run"]["output_dir"]
+
+
+@dataclasses.dataclass
+class EvalUnit:
+    """One evaluation: the training run's own (eval_id == train_id) or an evaluation-only variant."""
+
+    eval_id: str
+    train_id: str
+    config: dict[str, Any]
+
+    @property
+    def is_variant(self) -> bool:
+        return self.eval_id != self.train_id
+
+    @property
+    def run_dir(self) -> str:
+        return self.config["run"]["output_dir"]
+
+
+@dataclasses.dataclass
+class GridRow:
+    """One cell of a table as written in params.yaml, with its resolved evaluation per seed."""
+
+    table: str
+    index: int
+    row: str
+    columns: dict[str, str]
+    cell: Cell
+    eval_ids: list[str]
+
+
+@dataclasses.dataclass
+class Grid:
+    profile: str
+    rows: list[GridRow]
+    train: dict[str, TrainUnit]
+    evals: dict[str, EvalUnit]
+
+    def tables(self) -> list[str]:
+        return list(dict.fromkeys(r.table for r in self.rows))
+
+    def gpu_hours(self) -> float:
+        return sum(u.gpu_hours for u in self.train.values())
+
+
+def _path(table: str, index: int, field: str | None = None) -> str:
+    return f"grid.{table}.cells[{index}]" + (f".{field}" if field else "")
+
+
+def check_cells(params: Params, source: str = "params.yaml") -> None:
+    """Cross-field rules of every cell (impossible combinations), checked with the official K."""
+    for table, grid in params.grid.items():
+        for i, cell in enumerate(grid.cells):
+            _check_cell(cell, table, i, OFFICIAL_NUM_CLASSES[cell.dataset], source)
+
+
+def _check_cell(cell: Cell, table: str, i: int, num_classes: int, source: str) -> None:
+    def fail(field: str, msg: str) -> None:
+        raise UserError(f"{source}: {_path(table, i, field)}: {msg}")
+
+    panoptic = cell.dataset in PANOPTIC_DATASETS
+    set_fields = cell.model_fields_set
+    if cell.model in ("per_pixel", "per_pixel_plus"):
+        for field in ("matching", "inference"):
+            if getattr(cell, field) is not None:
+                fail(field, f"{cell.model} has no {field} (B.5); remove it")
+        if cell.box_head:
+            fail("box_head", f"{cell.model} has no box head")
+        if not cell.self_attention:
+            fail("self_attention", f"{cell.model}: the no-self-attention variant exists only for maskformer")
+        if panoptic:
+            fail("model", f"{cell.model} is a semantic baseline; {cell.dataset} is panoptic")
+    if cell.model == "per_pixel":
+        if cell.queries is not None:
+            fail("queries", "per_pixel has no queries (B.5)")
+        if "dec_layers" in set_fields:
+            fail("dec_layers", "per_pixel has no Transformer decoder (B.5)")
+    if cell.model == "per_pixel_plus" and cell.queries not in ("K", num_classes):
+        fail("queries", f"per_pixel_plus needs queries = K ({num_classes} for {cell.dataset}; B.5), got {cell.queries}")
+    if cell.matching == "fixed" and cell.queries not in ("K", num_classes):
+        fail("queries", f"fixed matching needs queries = K ({num_classes} for {cell.dataset}; A.3), got {cell.queries}")
+    if cell.matching == "box" and not cell.box_head:
+        fail("matching", "box matching needs a box head (set box_head: true; A.3 / Table 5)")
+    if cell.inference in ("general", "detr") and not panoptic:
+        fail("inference", f"{cell.inference} inference needs a panoptic dataset; use general_semantic for {cell.dataset}")
+    if cell.inference in ("semantic", "general_semantic") and panoptic:
+        fail("inference", f"{cell.dataset} is panoptic: use general or detr")
+    if cell.tta and panoptic:
+        fail("tta", "test-time augmentation applies to semantic segmentation only (D.6)")
+    if cell.pretrain is not None and backbone_family(cell.backbone) != "swin":
+        fail("pretrain", "pretrain in1k/in22k selects the Swin checkpoint (A.1); ResNets have one")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data version and number of classes
+
+
+def data_root(profile: Profile, dataset: str) -> str:
+    return str(Path(profile.data_root) / dataset)
+
+
+def num_classes(dataset: str, root: str | Path) -> int:
+    """K from the dataset metadata: the twin subset if `root` holds a twin, the official K otherwise."""
+    try:
+        from maskformer_core.data.metadata import get_metadata
+    except ImportError:  # data package not installed: official K
+        return OFFICIAL_NUM_CLASSES[dataset]
+    return get_metadata(dataset, root).num_classes
+
+
+def _official_meta(dataset: str) -> Any | None:
+    try:
+        from maskformer_core.data.metadata import get_metadata
+    except ImportError:
+        return None
+    return get_metadata(dataset)
+
+
+def data_version(root: str | Path, lock_path: str | Path = "dvc.lock") -> str:
+    """Version of a prepared data folder: its md5 in dvc.lock, else a hash of SYNTHETIC.json, else 'none'."""
+    root = Path(root)
+    lock = Path(lock_path)
+    if lock.is_file():
+        import yaml
+
+        try:
+            stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        except Exception:  # a half-written lock file is read again next time
+            stages = {}
+        for stage in stages.values():
+            for out in stage.get("outs", []) or []:
+                if Path(out.get("path", "")).as_posix().rstrip("/") == root.as_posix().rstrip("/"):
+                    if out.get("md5"):
+                        return str(out["md5"]).replace(".dir", "")[:12]
+    marker = root / "SYNTHETIC.json"
+    if marker.is_file():
+        return hashlib.sha256(marker.read_bytes()).hexdigest()[:12]
+    return "none"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolution
+
+
+def _digest(obj: Any, length: int = 8) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _merge_input(params: Params, profile: Profile, dataset: str, paper_backbone: str, official: Any) -> dict[str, Any]:
+    """data-section sizes: recipe < input_overrides[dataset]['*' / backbone] < profile.input."""
+    out: dict[str, Any] = {}
+    recipe = params.recipes[dataset]
+    if recipe.crop is not None:
+        out["crop"] = list(recipe.crop)
+    for key in ("*", paper_backbone):
+        over = params.input_overrides.get(dataset, {}).get(key)
+        if over is not None:
+            out.update({k: v for k, v in over.model_dump().items() if v is not None})
+    prof = {k: v for k, v in profile.input.model_dump().items() if v is not None}
+    if "size_divisibility" in prof:
+        # Only datasets that pad to the crop keep padding (Cityscapes -1 and COCO panoptic 0 stay; A.1).
+        official_div = getattr(official, "size_divisibility", 1) if official is not None else 1
+        if official_div <= 0:
+            prof.pop("size_divisibility")
+    out.update(prof)
+    if "crop" in out:
+        out["crop"] = list(out["crop"])
+    return out
+
+
+def resolve_cell(
+    params: Params, profile_name: str, cell: Cell, seed: int, *, where: str, data_versions: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+    """(train config, eval config, train_id, eval_id) of one cell and seed. Raises UserError naming `where`."""
+    profile = params.profiles[profile_name]
+    recipe = params.recipes[cell.dataset]
+    root = data_root(profile, cell.dataset)
+    k = num_classes(cell.dataset, root)
+    if cell.model == "per_pixel_plus" or cell.matching == "fixed":
+        if cell.queries not in ("K", k):
+            raise UserError(f"{where}.queries: needs queries = K = {k} for {cell.dataset} in profile {profile_name}")
+    backbone = profile.backbone_map.get(cell.backbone, cell.backbone)
+    family = backbone_family(backbone)
+    official = _official_meta(cell.dataset)
+    sizes = _merge_input(params, profile, cell.dataset, cell.backbone, official)
+    enc = cell.pixel_decoder == "+6Enc"
+    if cell.model == "per_pixel":
+        queries = None
+    elif cell.queries == "K" or cell.model == "per_pixel_plus":
+        queries = k
+    else:
+        queries = cell.queries if cell.queries is not None else 100  # A.0 NUM_OBJECT_QUERIES
+    model = {
+        "arch": cell.model,
+        "backbone": backbone,
+        "num_classes": k,
+        "num_queries": queries,
+        "dec_layers": cell.dec_layers,
+        "dec_self_attention": cell.self_attention,
+        "pixel_decoder": "transformer_encoder" if enc else "base",  # B.3 "+6 Enc"
+        "enc_layers": 6 if enc else 0,
+        "transformer_in_feature": "transformer_encoder" if enc else "res5",  # B.4
+        "box_head": cell.box_head,
+    }
+    model.update({k2: v for k2, v in profile.model.model_dump().items() if v is not None or k2 == "pretrained"})
+    matching = {"bipartite": "hungarian", "fixed": "fixed", "box": "box", None: "hungarian"}[cell.matching]
+    data = {
+        "dataset": cell.dataset,
+        "root": root,
+        "crop_size": sizes.get("crop"),
+        "short_sizes": sizes.get("short_sizes"),
+        "max_size": sizes.get("max_size"),
+        "test_short_size": sizes.get("test_short_size"),
+        "test_max_size": sizes.get("test_max_size"),
+        "size_divisibility": sizes.get("size_divisibility"),
+    }
+    if "num_workers" in sizes:
+        data["num_workers"] = sizes["num_workers"]
+    solver: dict[str, Any] = {}
+    for source in (params.families.get(family), params.schedule_warmup.get(recipe.schedule, {}).get(family)):
+        if source is not None:
+            solver.update({k2: v for k2, v in source.model_dump().items() if v is not None})
+    ps = profile.solver
+    solver.update({k2: v for k2, v in ps.model_dump(exclude={"ims_per_batch", "max_iter", "iter_scale"}).items() if v is not None})
+    max_iter = ps.max_iter or max(1, round(recipe.max_iter * (ps.iter_scale or 1.0)))
+    scale = max_iter / recipe.max_iter
+    solver.update(
+        {
+            "schedule": recipe.schedule,
+            # milestones keep their fraction of training (A.0: 369,600 of 554,400 = 2/3)
+            "steps": [max(1, round(s * scale)) for s in recipe.steps],
+            "max_iter": max_iter,
+            "ims_per_batch": ps.ims_per_batch or recipe.ims_per_batch,
+        }
+    )
+    if solver.get("warmup_iters", 0) >= max_iter:
+        raise UserError(
+            f"{where}: warmup of {solver['warmup_iters']} iterations >= max_iter {max_iter} in profile {profile_name} "
+            f"(set profiles.{profile_name}.solver.warmup_iters)"
+        )
+    dv = (data_versions or {}).get(cell.dataset) or data_version(root)
+    train_hash_input = {
+        "model": {k2: v for k2, v in model.items() if k2 != "pretrained"},
+        "pretrained": [model.get("pretrained"), cell.pretrain] if model.get("pretrained") else None,
+        "loss": matching,
+        "data": {k2: v for k2, v in data.items() if k2 not in ("root", "num_workers")},
+        "solver": solver,
+        "seed": seed,
+        "data_version": dv,
+    }
+    arch_short = {"maskformer": "mf", "per_pixel": "pp", "per_pixel_plus": "ppp"}[cell.model]
+    slug = f"{cell.dataset}-{arch_short}-{backbone}"
+    if queries is not None and cell.model == "maskformer":
+        slug += f"-q{queries}"
+    if cell.model != "per_pixel":
+        slug += f"-d{cell.dec_layers}"
+    if not cell.self_attention:
+        slug += "-nosa"
+    if enc:
+        slug += "-enc6"
+    if matching != "hungarian":
+        slug += f"-{matching}"
+    if model.get("pretrained") and cell.pretrain:
+        slug += f"-{cell.pretrain}"
+    slug += f"-s{seed}"
+    train_id = f"{slug}-{_digest(train_hash_input)}"
+    runs = Path(params.study.runs_root) / profile_name
+    default_strategy = "per_pixel" if cell.model != "maskformer" else ("general" if cell.dataset in PANOPTIC_DATASETS else "semantic")
+    test = {"strategy": cell.inference or default_strategy, "tta": cell.tta}
+    if cell.tta:
+        test.update({"tta_sizes": sizes.get("tta_sizes"), "tta_max_size": sizes.get("tta_max_size")})
+    test.update({k2: v for k2, v in profile.test.model_dump().items() if v is not None})
+    default_test = dict(test, strategy=default_strategy, tta=False, tta_sizes=None, tta_max_size=None)
+    if not cell.tta and test["strategy"] == default_strategy:
+        eval_id = train_id
+        test = default_test
+    else:
+        tag = test["strategy"] + ("-tta" if cell.tta else "")
+        eval_id = f"{slug}-{tag}-{_digest([train_id, test])}"
+    run = {
+        "seed": seed,
+        "output_dir": str(runs / train_id),
+        "experiment": f"maskformer-{profile_name}",
+        "run_name": train_id,
+        "tags": {"profile": profile_name, "cell_id": train_id, "data_version": dv},
+        "eval_period": recipe.eval_period,
+    }
+    run.update({k2: v for k2, v in profile.run.model_dump().items() if v is not None})
+    train_cfg = {
+        "model": model,
+        "loss": {"matching": matching},
+        "data": {k2: v for k2, v in data.items() if v is not None},
+        "solver": solver,
+        "test": {k2: v for k2, v in default_test.items() if v is not None},
+        "run": run,
+    }
+    eval_cfg = json.loads(json.dumps(train_cfg))
+    eval_cfg["test"] = {k2: v for k2, v in test.items() if v is not None}
+    eval_cfg["run"].update(
+        output_dir=str(runs / eval_id), run_name=eval_id, tags=dict(run["tags"], cell_id=eval_id, train_id=train_id)
+    )
+    return train_cfg, eval_cfg, train_id, eval_id
+
+
+def estimate_gpu_hours(params: Params, cfg: dict[str, Any], paper_backbone: str, num_gpus: int = 1) -> float:
+    """GPU-hours of one training run (time_model in params.yaml): images x train_factor / fps, area-scaled."""
+    tm = params.time_model
+    fps, ref = tm.fps.get(cfg["model"]["backbone"], tm.fps.get(paper_backbone, (10.0, 512)))
+    crop = cfg["data"].get("crop_size") or [ref, ref]
+    area = (crop[0] * crop[1]) / float(ref * ref)
+    images = cfg["solver"]["max_iter"] * cfg["solver"]["ims_per_batch"]
+    seconds = images * tm.train_factor * area / fps
+    return seconds / 3600.0 + tm.eval_hours
+
+
+def select_tables(params: Params, tables: Iterable[str] | None) -> list[str]:
+    """Table names to run; accepts 'table6', '6', 'main' (1-3), 'ablations' (4-8), 'all'."""
+    if not tables:
+        return list(params.grid)
+    out: list[str] = []
+    for t in tables:
+        t = str(t).strip()
+        if t in ("all",):
+            names = list(params.grid)
+        elif t == "main":
+            names = [n for n in MAIN_TABLES if n in params.grid]
+        elif t == "ablations":
+            names = [n for n in ABLATION_TABLES if n in params.grid]
+        elif t.isdigit() and f"table{t}" in params.grid:
+            names = [f"table{t}"]
+        elif t in params.grid:
+            names = [t]
+        else:
+            raise UserError(f"unknown table {t!r}; expected one of {', '.join(params.grid)}, main, ablations, all")
+        out.extend(n for n in names if n not in out)
+    return out
+
+
+def expand(
+    params: Params,
+    profile: str | None = None,
+    tables: Iterable[str] | None = None,
+    data_versions: dict[str, str] | None = None,
+) -> Grid:
+    """Every selected table's cells for one profile, resolved and deduplicated."""
+    profile = profile or params.study.profile
+    if profile not in params.profiles:
+        raise UserError(f"unknown profile {profile!r}; defined in params.yaml: {', '.join(params.profiles)}")
+    prof = params.profiles[profile]
+    rows: list[GridRow] = []
+    train: dict[str, TrainUnit] = {}
+    evals: dict[str, EvalUnit] = {}
+    versions = dict(data_versions or {})
+    for table in select_tables(params, tables):
+        grid = params.grid[table]
+        for i, cell in enumerate(grid.cells):
+            where = _path(table, i)
+            if cell.dataset not in versions:
+                versions[cell.dataset] = data_version(data_root(prof, cell.dataset))
+            n = cell.seeds or prof.num_seeds(cell.dataset)
+            ids = []
+            for seed in range(n):
+                tcfg, ecfg, tid, eid = resolve_cell(params, profile, cell, seed, where=where, data_versions=versions)
+                if tid not in train:
+                    train[tid] = TrainUnit(tid, tcfg, estimate_gpu_hours(params, tcfg, cell.backbone))
+                if eid not in evals:
+                    evals[eid] = EvalUnit(eid, tid, tcfg if eid == tid else ecfg)
+                ids.append(eid)
+            rows.append(GridRow(table, i, cell.row, dict(cell.columns or grid.columns), cell, ids))
+    return Grid(profile, rows, train, evals)
+
+
+def find_cell(grid: Grid, cell_id: str) -> TrainUnit | EvalUnit:
+    """A train or eval unit by id or unique id prefix."""
+    if cell_id in grid.evals:
+        return grid.evals[cell_id]
+    if cell_id in grid.train:
+        return grid.train[cell_id]
+    hits = sorted({i for i in list(grid.train) + list(grid.evals) if i.startswith(cell_id)})
+    if len(hits) == 1:
+        return grid.evals.get(hits[0]) or grid.train[hits[0]]
+    if not hits:
+        raise UserError(f"no cell {cell_id!r} in profile {grid.profile}; see `python -m pipeline grid list`")
+    raise UserError(f"cell id prefix {cell_id!r} is ambiguous: {', '.join(hits[:5])}")
+
+
+assert set(OFFICIAL_NUM_CLASSES) == set(DATASETS)

@@ -1,0 +1,398 @@
+"""Schema of params.yaml (study, recipes, profiles, executor, grid, tables): pydantic, unknown keys forbidden.
+
+`load_params()` reads params.yaml, overlays cluster settings from an untracked `local.yaml` and the
+`MASKFORMER_SLURM_*` environment variables, validates everything, and raises `UserError` naming the
+key path (``grid.table6.cells[3].queries``) before anything runs. The `data:` section belongs to the
+data stages (pipeline.data / dvc.yaml) and is passed through unvalidated here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import UserError
+
+_STRICT = ConfigDict(extra="forbid")
+
+DATASETS = (
+    "ade20k", "ade20k_full", "coco_stuff_10k", "cityscapes", "mapillary_vistas", "coco_panoptic", "ade20k_panoptic",
+)
+PANOPTIC_DATASETS = ("coco_panoptic", "ade20k_panoptic")
+# Official K per dataset (FACTS F, A.1); twins read K from their metadata instead.
+OFFICIAL_NUM_CLASSES = {
+    "ade20k": 150, "ade20k_full": 847, "coco_stuff_10k": 171, "cityscapes": 19,
+    "mapillary_vistas": 65, "coco_panoptic": 133, "ade20k_panoptic": 150,
+}
+PAPER_BACKBONES = ("R50", "R101", "R101c", "Swin-T", "Swin-S", "Swin-B", "Swin-L")
+SMOKE_BACKBONES = ("SmokeR18", "SmokeSwin")
+BACKBONES = PAPER_BACKBONES + SMOKE_BACKBONES
+STRATEGIES = ("semantic", "general", "general_semantic", "detr")
+SLURM_ENV = {  # environment variable -> executor.slurm key
+    "MASKFORMER_SLURM_PARTITION": "partition",
+    "MASKFORMER_SLURM_ACCOUNT": "account",
+    "MASKFORMER_SLURM_GPUS_PER_NODE": "gpus_per_node",
+    "MASKFORMER_SLURM_CPUS_PER_TASK": "cpus_per_task",
+    "MASKFORMER_SLURM_MEM_GB": "mem_gb",
+    "MASKFORMER_SLURM_TIMEOUT_MIN": "timeout_min",
+    "MASKFORMER_SLURM_ARRAY_PARALLELISM": "array_parallelism",
+}
+
+
+def backbone_family(backbone: str) -> str:
+    """`resnet` or `swin` (A.1: the solver recipe follows the family)."""
+    return "swin" if "swin" in backbone.lower() else "resnet"
+
+
+class StudyParams(BaseModel):
+    model_config = _STRICT
+    profile: str = "smoke"
+    runs_root: str = "runs"
+    retries: int = Field(1, ge=0, le=10)
+    retry_delay_s: float = Field(2.0, ge=0)
+    cell_fn: str = "pipeline.engine:run_cell"
+
+    @field_validator("cell_fn")
+    @classmethod
+    def _import_path(cls, v: str) -> str:
+        if v.count(":") != 1 or not all(v.split(":")):
+            raise ValueError(f"expected 'package.module:function', got {v!r}")
+        return v
+
+
+class Recipe(BaseModel):
+    """One dataset's training recipe (FACTS A.1)."""
+
+    model_config = _STRICT
+    config: str = ""  # the official config file it reproduces
+    crop: tuple[int, int] | None = None
+    ims_per_batch: int = Field(ge=1)
+    max_iter: int = Field(ge=1)
+    schedule: Literal["poly", "step"] = "poly"
+    steps: list[int] = Field(default_factory=list)
+    eval_period: int = Field(0, ge=0)
+
+
+class InputOverride(BaseModel):
+    model_config = _STRICT
+    crop: tuple[int, int] | None = None
+    short_sizes: list[int] | None = None
+    max_size: int | None = Field(None, ge=1)
+    test_short_size: int | None = Field(None, ge=1)
+    test_max_size: int | None = Field(None, ge=1)
+    tta_sizes: list[int] | None = None
+    tta_max_size: int | None = Field(None, ge=1)
+    size_divisibility: int | None = None
+    num_workers: int | None = Field(None, ge=0)
+
+
+class FamilySolver(BaseModel):
+    model_config = _STRICT
+    base_lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    backbone_multiplier: float | None = Field(None, ge=0)
+    warmup_iters: int | None = Field(None, ge=0)
+    warmup_factor: float | None = Field(None, gt=0, le=1)
+
+
+class ProfileSolver(FamilySolver):
+    ims_per_batch: int | None = Field(None, ge=1)
+    max_iter: int | None = Field(None, ge=1)  # absolute iterations for every cell (smoke)
+    iter_scale: float | None = Field(None, gt=0, le=10)  # multiplies the recipe's iterations
+
+
+class ProfileModel(BaseModel):
+    model_config = _STRICT
+    hidden_dim: int | None = Field(None, ge=8)
+    mask_dim: int | None = Field(None, ge=8)
+    conv_dim: int | None = Field(None, ge=8)
+    nheads: int | None = Field(None, ge=1)
+    dim_feedforward: int | None = Field(None, ge=8)
+    pretrained: str | None = None
+
+
+class ProfileTest(BaseModel):
+    model_config = _STRICT
+    max_images: int | None = Field(None, ge=1)
+    fps_images: int | None = Field(None, ge=0)
+    fps_warmup: int | None = Field(None, ge=0)
+
+
+class ProfileRun(BaseModel):
+    model_config = _STRICT
+    eval_period: int | None = Field(None, ge=0)
+    checkpoint_period: int | None = Field(None, ge=1)
+    log_period: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    threads: int | None = Field(None, ge=1)
+
+
+class Profile(BaseModel):
+    model_config = _STRICT
+    description: str
+    synthetic: bool = False
+    data_root: str = "data/prepared"
+    seeds: dict[str, int] = Field(default_factory=lambda: {"default": 1})
+    backbone_map: dict[str, str] = Field(default_factory=dict)
+    model: ProfileModel = Field(default_factory=ProfileModel)
+    input: InputOverride = Field(default_factory=InputOverride)
+    solver: ProfileSolver = Field(default_factory=ProfileSolver)
+    test: ProfileTest = Field(default_factory=ProfileTest)
+    run: ProfileRun = Field(default_factory=ProfileRun)
+    executor: Literal["local", "slurm"] = "local"
+    max_concurrent: int = Field(2, ge=1, le=1024)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: dict[str, int]) -> dict[str, int]:
+        if "default" not in v:
+            raise ValueError("needs a 'default' entry (number of seeds)")
+        for key, n in v.items():
+            if key not in ("default", "panoptic", "semantic") + DATASETS:
+                raise ValueError(f"unknown key {key!r}: expected default, semantic, panoptic or a dataset name")
+            if not 1 <= n <= 20:
+                raise ValueError(f"{key}: number of seeds must be in 1..20, got {n}")
+        return v
+
+    @field_validator("backbone_map")
+    @classmethod
+    def _bmap(cls, v: dict[str, str]) -> dict[str, str]:
+        for src, dst in v.items():
+            if src not in PAPER_BACKBONES:
+                raise ValueError(f"unknown paper backbone {src!r}; expected one of {', '.join(PAPER_BACKBONES)}")
+            if dst not in BACKBONES:
+                raise ValueError(f"{src}: unknown backbone {dst!r}; expected one of {', '.join(BACKBONES)}")
+        return v
+
+    def num_seeds(self, dataset: str) -> int:
+        task = "panoptic" if dataset in PANOPTIC_DATASETS else "semantic"
+        return self.seeds.get(dataset, self.seeds.get(task, self.seeds["default"]))
+
+
+class LocalExecutor(BaseModel):
+    model_config = _STRICT
+    timeout_min: int = Field(60, ge=1)
+
+
+class SlurmExecutor(BaseModel):
+    model_config = _STRICT
+    partition: str | None = None
+    account: str | None = None
+    gpus_per_node: int = Field(8, ge=0, le=16)
+    gpus_by_dataset: dict[str, int] = Field(default_factory=dict)
+    tasks_per_node: int = Field(1, ge=1, le=16)
+    cpus_per_task: int = Field(10, ge=1, le=256)
+    mem_gb: int = Field(64, ge=1)
+    timeout_min: int = Field(4320, ge=1)
+    array_parallelism: int = Field(16, ge=1)
+    use_array: bool = True
+    requeue_on_preemption: bool = True
+
+    @field_validator("gpus_by_dataset")
+    @classmethod
+    def _gpus(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, n in v.items():
+            if name not in DATASETS:
+                raise ValueError(f"unknown dataset {name!r}")
+            if not 0 <= n <= 16:
+                raise ValueError(f"{name}: gpus per node must be in 0..16, got {n}")
+        return v
+
+
+class ExecutorParams(BaseModel):
+    model_config = _STRICT
+    local: LocalExecutor = Field(default_factory=LocalExecutor)
+    slurm: SlurmExecutor = Field(default_factory=SlurmExecutor)
+
+
+class TimeModel(BaseModel):
+    model_config = _STRICT
+    train_factor: float = Field(3.0, gt=0)
+    fps: dict[str, tuple[float, int]]
+    eval_hours: float = Field(0.1, ge=0)
+
+
+class TablesParams(BaseModel):
+    model_config = _STRICT
+    tolerance: dict[str, float] = Field(default_factory=dict)
+
+
+class Cell(BaseModel):
+    """One row (or one column group of a row) of a paper table, as written in params.yaml."""
+
+    model_config = _STRICT
+    row: str
+    dataset: str
+    model: Literal["maskformer", "per_pixel", "per_pixel_plus"] = "maskformer"
+    backbone: str = "R50"
+    pretrain: Literal["in1k", "in22k"] | None = None  # None: in22k for Swin-B/L (†), in1k otherwise
+    queries: Union[int, Literal["K"], None] = None  # None: 100 (A.0); "K" = number of classes
+    dec_layers: int = Field(6, ge=1, le=12)
+    self_attention: bool = True
+    pixel_decoder: Literal["base", "+6Enc"] = "base"
+    matching: Literal["bipartite", "fixed", "box"] | None = None
+    box_head: bool = False
+    inference: Literal["semantic", "general", "general_semantic", "detr"] | None = None
+    tta: bool = False
+    seeds: int | None = Field(None, ge=1, le=20)  # None: the profile's number of seeds
+    columns: dict[str, str] | None = None
+
+    @field_validator("queries")
+    @classmethod
+    def _queries(cls, v: Any) -> Any:
+        if isinstance(v, int) and not 1 <= v <= 2000:
+            raise ValueError(f"must be in 1..2000 or 'K', got {v}")
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; expected one of {', '.join(DATASETS)}")
+        return v
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        if v not in BACKBONES:
+            raise ValueError(f"unknown backbone {v!r}; expected one of {', '.join(BACKBONES)}")
+        return v
+
+
+class TableGrid(BaseModel):
+    model_config = _STRICT
+    title: str
+    columns: dict[str, str]
+    cells: list[Cell] = Field(min_length=1)
+
+
+class Params(BaseModel):
+    model_config = _STRICT
+    study: StudyParams = Field(default_factory=StudyParams)
+    data: dict[str, Any] = Field(default_factory=dict)  # owned by the data stages
+    recipes: dict[str, Recipe]
+    input_overrides: dict[str, dict[str, InputOverride]] = Field(default_factory=dict)
+    families: dict[Literal["resnet", "swin"], FamilySolver]
+    schedule_warmup: dict[Literal["poly", "step"], dict[Literal["resnet", "swin"], FamilySolver]] = Field(
+        default_factory=dict
+    )
+    profiles: dict[str, Profile] = Field(min_length=1)
+    executor: ExecutorParams = Field(default_factory=ExecutorParams)
+    time_model: TimeModel
+    tables: TablesParams = Field(default_factory=TablesParams)
+    grid: dict[str, TableGrid] = Field(min_length=1)
+
+    @field_validator("recipes", "input_overrides")
+    @classmethod
+    def _known_datasets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if name not in DATASETS:
+                raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+        return v
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """('grid', 'table6', 'cells', 3, 'queries') -> 'grid.table6.cells[3].queries'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("int", "literal['K']", "none", "function-after[_queries(), int]"):
+            continue  # pydantic's union-branch markers are not keys
+        elif str(part).startswith(("function-", "literal[", "constrained-")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params dict, then the cross-field rules; `UserError` names the key path."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping at the top level")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        seen: list[str] = []
+        for err in exc.errors():
+            line = f"{format_loc(err['loc'])}: {err['msg']}"
+            if err.get("type") == "extra_forbidden":
+                line = f"{format_loc(err['loc'])}: unknown key (typo?)"
+            if line not in seen:
+                seen.append(line)
+        raise UserError(f"{source}: " + "; ".join(seen[:6])) from None
+    if params.study.profile not in params.profiles:
+        raise UserError(
+            f"{source}: study.profile: unknown profile {params.study.profile!r}; "
+            f"defined: {', '.join(params.profiles)}"
+        )
+    missing = [d for d in {c.dataset for t in params.grid.values() for c in t.cells} if d not in params.recipes]
+    if missing:
+        raise UserError(f"{source}: recipes: no recipe for dataset(s) {', '.join(sorted(missing))}")
+    for bb in BACKBONES:
+        if bb not in params.time_model.fps:
+            raise UserError(f"{source}: time_model.fps: missing backbone {bb!r}")
+    from pipeline.grid import check_cells  # cross-field rules live with the grid expansion
+
+    check_cells(params, source)
+    return params
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def _env_overlay(environ: dict[str, str]) -> dict[str, Any]:
+    slurm: dict[str, Any] = {}
+    for var, key in SLURM_ENV.items():
+        value = environ.get(var)
+        if value is None or value == "":
+            continue
+        if key in ("partition", "account"):
+            slurm[key] = value
+        else:
+            try:
+                slurm[key] = int(value)
+            except ValueError:
+                raise UserError(f"environment {var}={value!r}: expected an integer") from None
+    return {"executor": {"slurm": slurm}} if slurm else {}
+
+
+def load_params(
+    path: str | os.PathLike = "params.yaml",
+    local: str | os.PathLike | None = None,
+    environ: dict[str, str] | None = None,
+) -> Params:
+    """params.yaml < local.yaml (untracked; only `executor:` and `study:` keys) < MASKFORMER_SLURM_* env."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"params file not found: {path}")
+    raw = _read_yaml(path)
+    local_path = Path(local) if local is not None else path.with_name("local.yaml")
+    if local_path.is_file():
+        overlay = _read_yaml(local_path)
+        bad = [k for k in overlay if k not in ("executor", "study")]
+        if bad:
+            raise UserError(f"{local_path}: only 'executor' and 'study' may be set locally, not {', '.join(bad)}")
+        raw = _deep_merge(raw, overlay)
+    raw = _deep_merge(raw, _env_overlay(dict(os.environ if environ is None else environ)))
+    return validate_params(raw, source=str(path))

@@ -1,0 +1,45 @@
+"""Entry points of the DVC `study` and `tables` stages (also used by `python -m pipeline study|tables`).
+
+The study stage runs the Prefect `study` flow in-process (ephemeral Prefect server unless
+PREFECT_API_URL is set). DVC never runs stages in parallel; the fan-out happens inside this stage.
+Exit codes: 0 all cells done, 1 some cells failed (recorded in reports/study/cells.json; a new
+`dvc repro` retries only those), 2 bad parameters (nothing ran).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def run_study(*, profile=None, tables=None, executor=None, max_concurrent=None, retries=None, cell_fn=None,
+              params_path="params.yaml", reports_dir="reports", allow_failures=False) -> int:
+    _quiet_env()
+    from pipeline.study import plan_study
+
+    # Validate and expand first: a bad params.yaml is exit 2 before Prefect starts.
+    plan_study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
+               retries=retries, cell_fn=cell_fn, params_path=params_path, reports_dir=reports_dir)
+    from flows.study import study
+
+    state = study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
+                  retries=retries, cell_fn=cell_fn, params_path=str(params_path), reports_dir=str(reports_dir),
+                  return_state=True)
+    print(f"study: {state.name}: {state.message}", file=sys.stderr)
+    if state.is_completed():
+        return 0
+    return 0 if allow_failures else 1
+
+
+def run_tables(*, profile=None, params_path="params.yaml", reports_dir="reports") -> int:
+    from pipeline.tables import build_tables
+
+    written = build_tables(profile=profile, params_path=params_path, reports_dir=reports_dir)
+    print(f"tables: wrote {len(written)} files under {reports_dir}/tables", file=sys.stderr)
+    return 0

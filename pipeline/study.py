@@ -1,0 +1,279 @@
+"""The study runner's building blocks: plan the cells, skip finished ones, run one cell, record the outcome.
+
+Prefect flows (flows/) fan these out; nothing here imports Prefect, so the same code is used by the
+flows, the tests and `python -m pipeline study`. A cell is skipped when its run folder's `status.json`
+says `done` and `metrics.json` exists: the folder name carries the cell's config + data hash, so a
+done folder is a result for exactly this configuration. Outcomes land in `reports/study/cells.json`
+(one record per cell: status, reason, run folder, logs, seconds), `reports/metrics.json` (each table
+row's key metric, for `dvc metrics`) and `reports/plots/queries.csv` (queries vs mIoU, `dvc plots`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.grid import EvalUnit, Grid, TrainUnit, expand
+from pipeline.params import Params, load_params
+
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"
+CELL_FILE = "cell.json"  # written by the study: which study run submitted this folder, and where its logs are
+
+
+class CellFailed(RuntimeError):
+    """A cell's job ended without a `done` status; the message is the reason shown in the tables."""
+
+
+@dataclasses.dataclass
+class StudyPlan:
+    params: Params
+    grid: Grid
+    profile: str
+    run_id: str
+    executor: str
+    max_concurrent: int
+    retries: int
+    cell_fn: str
+    reports_dir: Path
+    threads: int | None
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.params.study.runs_root) / self.profile
+
+    def log_folder(self, unit_id: str) -> Path:
+        """Per-cell submitit folder, unique per study run (INFRA trap: reused SLURM job ids)."""
+        return self.runs_dir / unit_id / "logs" / self.run_id
+
+    def array_folder(self) -> Path:
+        return self.runs_dir / "_arrays" / self.run_id
+
+    def train_ids(self) -> list[str]:
+        return list(self.grid.train)
+
+    def variant_ids(self) -> list[str]:
+        return [e for e, u in self.grid.evals.items() if u.is_variant]
+
+
+def plan_study(
+    params: Params | None = None,
+    *,
+    profile: str | None = None,
+    tables: list[str] | None = None,
+    executor: str | None = None,
+    max_concurrent: int | None = None,
+    retries: int | None = None,
+    cell_fn: str | None = None,
+    reports_dir: str | os.PathLike = "reports",
+    params_path: str | os.PathLike = "params.yaml",
+) -> StudyPlan:
+    """Validate params and expand the selected tables; every error is raised here, before any job starts."""
+    params = params or load_params(params_path)
+    profile = profile or params.study.profile
+    grid = expand(params, profile, tables)
+    prof = params.profiles[profile]
+    if max_concurrent is not None and max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be >= 1, got {max_concurrent}")
+    if retries is not None and retries < 0:
+        raise UserError(f"--retries must be >= 0, got {retries}")
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return StudyPlan(
+        params=params,
+        grid=grid,
+        profile=profile,
+        run_id=run_id,
+        executor=executor or prof.executor,
+        max_concurrent=max_concurrent or prof.max_concurrent,
+        retries=params.study.retries if retries is None else retries,
+        cell_fn=cell_fn or params.study.cell_fn,
+        reports_dir=Path(reports_dir),
+        threads=prof.run.threads,
+    )
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def unit_state(run_dir: str | Path) -> tuple[str, str]:
+    """(state, reason) of a run folder: done | failed | interrupted | running | missing."""
+    run_dir = Path(run_dir)
+    status = read_json(run_dir / STATUS_FILE)
+    if status is None:
+        return "missing", ""
+    state = str(status.get("status", "unknown"))
+    if state == "done" and not (run_dir / METRICS_FILE).is_file():
+        return "failed", "status.json says done but metrics.json is missing"
+    return state, str(status.get("reason", ""))
+
+
+def is_done(unit: TrainUnit | EvalUnit) -> bool:
+    return unit_state(unit.run_dir)[0] == "done"
+
+
+def _unit(plan: StudyPlan, unit_id: str) -> TrainUnit | EvalUnit:
+    return plan.grid.evals[unit_id] if unit_id in plan.grid.evals and plan.grid.evals[unit_id].is_variant else plan.grid.train[unit_id]
+
+
+def _reason(run_dir: Path, exc: BaseException) -> str:
+    state, reason = unit_state(run_dir)
+    if reason:
+        return reason
+    text = str(exc).strip().splitlines()
+    # submitit's FailedJobError ends with the remote traceback's last line: the actual error.
+    tail = [line for line in text if line.strip()][-1:] if text else []
+    return (tail[0] if tail else type(exc).__name__)[:300]
+
+
+def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> dict[str, Any]:
+    """Run one cell (blocking on `job.result()`); returns its outcome or raises `CellFailed(reason)`.
+
+    `job` is a job already submitted in a SLURM array (first attempt); retries submit a fresh job.
+    """
+    unit = _unit(plan, unit_id)
+    run_dir = Path(unit.run_dir)
+    if is_done(unit):
+        return {"cell_id": unit_id, "status": "done", "skipped": True, "seconds": 0.0}
+    init_from = None
+    if isinstance(unit, EvalUnit) and unit.is_variant:
+        train = plan.grid.train[unit.train_id]
+        if not is_done(train):
+            state, reason = unit_state(train.run_dir)
+            raise CellFailed(f"training cell {unit.train_id} is {state}" + (f": {reason}" if reason else ""))
+        init_from = train.run_dir
+    start = time.time()
+    if job is None:
+        job = executor.submit(unit.config, log_folder=plan.log_folder(unit_id), init_from=init_from)
+    write_json(
+        run_dir / CELL_FILE,
+        {
+            "cell_id": unit_id,
+            "train_id": unit.train_id,
+            "study_run": plan.run_id,
+            "job_id": str(job.job_id),
+            "stdout": str(job.paths.stdout),
+            "stderr": str(job.paths.stderr),
+            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
+    try:
+        job.result()
+    except Exception as exc:  # noqa: BLE001 - any job failure becomes the cell's recorded reason
+        raise CellFailed(_reason(run_dir, exc)) from None
+    state, reason = unit_state(run_dir)
+    if state != "done":
+        raise CellFailed(f"job finished but status is {state}" + (f": {reason}" if reason else ""))
+    return {
+        "cell_id": unit_id,
+        "status": "done",
+        "skipped": False,
+        "seconds": round(time.time() - start, 1),
+        "job_id": str(job.job_id),
+        "stdout": str(job.paths.stdout),
+    }
+
+
+def pending(plan: StudyPlan, ids: list[str]) -> list[str]:
+    return [i for i in ids if not is_done(_unit(plan, i))]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recording
+
+
+def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write cells.json, metrics.json and the queries plot; return counts {total, done, failed, skipped}."""
+    cells = []
+    for uid, unit in list(plan.grid.train.items()) + [(e, u) for e, u in plan.grid.evals.items() if u.is_variant]:
+        state, reason = unit_state(unit.run_dir)
+        out = outcomes.get(uid, {})
+        if out.get("status") == "failed":
+            state, reason = "failed", out.get("reason") or reason
+        rows = [f"{r.table}:{r.row}" for r in plan.grid.rows if uid in r.eval_ids]
+        cells.append(
+            {
+                "cell_id": uid,
+                "train_id": unit.train_id,
+                "kind": "eval" if isinstance(unit, EvalUnit) else "train",
+                "status": state,
+                "reason": reason,
+                "skipped": bool(out.get("skipped")),
+                "seconds": out.get("seconds"),
+                "run_dir": unit.run_dir,
+                "stdout": out.get("stdout"),
+                "rows": rows,
+            }
+        )
+    counts = {
+        "total": len(cells),
+        "done": sum(c["status"] == "done" for c in cells),
+        "failed": sum(c["status"] != "done" for c in cells),
+        "skipped": sum(c["skipped"] for c in cells),
+    }
+    write_json(
+        plan.reports_dir / "study" / "cells.json",
+        {"profile": plan.profile, "study_run": plan.run_id, "counts": counts, "cells": cells},
+    )
+    write_json(plan.reports_dir / "metrics.json", key_metrics(plan.grid))
+    write_queries_plot(plan.grid, plan.reports_dir / "plots" / "queries.csv")
+    return counts
+
+
+def row_values(grid: Grid, row: Any, metric: str) -> list[float]:
+    """The metric of every seed of a row that finished (missing ones left out)."""
+    values = []
+    for eid in row.eval_ids:
+        metrics = read_json(Path(grid.evals[eid].run_dir) / METRICS_FILE)
+        if metrics is not None and isinstance(metrics.get(metric), (int, float)):
+            values.append(float(metrics[metric]))
+    return values
+
+
+def key_metrics(grid: Grid) -> dict[str, Any]:
+    """{table: {row: {column: median}}} of every finished row (the first column is the key metric)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for row in grid.rows:
+        for col, metric in row.columns.items():
+            values = row_values(grid, row, metric)
+            if values:
+                out.setdefault(row.table, {}).setdefault(row.row, {})[col] = round(statistics.median(values), 3)
+    return out
+
+
+def write_queries_plot(grid: Grid, path: Path) -> None:
+    """Table 6 as a plot source: dataset, queries, mIoU (median over seeds)."""
+    lines = ["dataset,queries,mIoU"]
+    for row in grid.rows:
+        if row.table != "table6" or row.cell.model != "maskformer":
+            continue
+        values = row_values(grid, row, "val/mIoU")
+        if values:
+            q = grid.train[grid.evals[row.eval_ids[0]].train_id].config["model"]["num_queries"]
+            lines.append(f"{row.cell.dataset},{q},{statistics.median(values):.3f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def final_message(counts: dict[str, int]) -> str:
+    msg = f"{counts['total']} cells: {counts['done']} done ({counts['skipped']} skipped as already done), {counts['failed']} failed"
+    return msg
