@@ -147,8 +147,14 @@ def data_root(profile: Profile, dataset: str) -> str:
     return str(Path(profile.data_root) / dataset)
 
 
-def num_classes(dataset: str, root: str | Path) -> int:
-    """K from the dataset metadata: the twin subset if `root` holds a twin, the official K otherwise."""
+def num_classes(dataset: str, root: str | Path, twin_classes: int | None = None) -> int:
+    """K from the dataset metadata: the twin subset if `root` holds a twin, the official K otherwise.
+
+    `twin_classes` (params.yaml `data.<dataset>.num_classes`) gives a synthetic profile's K before the
+    twin has been made, so cell ids do not change once the data stage has run.
+    """
+    if twin_classes is not None and not (Path(root) / "SYNTHETIC.json").is_file():
+        return int(twin_classes)
     try:
         from maskformer_core.data.metadata import get_metadata
     except ImportError:  # data package not installed: official K
@@ -224,7 +230,8 @@ def resolve_cell(
     profile = params.profiles[profile_name]
     recipe = params.recipes[cell.dataset]
     root = data_root(profile, cell.dataset)
-    k = num_classes(cell.dataset, root)
+    twin = params.data.get(cell.dataset, {}) if profile.synthetic else {}
+    k = num_classes(cell.dataset, root, twin.get("num_classes") if isinstance(twin, dict) else None)
     if cell.model == "per_pixel_plus" or cell.matching == "fixed":
         if cell.queries not in ("K", k):
             raise UserError(f"{where}.queries: needs queries = K = {k} for {cell.dataset} in profile {profile_name}")
