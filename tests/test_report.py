@@ -1,0 +1,123 @@
+"""Tests of the report (pipeline/report.py) and `python -m pipeline report`, rendered in headless Chromium.
+
+The run folders here are written by hand in the engine's file format (docs/ARCHITECTURE.md "Run
+folder"), so the expected content of every table row and figure is known.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.report import build_report, load_tables
+
+CLASSES = ["wall", "floor", "sky", "tree"]
+
+
+def write_cell(root: Path, cell_id: str, *, queries: int, state: str = "done", arch: str = "maskformer",
+               dataset: str = "ade20k", miou: float = 30.0, iters: int = 40) -> Path:
+    folder = root / cell_id
+    folder.mkdir(parents=True)
+    config = {"model": {"arch": arch, "backbone": "SmokeR18", "num_queries": queries, "dec_layers": 6},
+              "data": {"dataset": dataset, "root": str(root / "no-data")},
+              "solver": {"max_iter": iters}, "run": {"seed": 0, "tags": {"git_commit": "abc123def456"}}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    with open(folder / "train_log.jsonl", "w") as fh:
+        for it in range(10, iters + 1, 10):
+            fh.write(json.dumps({"iter": it, "train/total_loss": 5.0 / it * 10, "train/lr": 1e-4}) + "\n")
+    if state == "done":
+        metrics = {"val/mIoU": miou, "val/PQSt": miou - 5,
+                   **{f"val/IoU/{c}": miou + 5 * i for i, c in enumerate(CLASSES)}}
+        if arch == "maskformer":
+            metrics["analysis/unique_categories_per_query"] = [(q * 7) % 4 for q in range(queries)]
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "status.json").write_text(json.dumps({"status": state, "time": "2026-01-01T00:00:00",
+                                                    **({"reason": "RuntimeError: boom"} if state == "failed" else {})}))
+    return folder
+
+
+@pytest.fixture
+def study(tmp_path):
+    runs = tmp_path / "runs" / "smoke"
+    write_cell(runs, "ade20k-q20", queries=20, miou=20.0)
+    write_cell(runs, "ade20k-q100", queries=100, miou=31.5)
+    write_cell(runs, "ade20k-pp", queries=0, arch="per_pixel", miou=25.0)
+    write_cell(runs, "ade20k-broken", queries=50, state="failed")
+    tables = tmp_path / "reports" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "table6.csv").write_text(
+        "table,row,column,paper,ours,delta,outside_tolerance,cited,profile,seeds,git_commit\n"
+        "table6,Q20 ADE20K,mIoU,42.9,20.0,-22.9,True,False,smoke,0,abc123def456\n"
+        "table6,Q100 ADE20K,mIoU,44.5,44.1,-0.4,False,False,smoke,0,abc123def456\n"
+        "table6,Q1000 ADE20K,mIoU,42.4,,,False,True,smoke,0,abc123def456\n")
+    return tmp_path
+
+
+def _png_std(path: Path) -> float:
+    return float(np.asarray(Image.open(path).convert("L"), dtype=np.float32).std())
+
+
+def test_tables_are_parsed_with_marks(study):
+    (table,) = load_tables(study / "reports" / "tables")
+    assert (table.outside, table.cited) == (1, 1)
+    assert table.provenance == {"profile": "smoke", "seeds": "0", "git_commit": "abc123def456"}
+
+
+def test_report_html_and_figures(study):
+    out = build_report("smoke", runs_root=study / "runs", tables_dir=study / "reports" / "tables",
+                       out_dir=study / "reports", params_path=None, repo=study)
+    page = out.read_text()
+    assert 'id="smoke-banner"' in page.replace("'", '"')
+    # The outside-tolerance row is coloured, the cited one marked, the in-tolerance one neither.
+    rows = re.findall(r"<tr( class=\"[^\"]*\")?><td>table6</td><td>([^<]+)</td>", page)
+    assert dict((name, cls) for cls, name in rows) == {
+        "Q20 ADE20K": ' class="outside"', "Q100 ADE20K": "", "Q1000 ADE20K": ' class="cited"'}
+    assert "seeds 0" in page and "abc123def456" in page
+    figs = sorted(p.name for p in (study / "reports" / "figures").glob("*.png"))
+    assert figs == ["per_class_iou_ade20k.png", "queries.png", "query_categories.png", "training_curves_1.png"]
+    for name in figs:
+        assert f"figures/{name}" in page
+        assert _png_std(study / "reports" / "figures" / name) > 5.0  # a drawn plot, not a blank canvas
+    # The failed cell is listed with its reason; no temporary files are left behind.
+    assert "RuntimeError: boom" in page
+    assert not list((study / "reports").rglob("*.tmp"))
+
+
+def test_report_cli_unknown_profile_is_an_error(run_cli, tmp_path):
+    proc = run_cli("report", "--profile", "nope", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "unknown profile 'nope'" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--virtual-time-budget=20000"]
+
+
+def render(chromium: str, page: Path, work: Path) -> tuple[Path, str]:
+    """Screenshot (1400x2000 PNG) and DOM of ``page`` in headless Chromium."""
+    shot = work / "screenshot.png"
+    url = page.resolve().as_uri()
+    common = [chromium, *CHROME_FLAGS]
+    subprocess.run([*common, f"--user-data-dir={work / 'profile1'}", f"--screenshot={shot}", "--window-size=1400,2000",
+                    url], capture_output=True, timeout=180, check=True)
+    dom = subprocess.run([*common, f"--user-data-dir={work / 'profile2'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=180, check=True).stdout
+    return shot, dom
+
+
+@pytest.mark.browser
+def test_report_renders_in_chromium(study, chromium, tmp_path):
+    out = build_report("smoke", runs_root=study / "runs", tables_dir=study / "reports" / "tables",
+                       out_dir=study / "reports", params_path=None, repo=study)
+    shot, dom = render(chromium, out, tmp_path)
+    assert _png_std(shot) > 10.0  # text, tables and plots: far from a blank page
+    assert 'data-table="table6"' in dom and "Q20 ADE20K" in dom
+    assert dom.count("<img") == 4
