@@ -43,7 +43,7 @@ class ModelConfig(BaseModel):
     dec_layers: int = 6  # A.0
     dec_self_attention: bool = True  # A.3 (False = appendix Table VIII variant)
     pixel_decoder: Literal["base", "transformer_encoder"] = "base"  # B.3
-    enc_layers: int = 0  # B.3: 6 for the "+6 Enc" pixel decoder
+    enc_layers: int | None = None  # B.3: None -> 6 for "transformer_encoder", 0 for "base"
     transformer_in_feature: Literal["res5", "transformer_encoder"] = "res5"  # B.4
     hidden_dim: int = 256  # A.0
     mask_dim: int = 256  # A.0 SEM_SEG_HEAD.MASK_DIM
@@ -56,6 +56,8 @@ class ModelConfig(BaseModel):
     pretrained: str | None = None  # None | local weights file | "hub"
     swin_window: int | None = None  # B.2: per backbone (7, or 12 for the 384 models)
     drop_path: float | None = None  # B.2: 0.3 for Swin
+    size_divisibility: int | None = None  # B.1: None -> 32 (MASK_FORMER.SIZE_DIVISIBILITY); 0 for COCO panoptic
+    enforce_input_proj: bool = False  # A.0 ENFORCE_INPUT_PROJ (True in the COCO Swin configs)
 
     def build_kwargs(self, num_classes: int) -> dict[str, Any]:
         """The kwargs for `build_model`, with K filled in and unset per-backbone options left out."""
@@ -63,7 +65,7 @@ class ModelConfig(BaseModel):
         kwargs["num_classes"] = self.num_classes if self.num_classes is not None else num_classes
         if kwargs["num_queries"] is None:
             kwargs["num_queries"] = kwargs["num_classes"]
-        for key in ("swin_window", "drop_path"):
+        for key in ("swin_window", "drop_path", "enc_layers", "size_divisibility"):
             if kwargs[key] is None:
                 del kwargs[key]
         return kwargs
@@ -74,7 +76,13 @@ class LossConfig(BaseModel):
 
     model_config = _STRICT
 
-    matching: Literal["hungarian", "fixed", "box"] = "hungarian"  # A.3: fixed = T4, box = T5
+    # A.3: bipartite (Hungarian by mask, C) | fixed (T4) | box (T5); "hungarian" is a synonym of "bipartite".
+    matching: Literal["bipartite", "hungarian", "fixed", "box"] = "bipartite"
+
+    @property
+    def core_matching(self) -> str:
+        """The name `maskformer_core.criterion.build_criterion` expects."""
+        return "bipartite" if self.matching == "hungarian" else self.matching
     no_object_weight: float = 0.1  # A.0 NO_OBJECT_WEIGHT
     mask_weight: float = 20.0  # A.0 MASK_WEIGHT (focal)
     dice_weight: float = 1.0  # A.0 DICE_WEIGHT
@@ -282,7 +290,12 @@ def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
         _fill(data, "max_size", meta_get(meta, "train_max_size", None))
         _fill(data, "test_short_size", meta_get(meta, "test_short_size", None))
         _fill(data, "test_max_size", meta_get(meta, "test_max_size", None))
-        _fill(data, "size_divisibility", meta_get(meta, "size_divisibility", None))
+        sd = meta_get(meta, "size_divisibility", None)
+        if sd is not None and sd > 0 and data.get("crop_size"):
+            # A.1 step 5: the mapper pads to SIZE_DIVISIBILITY, which equals the crop size in every
+            # config that pads; a smaller/larger crop keeps "pad to the crop".
+            sd = max(data["crop_size"])
+        _fill(data, "size_divisibility", sd)
         _fill(test, "tta_sizes", _maybe_list(meta_get(meta, "tta_sizes", None)))
         _fill(test, "tta_max_size", meta_get(meta, "tta_max_size", None))
         _fill(test, "flip", meta_get(meta, "tta_flip", None))
