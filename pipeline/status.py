@@ -128,7 +128,8 @@ def scan(profile: str, runs_root: str | os.PathLike = "runs", params_path: str |
     if params_path is not None:
         try:
             for eval_id, (run_dir, rows) in expected_cells(profile, params_path).items():
-                cell = read_cell(run_dir, eval_id)
+                # The folder under the runs root asked for (the grid's own paths use study.runs_root).
+                cell = read_cell(Path(runs_root) / profile / run_dir.name, eval_id)
                 cell.rows = rows
                 cells[eval_id] = cell
         except Exception as exc:  # noqa: BLE001 - status must still show what is on disk
