@@ -213,6 +213,17 @@ def build_components(cfg: RunConfig, meta, device: torch.device):
     return model, criterion, optimizer, scheduler
 
 
+def _all_finite(outputs: Any) -> bool:
+    """True when every tensor in a (nested) model output is finite."""
+    if isinstance(outputs, torch.Tensor):
+        return bool(torch.isfinite(outputs).all())
+    if isinstance(outputs, dict):
+        return all(_all_finite(v) for v in outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return all(_all_finite(v) for v in outputs)
+    return True
+
+
 def total_loss(loss_dict: dict[str, torch.Tensor], weight_dict: dict[str, float]) -> torch.Tensor:
     """Σ weight·loss over the terms with a weight (detectron2 sums the weighted dict, C)."""
     terms = [loss_dict[k] * weight_dict[k] for k in sorted(loss_dict) if k in weight_dict]
@@ -312,15 +323,23 @@ class Trainer:
             images, targets = prepare_batch(items, self.model, device, self.meta.ignore_label)
             with torch.autocast(device.type, enabled=solver.amp):
                 outputs = self.ddp(images)
-                loss_dict = self.criterion(outputs, targets)
-            loss = total_loss(loss_dict, weight_dict)
+                try:
+                    loss_dict = self.criterion(outputs, targets)
+                    loss = total_loss(loss_dict, weight_dict)
+                    value = float(loss.detach())
+                except ValueError:
+                    # The matcher refuses NaN costs; with non-finite predictions that is a diverged loss.
+                    if _all_finite(outputs):
+                        raise
+                    loss, value = None, float("nan")
             stop_flag, bad = dist_utils.all_reduce_max(
-                [1.0 if stop.requested else 0.0, 0.0 if bool(torch.isfinite(loss)) else 1.0], self.env)
+                [1.0 if stop.requested else 0.0, 0.0 if math.isfinite(value) else 1.0], self.env)
             if bad:
                 where = self.last_good or "none written yet"
                 raise NonFiniteLoss(
-                    f"loss became {float(loss)} at iteration {it} (0-based; {it} iterations done); "
-                    f"stopped without saving, last good checkpoint kept: {where}")
+                    f"loss became {value if not math.isfinite(value) else 'non-finite on another rank'} at "
+                    f"iteration {it} (0-based; {it} iterations done); stopped without saving, last good "
+                    f"checkpoint kept: {where}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if solver.clip_type == "full_model" and solver.clip_value > 0:

@@ -1,0 +1,182 @@
+"""Training engine on a tiny synthetic ADE20K twin (SmokeR18, 64-wide decoder): learning, resume, faults, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskformer_core.errors import CheckpointError, DataError
+from pipeline import checkpoint as ckpt
+from pipeline.config import parse_config
+from pipeline.engine import NonFiniteLoss, Preempted, read_status, run_cell
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def twin_root(tmp_path_factory) -> Path:
+    """A prepared 5-class ADE20K twin: 12 images of 48x64 (train + val splits)."""
+    from maskformer_core.data.prepare import prepare
+    from maskformer_core.data.synth import synthesize
+
+    base = tmp_path_factory.mktemp("ade_twin")
+    synthesize("ade20k", base / "raw", num_images=12, num_classes=5, image_size=(48, 64), seed=0)
+    prepare("ade20k", base / "raw", base / "prepared", progress=False)
+    return base / "prepared"
+
+
+def smoke_config(root: Path, out: Path, **overrides):
+    """SmokeR18 + 64-wide decoder, 32x32 crops, batch 4, tracking off; overrides: {"solver": {...}, ...}."""
+    raw = {
+        "model": {"backbone": "SmokeR18", "hidden_dim": 64, "mask_dim": 64, "conv_dim": 64,
+                  "dim_feedforward": 128, "nheads": 4, "num_queries": 10, "dec_layers": 2},
+        "data": {"dataset": "ade20k", "root": str(root), "crop_size": [32, 32], "short_sizes": [32, 40],
+                 "max_size": 128, "test_short_size": 32, "test_max_size": 128, "num_workers": 0},
+        "solver": {"max_iter": 8, "ims_per_batch": 4, "base_lr": 1e-3},
+        "test": {"fps_images": 2, "fps_warmup": 1, "max_images": 3},
+        "run": {"output_dir": str(out), "log_period": 1, "checkpoint_period": 100, "tracking": False,
+                "device": "cpu", "threads": 1},
+    }
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    return parse_config(raw)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def _without_timing(entries: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "time_s"} for e in entries]
+
+
+def _stable_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("perf/")}
+
+
+def test_loss_falls_on_synthetic_data(twin_root, tmp_path):
+    cfg = smoke_config(twin_root, tmp_path / "run", solver={"max_iter": 40})
+    metrics = run_cell(cfg)
+    losses = [e["train/total_loss"] for e in _log(tmp_path / "run")]
+    assert len(losses) == 40
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert last < 0.9 * first, (first, last)
+    assert read_status(tmp_path / "run")["status"] == "done"
+    assert {"val/mIoU", "val/fwIoU", "val/pACC", "val/mACC", "val/PQSt", "val/SQSt", "val/RQSt"} <= set(metrics)
+    assert len(metrics["analysis/unique_categories_per_query"]) == 10
+    assert metrics["perf/fps"] > 0 and metrics["perf/fps_protocol"]["batch_size"] == 1
+    assert metrics["perf/train_peak_mem_mb"] > 0
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["val/mIoU"] == metrics["val/mIoU"]
+    # idempotent: a second call returns the stored metrics without training again
+    mtime = (tmp_path / "run" / "checkpoints" / "final.pt").stat().st_mtime_ns
+    assert run_cell(cfg) == on_disk
+    assert (tmp_path / "run" / "checkpoints" / "final.pt").stat().st_mtime_ns == mtime
+
+
+def _interrupt_at(iteration: int):
+    def hook(it: int) -> None:
+        if it == iteration:
+            os.kill(os.getpid(), signal.SIGUSR1)
+    return hook
+
+
+def test_interrupt_and_resume_is_bit_identical(twin_root, tmp_path):
+    ref_cfg = smoke_config(twin_root, tmp_path / "ref", solver={"max_iter": 9}, run={"checkpoint_period": 4})
+    ref = run_cell(ref_cfg)
+
+    cfg = smoke_config(twin_root, tmp_path / "cut", solver={"max_iter": 9}, run={"checkpoint_period": 4})
+    with pytest.raises(Preempted) as info:
+        run_cell(cfg, hooks=[_interrupt_at(6)])
+    assert info.value.iteration == 6
+    status = read_status(tmp_path / "cut")
+    assert status["status"] == "interrupted" and status["iteration"] == 6
+    state, _ = ckpt.load_latest(tmp_path / "cut" / "checkpoints")
+    assert state["iteration"] == 6 and state["sampler"]["position"] == 24
+    resumed = run_cell(cfg)
+
+    assert _stable_metrics(resumed) == _stable_metrics(ref)
+    assert _without_timing(_log(tmp_path / "cut")) == _without_timing(_log(tmp_path / "ref"))
+    a = ckpt.load_file(tmp_path / "ref" / "checkpoints" / "final.pt")
+    b = ckpt.load_file(tmp_path / "cut" / "checkpoints" / "final.pt")
+    assert a["iteration"] == b["iteration"] == 9
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        for name, t in value.items():
+            assert torch.equal(t, b["optimizer"]["state"][key][name]), (key, name)
+
+
+def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(twin_root, tmp_path):
+    # lr 1e30 blows the weights up after the first step: the next forward gives a non-finite loss.
+    cfg = smoke_config(twin_root, tmp_path / "run", solver={"max_iter": 6, "base_lr": 1e30},
+                       run={"checkpoint_period": 1})
+    with pytest.raises(NonFiniteLoss, match=r"at iteration \d+") as info:
+        run_cell(cfg)
+    failed_at = int(re.search(r"at iteration (\d+)", str(info.value)).group(1))
+    assert failed_at >= 1
+    assert "last.pt" in str(info.value)
+    state, _ = ckpt.load_latest(tmp_path / "run" / "checkpoints")
+    assert state["iteration"] == failed_at  # the checkpoint after the last finite iteration
+    status = read_status(tmp_path / "run")
+    assert status["status"] == "failed" and f"at iteration {failed_at}" in status["reason"]
+    assert not (tmp_path / "run" / "checkpoints" / "final.pt").exists()
+
+
+def test_checkpoint_of_another_config_is_refused_naming_keys(twin_root, tmp_path):
+    run_cell(smoke_config(twin_root, tmp_path / "run", solver={"max_iter": 2}))
+    other = smoke_config(twin_root, tmp_path / "run", solver={"max_iter": 2, "base_lr": 5e-4},
+                         model={"num_queries": 12})
+    with pytest.raises(CheckpointError) as info:
+        run_cell(other)
+    assert "solver.base_lr" in str(info.value) and "model.num_queries" in str(info.value)
+    assert "solver.max_iter" not in str(info.value)
+    # keys that do not change results (periods, workers, threads) may differ on resume
+    same = smoke_config(twin_root, tmp_path / "run", solver={"max_iter": 2}, run={"log_period": 7, "threads": 2})
+    assert run_cell(same)["train/iterations"] == 2
+
+
+def test_missing_dataset_is_reported_before_anything_is_written(tmp_path):
+    cfg = smoke_config(tmp_path / "nowhere", tmp_path / "run")
+    with pytest.raises(DataError, match="nowhere"):
+        run_cell(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_train_missing_dataset_exit_code(tmp_path):
+    cfg = smoke_config(tmp_path / "nowhere", tmp_path / "run")
+    path = tmp_path / "config.yaml"
+    from pipeline.config import dump_config
+
+    dump_config(cfg, path)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "train", "--config", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "error:" in proc.stderr and "nowhere" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_match_single_process(twin_root, tmp_path):
+    common = dict(solver={"max_iter": 4, "ims_per_batch": 4}, model={"dropout": 0.0})
+    single = run_cell(smoke_config(twin_root, tmp_path / "single", **common))
+    ddp = run_cell(smoke_config(twin_root, tmp_path / "ddp", run={"num_gpus": 2}, **common))
+    assert read_status(tmp_path / "ddp")["status"] == "done"
+    a = ckpt.load_file(tmp_path / "single" / "checkpoints" / "final.pt")["model"]
+    b = ckpt.load_file(tmp_path / "ddp" / "checkpoints" / "final.pt")["model"]
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    init = ckpt.load_file(tmp_path / "single" / "checkpoints" / "final.pt")
+    assert worst < 1e-3, worst  # same data, same total batch; only the per-rank CE normalisation differs
+    la = [e["train/loss_mask"] for e in _log(tmp_path / "single")]
+    lb = [e["train/loss_mask"] for e in _log(tmp_path / "ddp")]
+    assert la == pytest.approx(lb, rel=1e-3, abs=1e-5)
+    assert init["world_size"] == 1
+    assert ckpt.load_file(tmp_path / "ddp" / "checkpoints" / "final.pt")["world_size"] == 2
+    assert set(single) == set(ddp)
