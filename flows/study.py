@@ -128,11 +128,15 @@ def _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_p
     # The subflow gets its task runner here so that max_concurrent is a run parameter (also for deployments).
     plan = _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
     runner = ThreadPoolTaskRunner(max_workers=plan.max_concurrent)
-    return run_cells.with_options(task_runner=runner)(
+    state = run_cells.with_options(task_runner=runner)(
         profile=plan.profile, tables=tables, executor=plan.executor, max_concurrent=plan.max_concurrent,
         retries=plan.retries, cell_fn=plan.cell_fn, params_path=params_path, reports_dir=reports_dir,
         return_state=True,
     )
+    # The parent flow ends in the subflow's state with its message ("N cells: ... K failed").
+    if state.is_completed():
+        return Completed(message=state.message)
+    return Failed(message=state.message or "run-cells did not complete")
 
 
 @flow(name="study")
