@@ -230,8 +230,11 @@ def resolve_cell(
     profile = params.profiles[profile_name]
     recipe = params.recipes[cell.dataset]
     root = data_root(profile, cell.dataset)
-    twin = params.data.get(cell.dataset, {}) if profile.synthetic else {}
-    k = num_classes(cell.dataset, root, twin.get("num_classes") if isinstance(twin, dict) else None)
+    if profile.synthetic:
+        twin = params.data.get(cell.dataset, {})
+        k = num_classes(cell.dataset, root, twin.get("num_classes") if isinstance(twin, dict) else None)
+    else:  # real-data profiles always use the official K (a twin in their root is refused by the study)
+        k = OFFICIAL_NUM_CLASSES[cell.dataset]
     if cell.model == "per_pixel_plus" or cell.matching == "fixed":
         if cell.queries not in ("K", k):
             raise UserError(f"{where}.queries: needs queries = K = {k} for {cell.dataset} in profile {profile_name}")

@@ -83,6 +83,14 @@ def plan_study(
         raise UserError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     if retries is not None and retries < 0:
         raise UserError(f"--retries must be >= 0, got {retries}")
+    if not prof.synthetic:
+        for dataset in sorted({r.cell.dataset for r in grid.rows}):
+            marker = Path(prof.data_root) / dataset / "SYNTHETIC.json"
+            if marker.is_file():
+                raise UserError(
+                    f"profile {profile} trains on real data, but {marker.parent} holds a synthetic twin "
+                    f"({marker}); point profiles.{profile}.data_root at the prepared real datasets"
+                )
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     return StudyPlan(
         params=params,
