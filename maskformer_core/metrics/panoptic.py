@@ -8,9 +8,11 @@ negatives; an unmatched prediction is a false positive unless more than half of 
 crowd region of its category (the last crowd segment of a category in the JSON wins). GT areas come
 from the GT JSON ``area`` field (as in panopticapi) when present, else from the PNG.
 
-Speed: instead of ``np.unique`` over 64-bit combined ids, each id map is turned into dense segment
-indices through a tiny collision-free lookup table (id mod m), and the GT x prediction intersections
-are one ``np.bincount``; images are spread over a process pool (one process per core).
+Speed: PNGs are decoded with OpenCV straight into 32-bit words; instead of ``np.unique`` over 64-bit
+combined ids (a sort of every pixel), the GT and prediction maps are run-length encoded jointly in one
+pass, the few thousand run values are mapped to dense segment indices through a tiny collision-free
+lookup table (id mod m), and the GT x prediction intersections are one weighted ``np.bincount``;
+images are spread over a process pool (one process per core).
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
 {category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (no
@@ -23,6 +25,7 @@ import multiprocessing
 import os
 from typing import Iterable, Sequence
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -37,31 +40,48 @@ def rgb2id(color: np.ndarray) -> np.ndarray:
     color = np.asarray(color)
     if color.ndim != 3 or color.shape[-1] < 3:
         raise ValueError(f"rgb2id expects [H, W, 3], got shape {color.shape}")
-    c = color.astype(np.uint32, copy=False) if color.dtype != np.uint8 else color
-    out = c[..., 0].astype(np.uint32)
-    out |= c[..., 1].astype(np.uint32) << 8
-    out |= c[..., 2].astype(np.uint32) << 16
-    return out
+    if color.dtype == np.uint8:
+        # pad to 4 bytes per pixel and view as little-endian uint32: one copy, no arithmetic
+        rgbx = np.zeros(color.shape[:-1] + (4,), dtype=np.uint8)
+        rgbx[..., :3] = color[..., :3]
+        return rgbx.view("<u4")[..., 0]
+    c = color.astype(np.uint32)
+    return c[..., 0] + 256 * c[..., 1] + 256 * 256 * c[..., 2]
 
 
 def id2rgb(ids: np.ndarray) -> np.ndarray:
     """[H, W] integer ids -> [H, W, 3] uint8 colours (inverse of ``rgb2id`` for ids < 2^24)."""
-    ids = np.asarray(ids).astype(np.uint32)
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
+    ids = np.ascontiguousarray(np.asarray(ids).astype("<u4"))
+    return ids.view(np.uint8).reshape(ids.shape + (4,))[..., :3].copy()
 
 
-def read_panoptic_png(path: str) -> np.ndarray:
-    """Decode a panoptic PNG into a [H, W] uint32 id map; DataError naming the file when unreadable."""
+def _decode_rgbx(path: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode a PNG into flat uint32 words R | G << 8 | B << 16 | A << 24, plus (H, W).
+
+    The alpha byte (255, or the PNG's alpha) is masked off later on the few run values only, so the
+    only full-image work besides libpng's decode is one SIMD colour conversion (OpenCV). 8-bit RGB(A)
+    PNGs take that path; anything else goes through PIL's RGB conversion. DataError naming the file
+    when it is missing or unreadable.
+    """
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED) if os.path.isfile(path) else None
+    if img is not None and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] in (3, 4):
+        code = cv2.COLOR_BGR2RGBA if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+        rgba = cv2.cvtColor(img, code)
+        return rgba.view("<u4").reshape(-1), (img.shape[0], img.shape[1])
     try:
-        with Image.open(path) as img:
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            arr = np.asarray(img)
+        with Image.open(path) as pil:
+            rgb = np.asarray(pil.convert("RGB"))
     except FileNotFoundError:
         raise DataError(f"panoptic PNG not found: {path}") from None
     except OSError as exc:
         raise DataError(f"cannot decode panoptic PNG {path}: {exc}") from None
-    return rgb2id(arr)
+    return rgb2id(rgb).reshape(-1), (rgb.shape[0], rgb.shape[1])
+
+
+def read_panoptic_png(path: str) -> np.ndarray:
+    """Decode a panoptic PNG into a [H, W] uint32 id map; DataError naming the file when unreadable."""
+    words, size = _decode_rgbx(path)
+    return (words & np.uint32(0xFFFFFF)).reshape(size)
 
 
 def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int) -> np.ndarray:
@@ -202,11 +222,31 @@ def match_segments(hist: np.ndarray, gt_ids: Sequence[int], gt_cats: Sequence[in
         stats._get(cat)[2] += 1
 
 
+def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run-length encode a pair of flat id maps jointly: (gt value, pred value, length) per run.
+
+    Panoptic maps are piecewise constant, so a 480x640 image has a few thousand joint runs; everything
+    after this single pass over the pixels works on the runs only.
+    """
+    n = gt.size
+    if n == 0:
+        return gt[:0], pred[:0], np.zeros(0, dtype=np.int64)
+    change = np.empty(n, dtype=bool)
+    change[0] = True
+    np.not_equal(gt[1:], gt[:-1], out=change[1:])
+    change[1:] |= pred[1:] != pred[:-1]
+    starts = np.flatnonzero(change)
+    lengths = np.diff(starts, append=n)
+    return gt[starts], pred[starts], lengths
+
+
 def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndarray, pred_segments: Sequence[dict],
-              categories: dict | set, where: str, stats: PQStats) -> None:
+              categories: dict | set, where: str, stats: PQStats, id_mask=None) -> None:
     """Check one image's prediction against its segments list and accumulate its PQ statistics.
 
-    ``gt_map``/``pred_map``: [H, W] integer id maps; ``where`` names the image (and files) in errors.
+    ``gt_map``/``pred_map``: integer id maps of the same shape (or flat arrays of equal size);
+    ``id_mask``: applied to the run values (0xFFFFFF for raw RGBX words); ``where`` names the image
+    (and files) in errors.
     """
     if gt_map.shape != pred_map.shape:
         raise DataError(f"{where}: prediction size {pred_map.shape} differs from ground-truth size {gt_map.shape}")
@@ -220,12 +260,16 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
         if s["category_id"] not in categories:
             raise DataError(f"{where}: segment with id {s['id']} has unknown category_id {s['category_id']}")
     g, p = len(gt_ids), len(pred_ids)
-    gi = _dense_index(gt_map, gt_ids, VOID)
-    pj = _dense_index(pred_map, pred_ids, VOID)
-    hist = np.bincount(gi * (p + 2) + pj, minlength=(g + 2) * (p + 2)).reshape(g + 2, p + 2)
+    gt_run, pred_run, lengths = _runs(np.asarray(gt_map).reshape(-1), np.asarray(pred_map).reshape(-1))
+    if id_mask is not None:
+        gt_run = gt_run & id_mask
+        pred_run = pred_run & id_mask
+    gi = _dense_index(gt_run, gt_ids, VOID)
+    pj = _dense_index(pred_run, pred_ids, VOID)
+    hist = np.bincount(gi * (p + 2) + pj, weights=lengths, minlength=(g + 2) * (p + 2))
+    hist = hist.astype(np.int64).reshape(g + 2, p + 2)
     if hist[:, p + 1].any():
-        unknown_mask = pj.reshape(-1) == p + 1
-        unknown = np.unique(np.asarray(pred_map).ravel()[unknown_mask])[:10].tolist()
+        unknown = np.unique(pred_run[pj == p + 1])[:10].tolist()
         raise DataError(f"{where}: segment(s) with id {unknown} present in the PNG and not in the JSON")
     pred_areas = hist[:, :p].sum(axis=0)
     if p and (pred_areas == 0).any():
@@ -237,16 +281,23 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
                    gt_areas, pred_ids, [s["category_id"] for s in pred_segments], pred_areas, stats)
 
 
-def _pq_worker(args) -> PQStats:
+def _pq_worker(args) -> list[PQStats]:
+    """Per-image statistics of a chunk of (gt_ann, pred_ann) pairs, in order."""
     pairs, gt_folder, pred_folder, categories = args
-    stats = PQStats()
+    out = []
     for gt_ann, pred_ann in pairs:
         gt_path = os.path.join(gt_folder, gt_ann["file_name"])
         pred_path = os.path.join(pred_folder, pred_ann["file_name"])
         where = f"image id {gt_ann['image_id']!r} (prediction {pred_path}, ground truth {gt_path})"
-        _image_pq(read_panoptic_png(gt_path), gt_ann["segments_info"], read_panoptic_png(pred_path),
-                  pred_ann["segments_info"], categories, where, stats)
-    return stats
+        stats = PQStats()
+        gt_words, gt_size = _decode_rgbx(gt_path)
+        pred_words, pred_size = _decode_rgbx(pred_path)
+        if gt_size != pred_size:
+            raise DataError(f"{where}: prediction size {pred_size} differs from ground-truth size {gt_size}")
+        _image_pq(gt_words, gt_ann["segments_info"], pred_words, pred_ann["segments_info"], categories, where, stats,
+                  id_mask=np.uint32(0xFFFFFF))
+        out.append(stats)
+    return out
 
 
 def _load_json(path: str, what: str) -> dict:
@@ -313,13 +364,17 @@ def _run_pool(pairs: list, gt_folder: str, pred_folder: str, categories: dict, n
     workers = min(workers, max(1, len(pairs)))
     # Contiguous chunks, one per process, summed in order (panopticapi's split).
     chunks = [list(c) for c in _split(pairs, workers)]
+    # Per-image statistics are added in image order, so the float sums (and thus the results) do not
+    # depend on the number of processes and equal PanopticEvaluator's bit for bit.
     total = PQStats()
     if workers == 1:
-        total += _pq_worker((pairs, gt_folder, pred_folder, categories))
-        return total
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(processes=workers) as pool:
-        for stats in pool.map(_pq_worker, [(c, gt_folder, pred_folder, categories) for c in chunks], chunksize=1):
+        per_image = [_pq_worker((pairs, gt_folder, pred_folder, categories))]
+    else:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(processes=workers) as pool:
+            per_image = pool.map(_pq_worker, [(c, gt_folder, pred_folder, categories) for c in chunks], chunksize=1)
+    for chunk in per_image:
+        for stats in chunk:
             total += stats
     return total
 
@@ -379,8 +434,10 @@ class PanopticEvaluator:
 
     def process(self, gt_ids, gt_segments: Sequence[dict], pred_ids, pred_segments: Sequence[dict], image_id=None) -> None:
         where = f"image {image_id!r}" if image_id is not None else f"image #{self._count} of this evaluation"
+        local = PQStats()  # per-image sums first, as pq_compute does
         _image_pq(_as_id_map(gt_ids, "gt_ids"), list(gt_segments), _as_id_map(pred_ids, "pred_ids"), list(pred_segments),
-                  self.categories, where, self.stats)
+                  self.categories, where, local)
+        self.stats += local
         self._count += 1
 
     def merge(self, other: "PanopticEvaluator") -> None:

@@ -54,8 +54,10 @@ class PQStuffEvaluator:
         hist[: g + 1, : p + 1] = full[np.ix_(rows, cols)]
         gt_ids = gt_present.tolist()
         pred_ids = pred_present.tolist()
+        local = PQStats()
         match_segments(hist, gt_ids, gt_ids, [False] * g, full[gt_present].sum(axis=1), pred_ids, pred_ids,
-                       full[:, pred_present].sum(axis=0), self.stats)
+                       full[:, pred_present].sum(axis=0), local)
+        self.stats += local
 
     def merge(self, other: "PQStuffEvaluator") -> None:
         self.stats += other.stats
