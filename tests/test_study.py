@@ -1,0 +1,73 @@
+"""Cell caching: an unchanged cell is skipped, a changed one re-runs; variants reuse the trained checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.executor import CellExecutor
+from pipeline.study import CellFailed, plan_study, run_unit, summarize
+from tests._study_helpers import STAND_IN, write_params
+
+
+def _calls(run_dir) -> int:
+    path = Path(run_dir) / "calls.log"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _run_all(plan):
+    ex = CellExecutor(plan.params, "debug", cell_fn=plan.cell_fn)  # submitit in-process executor
+    outcomes = {}
+    for uid in plan.train_ids() + plan.variant_ids():
+        try:
+            outcomes[uid] = run_unit(plan, ex, uid)
+        except CellFailed as exc:
+            outcomes[uid] = {"status": "failed", "reason": str(exc)}
+    return outcomes
+
+
+def test_unchanged_cells_are_skipped_and_changed_cells_rerun(tmp_path):
+    params_path = write_params(tmp_path)
+    plan = plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=tmp_path / "reports")
+    assert len(plan.train_ids()) == 2 and len(plan.variant_ids()) == 1  # table7 general = eval-only
+    first = _run_all(plan)
+    assert all(o["status"] == "done" and not o["skipped"] for o in first.values())
+    dirs = {uid: plan.grid.evals.get(uid, None) or plan.grid.train[uid] for uid in first}
+    calls = {uid: _calls(u.run_dir) for uid, u in dirs.items()}
+    assert set(calls.values()) == {1}
+    variant = plan.grid.evals[plan.variant_ids()[0]]
+    assert (Path(variant.run_dir) / "checkpoints" / "last.pt").is_file()  # linked, not retrained
+
+    again = _run_all(plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=tmp_path / "reports"))
+    assert all(o["skipped"] for o in again.values())
+    assert {uid: _calls(u.run_dir) for uid, u in dirs.items()} == calls
+
+    raw = yaml.safe_load(params_path.read_text())
+    raw["grid"]["table7"]["cells"][2]["dec_layers"] = 3  # change one cell ("semantic ADE20K")
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    plan3 = plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=tmp_path / "reports")
+    third = _run_all(plan3)
+    rerun = sorted(uid for uid, o in third.items() if not o["skipped"])
+    assert len(rerun) == 1 and "-d3-" in rerun[0]
+    counts = summarize(plan3, third)
+    assert counts == {"total": 4, "done": 4, "failed": 0, "skipped": 3}  # the variant keeps its d6 training
+    assert (tmp_path / "reports" / "metrics.json").is_file()
+
+
+def test_variant_of_a_failed_training_is_not_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDY_TEST_FAIL", "ade20k-mf")
+    plan = plan_study(params_path=write_params(tmp_path), cell_fn=STAND_IN, reports_dir=tmp_path / "reports")
+    out = _run_all(plan)
+    failed = {uid: o["reason"] for uid, o in out.items() if o["status"] == "failed"}
+    assert len(failed) == 2
+    variant = plan.variant_ids()[0]
+    assert failed[variant].startswith("training cell ") and "injected failure" in failed[variant]
+
+
+def test_unknown_cell_function_fails_before_submitting(tmp_path):
+    from pipeline.errors import UserError
+
+    plan = plan_study(params_path=write_params(tmp_path), cell_fn="tests.study_cells:nope")
+    with pytest.raises(UserError, match="has no callable 'nope'"):
+        CellExecutor(plan.params, "local", cell_fn=plan.cell_fn)
