@@ -10,7 +10,7 @@ panoptic PNG + JSON format) in a temp dir and prints one table:
 
 Every path must report identical PQ numbers; the script checks this and exits 1 otherwise.
 
-Usage: python benchmarks/pq_benchmark.py [--images 300] [--workers N] [--repeats 3]
+Usage: python benchmarks/pq_benchmark.py [--images 300] [--workers N] [--repeats 3] [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def _make_image(i: int, root: Path) -> tuple[dict, dict, list]:
 
 
 def generate(root: Path, n: int, workers: int) -> None:
-    (root / "gt").mkdir(parents=True)
+    (root / "gt").mkdir()
     (root / "pred").mkdir()
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         anns = pool.starmap(_make_image, [(i, root) for i in range(n)])
@@ -153,12 +153,19 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--workers", type=int, default=None, help="processes (default: usable cores)")
     ap.add_argument("--repeats", type=int, default=3, help="best of N timings")
+    ap.add_argument("--data-dir", help="generate into / reuse this folder (kept); default: a temp dir, removed")
     args = ap.parse_args()
     workers = args.workers or default_num_workers()
-    root = Path(tempfile.mkdtemp(prefix="pq_bench_"))
+    root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="pq_bench_"))
     try:
         t0 = time.perf_counter()
-        generate(root, args.images, workers)
+        marker = root / f"generated_{args.images}"
+        if not marker.exists():
+            if root.exists():
+                shutil.rmtree(root)
+            root.mkdir(parents=True)
+            generate(root, args.images, workers)
+            marker.touch()
         gen_s = time.perf_counter() - t0
         gt_json = json.loads((root / "gt.json").read_text())
         pred_json = json.loads((root / "pred.json").read_text())
@@ -190,7 +197,8 @@ def main() -> int:
         print(f"identical results on every path: {identical}")
         return 0 if identical else 1
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.data_dir:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
