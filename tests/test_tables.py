@@ -1,0 +1,68 @@
+"""Tables: paper number, median, std, seeds, delta, tolerance mark, cited rows, holes, captions, LaTeX."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.grid import expand
+from pipeline.params import load_params
+from pipeline.tables import SMOKE_NOTE, build_tables, load_paper_numbers
+from tests._study_helpers import write_params
+
+
+def _write_metrics(run_dir: str, metrics: dict) -> None:
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "status.json").write_text(json.dumps({"status": "done"}))
+
+
+def test_paper_numbers_cover_every_table_with_sources():
+    rows = load_paper_numbers()
+    tables = {r["table"] for r in rows}
+    assert {f"table{i}" for i in range(1, 9)} <= tables
+    assert {f"appendix{i}" for i in range(1, 7)} <= tables
+    r50 = next(r for r in rows if r["table"] == "table1" and r["row"] == "MaskFormer R50" and r["metric"] == "mIoU (s.s.)")
+    assert (float(r50["value"]), float(r50["std"]), r50["source"]) == (44.5, 0.5, "Table 1")
+    assert all(r["status"] == "cited" for r in rows if r["row"].startswith(("DETR", "DeepLabV3+", "Swin-UperNet")))
+
+
+def test_medians_std_delta_and_marks(tmp_path):
+    # a real-data profile (not synthetic) so tolerance marks apply; three seeds per row
+    params_path = write_params(tmp_path, {"table2": slice(0, 3)}, synthetic=False, seeds={"default": 3})
+    params = load_params(params_path, environ={})
+    grid = expand(params, "smoke")
+    rows = {r.row: r for r in grid.rows}
+    for eid, v in zip(rows["MaskFormer ADE20K"].eval_ids, (44.0, 45.0, 47.0)):
+        _write_metrics(grid.evals[eid].run_dir, {"val/mIoU": v, "val/PQSt": 33.4})
+    for eid, v in zip(rows["PerPixelBaseline ADE20K"].eval_ids, (30.0, 31.0, 32.0)):
+        _write_metrics(grid.evals[eid].run_dir, {"val/mIoU": v})
+    build_tables(params=params, reports_dir=tmp_path / "reports", tables=["table2"])
+    text = (tmp_path / "reports" / "tables" / "table2.csv").read_text()
+    assert text.startswith("# table2: ") and "profile smoke" in text and SMOKE_NOTE not in text
+    df = pd.read_csv(tmp_path / "reports" / "tables" / "table2.csv", comment="#")
+    mf = df[(df.row == "MaskFormer ADE20K") & (df.metric == "mIoU")].iloc[0]
+    assert (mf.paper, mf.ours, mf.seeds, mf.delta, mf.mark) == (44.5, 45.0, 3, 0.5, "ok")
+    assert mf.ours_std == round(pd.Series([44.0, 45.0, 47.0]).std(), 2)
+    pp = df[(df.row == "PerPixelBaseline ADE20K") & (df.metric == "mIoU")].iloc[0]
+    assert pp.mark == "outside" and pp.delta == -8.2
+    pp_pq = df[(df.row == "PerPixelBaseline ADE20K") & (df.metric == "PQSt")].iloc[0]
+    assert pp_pq.status == "failed" and "no val/PQSt" in pp_pq.reason
+    missing = df[(df.row == "MaskFormer COCO-Stuff")].iloc[0]
+    assert missing.status == "not run"
+    tex = (tmp_path / "reports" / "tables" / "table2.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex
+
+
+def test_smoke_tables_say_so_and_mark_cited_rows(tmp_path):
+    params = load_params(write_params(tmp_path, {"table3": slice(0, 2)}), environ={})
+    build_tables(params=params, reports_dir=tmp_path / "reports")
+    text = (tmp_path / "reports" / "tables" / "table3.csv").read_text()
+    assert SMOKE_NOTE in text.splitlines()[0]
+    df = pd.read_csv(tmp_path / "reports" / "tables" / "table3.csv", comment="#")
+    assert set(df[df.row == "DETR R50+6Enc"].status) == {"cited"}
+    assert set(df[(df.row == "MaskFormer R50+6Enc") & (df.metric == "PQ")].status) == {"missing"}
+    assert set(df[df.row == "MaskFormer Swin-T"].status) == {"not run"}  # not in this trimmed grid
+    assert (tmp_path / "reports" / "tables" / "appendix5.csv").is_file()  # test-server rows: cited / not run
