@@ -6,6 +6,8 @@ semantic-inference einsum (FACTS D.3) and the final resize of detectron2's sem_s
 Reported both with all decoder layers' mask einsums (what today's tools/analyze_model.py prints, since
 the official predictor computes them in eval too, FACTS B.1) and "last layer only" (deep supervision
 off at inference), which FACTS H.3 suggests the paper's numbers used (~2G lower at 512^2).
+Note: fvcore takes generic einsum counts from numpy's `einsum_path` report, which prints them with 4
+significant digits, so einsum terms are rounded to ~0.1% exactly as in the original tool.
 """
 from __future__ import annotations
 

@@ -244,7 +244,8 @@ class SwinTransformer(nn.Module):
                  patch_size: int = 4, in_chans: int = 3) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        dpr = [float(v) for v in torch.linspace(0, drop_path_rate, sum(depths))]  # linear 0 -> 0.3
+        # linear 0 -> drop_path_rate over all blocks (official); CPU so it also works under a meta device
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         dims = [int(embed_dim * 2 ** i) for i in range(len(depths))]
         for i, depth in enumerate(depths):
