@@ -26,8 +26,8 @@ from prefect.utilities.annotations import quote  # noqa: E402
 from pipeline import study as st  # noqa: E402
 from pipeline.executor import CellExecutor  # noqa: E402
 
-MAIN = ["table1", "table2", "table3"]
-ABLATIONS = ["table4", "table5", "table6", "table7", "table8"]
+MAIN = ["main"]  # Tables 1-3 (pipeline.grid.select_tables)
+ABLATIONS = ["ablations"]  # Tables 4-8
 
 
 def _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir):
