@@ -61,6 +61,16 @@ def input_size(dataset: str, backbone: str) -> tuple[int, int]:
     return ds.crop
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size must look like HxW (e.g. 512x512), got {text!r}") from None
+    if h < 32 or w < 32:
+        raise UserError(f"--size {text}: both sides must be >= 32 (the backbone stride)")
+    return h, w
+
+
 def measure_fps(model, size: tuple[int, int], warmup: int = 2, iters: int = 5) -> float:
     """Images/s of the eval forward (+ semantic inference) at batch 1 on CPU; warm-up runs excluded."""
     import torch
@@ -96,12 +106,14 @@ def register(subparsers) -> None:
     parser.add_argument("--fps", action="store_true", help="measure CPU images/s at batch 1")
     parser.add_argument("--fps-iters", type=int, default=5, help="timed iterations for --fps (default 5)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--size", help="input HxW overriding the dataset's crop (e.g. 64x64)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     if args.fps_iters < 1:
         raise UserError(f"--fps-iters must be >= 1, got {args.fps_iters}")
+    size_override = _parse_size(args.size) if args.size else None
     kwargs = model_kwargs(args.dataset, args.backbone, args.model, args.queries, args.dec_layers)
     import torch
 
@@ -111,7 +123,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(**kwargs)
-    size = input_size(args.dataset, args.backbone)
+    size = size_override or input_size(args.dataset, args.backbone)
     head = model.sem_seg_head
     result = {
         "dataset": args.dataset, "backbone": args.backbone, "model": args.model,
