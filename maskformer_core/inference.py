@@ -352,7 +352,8 @@ def tta_semantic(model, image: Tensor, scales: Sequence[int], flip: bool, postpr
     resolution, flip flipped outputs back, and return the arithmetic mean ``[K, H, W]`` of the score maps.
 
     Args:
-        image: uint8 ``[3, H, W]`` original image. ``postprocessor``: a ``semantic`` / ``per_pixel`` one.
+        image: uint8 ``[3, H, W]`` original image (resized copies go to its device before
+            ``model.preprocess``). ``postprocessor``: a ``semantic`` / ``per_pixel`` one.
     """
     if not scales:
         raise ConfigError("tta_semantic: empty list of scales")
@@ -360,7 +361,7 @@ def tta_semantic(model, image: Tensor, scales: Sequence[int], flip: bool, postpr
     total = None
     count = 0
     for short in scales:
-        resized = _resize_image(image, resize_shortest_edge_shape(height, width, int(short), max_size))
+        resized = _resize_image(image, resize_shortest_edge_shape(height, width, int(short), max_size)).to(image.device)
         for flipped in ([False, True] if flip else [False]):
             inp = resized.flip(-1) if flipped else resized
             batch, image_sizes = model.preprocess([inp])
