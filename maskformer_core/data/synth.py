@@ -197,9 +197,9 @@ def _write_ade20k(root, meta, indices, rng, size, num_images, panoptic=False):
             if panoptic:
                 ins = np.zeros(sc.sem.shape + (3,), np.uint8)
                 order = sorted(sc.inst_class)
-                for j in order[: max(1, len(order) - 1)] if len(order) > 1 else order:
-                    # The last instance is left out of the instance PNG in every image: its thing pixels
-                    # stay VOID in the panoptic GT (FACTS F, ADE panoptic step 5).
+                # With 2+ instances the last one is left out of the instance PNG: its thing pixels
+                # stay VOID in the panoptic GT (FACTS F, ADE panoptic step 5).
+                for j in (order[:-1] if len(order) > 1 else order):
                     m = sc.inst == j
                     ins[m, 0] = ins_of[indices[sc.inst_class[j]]]
                     ins[m, 1] = j

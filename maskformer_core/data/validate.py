@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from maskformer_core.data.datasets import panoptic_paths, read_panoptic_json, semantic_pairs
-from maskformer_core.data.formats import image_size, read_image, read_label, read_panoptic_png, require_dir
+from maskformer_core.data.formats import read_image, read_label, read_panoptic_png, require_dir
 from maskformer_core.data.metadata import DatasetMeta, get_metadata
 from maskformer_core.errors import DataError
 
