@@ -11,6 +11,7 @@ from pipeline.errors import UserError
 # Each module defines register(subparsers) and sets `func` on its parser(s).
 COMMAND_MODULES = [
     "pipeline.commands.model_stats",
+    "pipeline.commands.model_stats_table",
     "pipeline.commands.evaluate_files",
     "pipeline.commands.data",
     "pipeline.commands.train",

@@ -1,0 +1,172 @@
+"""#params and GFLOPs of the REAL paper architectures of Tables 1 and 3 (never the smoke models), for the
+DVC stage `model_stats` (`python -m pipeline model-stats-table`) and the tables' params / GFLOPs columns.
+
+Each table row of params.yaml `grid.table1` / `grid.table3` is resolved with the `paper` profile
+(pipeline.grid.resolve_cell: official K, Q = 100, "+6 Enc" where the cell says so), built on CPU
+without weights, and measured with the model engineer's counters (maskformer_core.models
+count_parameters / flops.count_flops; FACTS E.4: nn.Parameters only, fvcore with detectron2's ignored
+ops, eval forward of a zero image at batch 1 including the mask upsample, semantic einsum and final
+resize). Rows sharing an architecture and input size are measured once.
+
+Input sizes (FACTS E.4 / H.2):
+- Table 1 (ADE20K, semantic): the training crop, 512x512 (Swin-B/L: 640x640, params.yaml
+  input_overrides), as the official `analyze_model.py --use-fixed-input-size` does.
+- Table 3 (COCO panoptic): the paper averages 100 val images, which we do not have. We use ONE fixed
+  input, `pipeline.commands.model_stats.input_size("coco_panoptic", ...)` = 800x1067 (the test resize,
+  short 800 / max 1333, of COCO's most common 640x480 image). Every row says so in `input_note`.
+
+Output JSON (`write_stats`, atomic): {"schema", "created_by", "device", "torch", "params_convention",
+"flops_convention", "rows": [{"table", "row", "dataset", "backbone", "model_kwargs", "params",
+"params_M", "input_size", "input_note", "gflops", "gflops_last_layer_only", "gflops_status",
+"seconds"}]}; `gflops_status` is "computed", "not computed (cost)" or "not requested".
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from pipeline.errors import UserError
+from pipeline.grid import resolve_cell
+from pipeline.params import Params
+
+SCHEMA = "maskformer-paper-model-stats/1"
+DEFAULT_OUT = Path("reports/model_stats/paper_models.json")
+STATS_TABLES = ("table1", "table3")  # the paper tables with params / GFLOPs columns
+PAPER_PROFILE = "paper"  # params.yaml profile holding the published architectures (FACTS A.1-A.3)
+PARAMS_CONVENTION = "nn.Parameters only (FrozenBN buffers excluded), FACTS E.4 / H.1"
+FLOPS_CONVENTION = (
+    "fvcore FlopCountAnalysis with detectron2's ignored ops (1 fused multiply-add = 1 flop), batch 1, eval, "
+    "zero image; includes mask upsample + semantic einsum + final resize (FACTS E.4). `gflops` counts the "
+    "mask einsums of all 6 decoder layers (what the official tools/analyze_model.py counts, FACTS H.3); "
+    "`gflops_last_layer_only` counts the last layer's only (what the paper's numbers appear to use)"
+)
+COCO_INPUT_NOTE = ("fixed 800x1067 input (test resize of a 640x480 image) standing in for the paper's mean "
+                   "over 100 COCO val images, which we do not have (FACTS E.4)")
+
+
+def paper_rows(params: Params, tables: Iterable[str] = STATS_TABLES,
+               rows: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """One spec per (table, row label) of the selected grid tables, with the paper architecture.
+
+    Returns dicts {"table", "row", "dataset", "backbone", "model_kwargs", "input_size" [H, W], "input_note"}.
+    `rows` filters by row label ("MaskFormer R50") or "table:row"; an unknown filter is a UserError.
+    """
+    from pipeline.commands.model_stats import input_size
+
+    if PAPER_PROFILE not in params.profiles:
+        raise UserError(f"params.yaml: profiles.{PAPER_PROFILE} is missing; the model statistics use its "
+                        f"published architectures")
+    if params.profiles[PAPER_PROFILE].synthetic:
+        raise UserError(f"params.yaml: profiles.{PAPER_PROFILE}.synthetic must be false (paper models only)")
+    wanted = list(rows) if rows is not None else None
+    specs: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for table in tables:
+        if table not in params.grid:
+            raise UserError(f"params.yaml: grid.{table} is missing")
+        for i, cell in enumerate(params.grid[table].cells):
+            if (table, cell.row) in seen:
+                continue  # the m.s. cell of a row has the same model
+            if wanted is not None and cell.row not in wanted and f"{table}:{cell.row}" not in wanted:
+                continue
+            seen.add((table, cell.row))
+            tcfg, _, _, _ = resolve_cell(params, PAPER_PROFILE, cell, 0, where=f"grid.{table}.cells[{i}]",
+                                         data_versions={cell.dataset: "n/a"})
+            kwargs = {k: v for k, v in tcfg["model"].items() if k != "pretrained"}  # random init: no download
+            crop = tcfg["data"].get("crop_size")
+            if crop:  # semantic rows: the training crop (FACTS E.4 --use-fixed-input-size)
+                size, note = [int(crop[0]), int(crop[1])], f"fixed {crop[0]}x{crop[1]} crop (FACTS E.4)"
+            else:  # COCO panoptic: no crop; one documented stand-in for the 100-image mean
+                size, note = list(input_size(cell.dataset, cell.backbone)), COCO_INPUT_NOTE
+            specs.append({"table": table, "row": cell.row, "dataset": cell.dataset, "backbone": cell.backbone,
+                          "model_kwargs": kwargs, "input_size": size, "input_note": note})
+    if wanted is not None:
+        found = {s["row"] for s in specs} | {f"{s['table']}:{s['row']}" for s in specs}
+        missing = [w for w in wanted if w not in found]
+        if missing:
+            raise UserError(f"--row {missing[0]!r} is not a row of grid.{'/'.join(tables)} in params.yaml")
+    return specs
+
+
+def measure(specs: list[dict[str, Any]], *, flops: bool = True, skip_flops: Iterable[str] = (),
+            log=print) -> list[dict[str, Any]]:
+    """Build each spec's model and count params (and GFLOPs unless skipped); identical models are built once.
+
+    `skip_flops`: row labels (or "table:row") whose FLOPs are too costly here -> "not computed (cost)".
+    """
+    import torch
+
+    from maskformer_core.models import build_model, count_parameters
+    from maskformer_core.models.flops import count_flops
+
+    skip = set(skip_flops)
+    cache: dict[str, dict[str, Any]] = {}
+    out = []
+    for spec in specs:
+        want_flops = flops and spec["row"] not in skip and f"{spec['table']}:{spec['row']}" not in skip
+        key = json.dumps([spec["model_kwargs"], spec["input_size"], want_flops], sort_keys=True)
+        if key not in cache:
+            start = time.perf_counter()
+            torch.manual_seed(0)
+            model = build_model(**spec["model_kwargs"])
+            res: dict[str, Any] = {"params": count_parameters(model), "gflops": None,
+                                   "gflops_last_layer_only": None}
+            if want_flops:
+                size = tuple(spec["input_size"])
+                res["gflops"] = round(count_flops(model, size)["total"], 3)
+                res["gflops_last_layer_only"] = round(count_flops(model, size, last_layer_only_masks=True)["total"], 3)
+            res["seconds"] = round(time.perf_counter() - start, 1)
+            del model
+            cache[key] = res
+        res = cache[key]
+        status = "computed" if want_flops else ("not computed (cost)" if flops else "not requested")
+        row = dict(spec, params=res["params"], params_M=round(res["params"] / 1e6, 3), gflops=res["gflops"],
+                   gflops_last_layer_only=res["gflops_last_layer_only"], gflops_status=status,
+                   seconds=res["seconds"])
+        out.append(row)
+        gf = f"{row['gflops']:.2f} G (last layer only {row['gflops_last_layer_only']:.2f} G)" if row["gflops"] else status
+        log(f"{spec['table']} {spec['row']}: {row['params_M']:.3f} M params, {gf} at "
+            f"{spec['input_size'][0]}x{spec['input_size'][1]} [{res['seconds']:.1f} s]")
+    return out
+
+
+def write_stats(rows: list[dict[str, Any]], out: str | os.PathLike) -> Path:
+    """Write the stats JSON atomically (temp file in the same folder, then rename)."""
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"schema": SCHEMA, "created_by": "python -m pipeline model-stats-table", "device": "cpu",
+           "torch": torch.__version__, "params_convention": PARAMS_CONVENTION, "flops_convention": FLOPS_CONVENTION,
+           "rows": rows}
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def load_stats(path: str | os.PathLike) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """{(table, row): row dict} from a stats JSON, or None when the file does not exist.
+
+    A file of another schema or without "rows" is a UserError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); rerun `dvc repro model_stats`") from exc
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("rows"), list):
+        raise UserError(f"{path}: not a {SCHEMA} file; rerun `dvc repro model_stats`")
+    return {(r["table"], r["row"]): r for r in doc["rows"]}
