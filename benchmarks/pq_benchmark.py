@@ -139,13 +139,16 @@ def in_memory(gts: list, preds: list) -> dict:
     return ev.results()
 
 
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
+def timed_pair(fa, fb, repeats: int):
+    """Best-of-N wall times of two paths, run alternately so that both see the same machine load."""
+    best = [float("inf"), float("inf")]
+    outs = [None, None]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for k, fn in enumerate((fa, fb)):
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return (best[0], outs[0]), (best[1], outs[1])
 
 
 def main() -> int:
@@ -170,19 +173,21 @@ def main() -> int:
         gt_json = json.loads((root / "gt.json").read_text())
         pred_json = json.loads((root / "pred.json").read_text())
         decode_floor(root, workers)  # warm the page cache
-        floor_s, _ = timed(lambda: decode_floor(root, workers), args.repeats)
-        file_s, file_res = timed(lambda: pq_compute(str(root / "gt.json"), str(root / "pred.json"), str(root / "gt"),
-                                                    str(root / "pred"), num_workers=workers), args.repeats)
+        (floor_s, _), (file_s, file_res) = timed_pair(
+            lambda: decode_floor(root, workers),
+            lambda: pq_compute(str(root / "gt.json"), str(root / "pred.json"), str(root / "gt"), str(root / "pred"),
+                               num_workers=workers), args.repeats)
         # in-memory inputs: GT decoded once (the trainer gets it from the data loader), predictions as id maps
         gts = [(read_panoptic_png(str(root / "gt" / a["file_name"])), a["segments_info"]) for a in gt_json["annotations"]]
         preds = [(a["image_id"], (read_panoptic_png(str(root / "pred" / a["file_name"])).astype(np.int32), a["segments_info"]))
                  for a in pred_json["annotations"]]
-        mem_s, mem_res = timed(lambda: in_memory(gts, preds), args.repeats)
-        d2_s, d2_res = timed(lambda: detectron2_style(root, preds, workers), args.repeats)
+        (mem_s, mem_res), (d2_s, d2_res) = timed_pair(lambda: in_memory(gts, preds),
+                                                      lambda: detectron2_style(root, preds, workers), args.repeats)
         rows = [("decode PNGs only (floor)", floor_s, None), ("pq_compute (files)", file_s, file_res),
                 ("detectron2-style: write PNG+JSON, pq_compute", d2_s, d2_res), ("in-memory PanopticEvaluator", mem_s, mem_res)]
         n = args.images
-        print(f"{n} images {H}x{W}, ~30 segments each, {workers} process(es); best of {args.repeats}; data generated in {gen_s:.1f} s")
+        print(f"{n} images {H}x{W}, ~30 segments each, {workers} process(es); best of {args.repeats} alternating runs; "
+              f"data ready in {gen_s:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"{'path':48s} {'seconds':>8s} {'ms/img':>8s} {'PQ':>10s} {'SQ':>10s} {'RQ':>10s} {'PQ_th':>10s} {'PQ_st':>10s}")
         for name, secs, res in rows:
             if res is None:
