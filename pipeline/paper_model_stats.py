@@ -17,8 +17,9 @@ Input sizes (FACTS E.4 / H.2):
 
 Output JSON (`write_stats`, atomic): {"schema", "created_by", "device", "torch", "params_convention",
 "flops_convention", "rows": [{"table", "row", "dataset", "backbone", "model_kwargs", "params",
-"params_M", "input_size", "input_note", "gflops", "gflops_last_layer_only", "gflops_status",
-"seconds"}]}; `gflops_status` is "computed", "not computed (cost)" or "not requested".
+"params_M", "input_size", "input_note", "gflops", "gflops_last_layer_only" (null unless
+--last-layer), "gflops_status", "seconds", "cpu_seconds"}]}; `gflops_status` is "computed",
+"not computed (cost)" or "not requested".
 """
 from __future__ import annotations
 
@@ -93,10 +94,12 @@ def paper_rows(params: Params, tables: Iterable[str] = STATS_TABLES,
 
 
 def measure(specs: list[dict[str, Any]], *, flops: bool = True, skip_flops: Iterable[str] = (),
-            log=print) -> list[dict[str, Any]]:
+            last_layer: bool = False, log=print) -> list[dict[str, Any]]:
     """Build each spec's model and count params (and GFLOPs unless skipped); identical models are built once.
 
     `skip_flops`: row labels (or "table:row") whose FLOPs are too costly here -> "not computed (cost)".
+    `last_layer`: also count `gflops_last_layer_only` (a second fvcore trace, doubling the FLOP cost).
+    `seconds` is wall time, `cpu_seconds` process CPU time (all threads) of building + counting.
     """
     import torch
 
@@ -110,7 +113,7 @@ def measure(specs: list[dict[str, Any]], *, flops: bool = True, skip_flops: Iter
         want_flops = flops and spec["row"] not in skip and f"{spec['table']}:{spec['row']}" not in skip
         key = json.dumps([spec["model_kwargs"], spec["input_size"], want_flops], sort_keys=True)
         if key not in cache:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             torch.manual_seed(0)
             model = build_model(**spec["model_kwargs"])
             res: dict[str, Any] = {"params": count_parameters(model), "gflops": None,
@@ -118,19 +121,25 @@ def measure(specs: list[dict[str, Any]], *, flops: bool = True, skip_flops: Iter
             if want_flops:
                 size = tuple(spec["input_size"])
                 res["gflops"] = round(count_flops(model, size)["total"], 3)
-                res["gflops_last_layer_only"] = round(count_flops(model, size, last_layer_only_masks=True)["total"], 3)
+                if last_layer:
+                    res["gflops_last_layer_only"] = round(
+                        count_flops(model, size, last_layer_only_masks=True)["total"], 3)
             res["seconds"] = round(time.perf_counter() - start, 1)
+            res["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
             del model
             cache[key] = res
         res = cache[key]
         status = "computed" if want_flops else ("not computed (cost)" if flops else "not requested")
         row = dict(spec, params=res["params"], params_M=round(res["params"] / 1e6, 3), gflops=res["gflops"],
                    gflops_last_layer_only=res["gflops_last_layer_only"], gflops_status=status,
-                   seconds=res["seconds"])
+                   seconds=res["seconds"], cpu_seconds=res["cpu_seconds"])
         out.append(row)
-        gf = f"{row['gflops']:.2f} G (last layer only {row['gflops_last_layer_only']:.2f} G)" if row["gflops"] else status
+        gf = f"{row['gflops']:.2f} GFLOPs" if row["gflops"] is not None else f"GFLOPs {status}"
+        if row["gflops_last_layer_only"] is not None:
+            gf += f" (last layer only {row['gflops_last_layer_only']:.2f})"
         log(f"{spec['table']} {spec['row']}: {row['params_M']:.3f} M params, {gf} at "
-            f"{spec['input_size'][0]}x{spec['input_size'][1]} [{res['seconds']:.1f} s]")
+            f"{spec['input_size'][0]}x{spec['input_size'][1]} [{res['seconds']:.1f} s wall, "
+            f"{res['cpu_seconds']:.1f} s CPU]")
     return out
 
 

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--params-only", action="store_true", help="count parameters only, no FLOPs")
     p.add_argument("--skip-flops", action="append", default=[], metavar="ROW",
                    help="row whose FLOPs are too costly here; recorded as 'not computed (cost)' (repeatable)")
+    p.add_argument("--last-layer", action="store_true",
+                   help="also count GFLOPs with the last decoder layer's mask einsum only (a second trace)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.set_defaults(func=run)
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    rows = measure(specs, flops=not args.params_only, skip_flops=args.skip_flops,
+    rows = measure(specs, flops=not args.params_only, skip_flops=args.skip_flops, last_layer=args.last_layer,
                    log=lambda line: print(line, file=sys.stderr, flush=True))
     out = write_stats(rows, args.out)
     print(f"model-stats-table: wrote {len(rows)} rows to {out}", file=sys.stderr)
