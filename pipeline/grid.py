@@ -170,11 +170,19 @@ def _official_meta(dataset: str) -> Any | None:
     return get_metadata(dataset)
 
 
-def data_version(root: str | Path, lock_path: str | Path = "dvc.lock") -> str:
-    """Version of a prepared data folder: its md5 in dvc.lock, else a hash of SYNTHETIC.json, else 'none'."""
+def data_version(
+    root: str | Path, lock_path: str | Path | tuple[str | Path, ...] = ("dvc.lock", "data/dvc.lock")
+) -> str:
+    """Version of a prepared data folder: its md5 in a lock file, else a hash of SYNTHETIC.json, else 'none'.
+
+    Twins (data/synthetic/<d>) are outputs of dvc.yaml's `data` stages (dvc.lock); real datasets
+    (data/prepared/<d>) of data/dvc.yaml's `prepare` stages (data/dvc.lock, paths from the repo root).
+    """
     root = Path(root)
-    lock = Path(lock_path)
-    if lock.is_file():
+    locks = [Path(p) for p in ((lock_path,) if isinstance(lock_path, (str, Path)) else lock_path)]
+    for lock in locks:
+        if not lock.is_file():
+            continue
         import yaml
 
         try:

@@ -31,6 +31,11 @@ PAPER_BACKBONES = ("R50", "R101", "R101c", "Swin-T", "Swin-S", "Swin-B", "Swin-L
 SMOKE_BACKBONES = ("SmokeR18", "SmokeSwin")
 BACKBONES = PAPER_BACKBONES + SMOKE_BACKBONES
 STRATEGIES = ("semantic", "general", "general_semantic", "detr")
+# Data layout (docs/ARCHITECTURE.md "Synthetic twins"): twins are prepared into data/synthetic/<d>
+# (dvc.yaml `data`), real downloads data/raw/<d> into data/prepared/<d> (data/dvc.yaml `prepare`).
+TWIN_DATA_ROOT = "data/synthetic"
+REAL_DATA_ROOT = "data/prepared"
+RAW_DATA_ROOT = "data/raw"
 SLURM_ENV = {  # environment variable -> executor.slurm key
     "MASKFORMER_SLURM_PARTITION": "partition",
     "MASKFORMER_SLURM_ACCOUNT": "account",
@@ -54,6 +59,9 @@ class StudyParams(BaseModel):
     retries: int = Field(1, ge=0, le=10)
     retry_delay_s: float = Field(2.0, ge=0)
     cell_fn: str = "pipeline.engine:run_cell"
+    # Mirror of profiles.<profile>.data_root that dvc.yaml templates the study deps from
+    # (`${study.data_root}/<dataset>`); must agree with the active profile (check_data_roots).
+    data_root: str | None = None
 
     @field_validator("cell_fn")
     @classmethod
@@ -335,10 +343,58 @@ def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     for bb in BACKBONES:
         if bb not in params.time_model.fps:
             raise UserError(f"{source}: time_model.fps: missing backbone {bb!r}")
+    check_data_roots(params, source)
     from pipeline.grid import check_cells  # cross-field rules live with the grid expansion
 
     check_cells(params, source)
     return params
+
+
+def _norm_root(root: str) -> str:
+    """'./data/synthetic/' -> 'data/synthetic' (relative roots are relative to the repository root)."""
+    return os.path.normpath(root).replace(os.sep, "/")
+
+
+def _under(root: str, base: str) -> bool:
+    return root == base or root.startswith(base + "/")
+
+
+def check_data_roots(params: Params, source: str = "params.yaml") -> None:
+    """Keep twins and real data apart; raise `UserError` naming the key.
+
+    - a real-data profile (`synthetic: false`) may not read the twins (data/synthetic) or raw
+      downloads (data/raw): its numbers would silently come from the wrong data;
+    - a synthetic profile may not read data/prepared (real data) or data/raw; any other root is
+      accepted (a custom twin folder, e.g. a test's temp dir: the study reads K from its SYNTHETIC.json);
+    - `study.data_root`, which dvc.yaml's study deps are templated from, must equal the active
+      profile's data_root, or DVC would track different folders than the study reads.
+    """
+    for name, prof in params.profiles.items():
+        root = _norm_root(prof.data_root)
+        key = f"profiles.{name}.data_root"
+        if _under(root, RAW_DATA_ROOT):
+            raise UserError(
+                f"{source}: {key}: {prof.data_root!r} is the raw download folder; point it at the prepared "
+                f"datasets ({TWIN_DATA_ROOT if prof.synthetic else REAL_DATA_ROOT})"
+            )
+        if not prof.synthetic and _under(root, TWIN_DATA_ROOT):
+            raise UserError(
+                f"{source}: {key}: profile {name} trains on real data (synthetic: false) but {prof.data_root!r} "
+                f"holds the synthetic twins; use {REAL_DATA_ROOT} (README \"Datasets\")"
+            )
+        if prof.synthetic and _under(root, REAL_DATA_ROOT):
+            raise UserError(
+                f"{source}: {key}: profile {name} is synthetic but {prof.data_root!r} holds the real prepared "
+                f"datasets; use {TWIN_DATA_ROOT} (the twins dvc.yaml's data stage makes)"
+            )
+    mirror = params.study.data_root
+    active = params.profiles[params.study.profile]
+    if mirror is not None and _norm_root(mirror) != _norm_root(active.data_root):
+        raise UserError(
+            f"{source}: study.data_root: {mirror!r} differs from profiles.{params.study.profile}.data_root "
+            f"{active.data_root!r} (the active profile); dvc.yaml's study deps follow study.data_root, "
+            f"so set it to {active.data_root!r} when switching study.profile"
+        )
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ def write_params(tmp: Path, tables: dict[str, slice] | None = None, **profile_ov
     smoke["data_root"] = str(tmp / "data")
     smoke["run"]["threads"] = None  # the stand-in needs no torch
     smoke.update(profile_overrides)
+    raw["study"]["data_root"] = smoke["data_root"]  # dvc.yaml's mirror of the active profile's root
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     return path

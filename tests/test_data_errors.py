@@ -162,12 +162,12 @@ def test_dvc_push_pull_round_trip(tmp_path):
     _dvc("init", "-q", cwd=repo)
     _dvc("config", "core.analytics", "false", cwd=repo)
     _dvc("remote", "add", "-d", "local", str(tmp_path / "remote"), cwd=repo)
-    out = repo / "data" / "prepared" / "cityscapes"
+    out = repo / "data" / "synthetic" / "cityscapes"  # a twin: the smoke layout (params.yaml)
     raw = tmp_path / "raw"
     synthesize("cityscapes", raw, num_images=4, num_classes=3, image_size=SIZE, seed=2)
     prepare("cityscapes", raw, out, progress=False)
     digest = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    _dvc("add", "-q", "data/prepared/cityscapes", cwd=repo)
+    _dvc("add", "-q", "data/synthetic/cityscapes", cwd=repo)
     _dvc("push", "-q", cwd=repo)
     shutil.rmtree(out)
     shutil.rmtree(repo / ".dvc" / "cache")

@@ -82,8 +82,8 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("make", help="synth + prepare (+ validate): the smoke twin of one dataset")
     p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--out", required=True, help="prepared root, e.g. data/prepared/ade20k")
-    p.add_argument("--raw", default=None, help="where to keep the raw twin (default: a temp folder)")
+    p.add_argument("--out", required=True, help="prepared twin root, e.g. data/synthetic/ade20k")
+    p.add_argument("--raw", default=None, help="where to keep the raw twin, e.g. data/raw/synthetic/ade20k (default: a temp folder)")
     _add_twin_args(p)
     p.set_defaults(func=run)
 
