@@ -89,9 +89,14 @@ def build_optimizer(model: nn.Module, solver) -> torch.optim.Optimizer:
     )
     if not groups:
         raise ValueError("model has no trainable parameters")
-    # foreach=False: with one parameter per group the multi-tensor path brings nothing and the
-    # single-tensor path is bit-stable across runs.
-    return torch.optim.AdamW(groups, lr=solver.base_lr, betas=tuple(solver.betas), eps=solver.eps, foreach=False)
+    # The fused kernel computes the same AdamW update in one pass per tensor: ~3x faster than the
+    # single-tensor path with one group per parameter (R50 MaskFormer on CPU: 0.03 s vs 0.09 s a step;
+    # benchmarks/train_step_vs_hf.py). The multi-tensor (foreach) path gains nothing with 1-tensor groups.
+    kwargs = dict(lr=solver.base_lr, betas=tuple(solver.betas), eps=solver.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # a device/dtype without a fused kernel
+        return torch.optim.AdamW(groups, foreach=False, **kwargs)
 
 
 def warmup_factor_at(it: int, method: str, warmup_iters: int, warmup_factor: float) -> float:
