@@ -148,6 +148,7 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
             tta_evaluators["pqst"] = pq_stuff.PQStuffEvaluator(meta.num_classes, meta.ignore_label)
         tta_pp = build_postprocessor("per_pixel" if strategy == "per_pixel" else "semantic", num_classes=meta.num_classes)
     qstats = QueryStats()
+    seen_sem = False  # COCO panoptic has no semantic GT: no mIoU there (E.1 evaluators)
     times: list[float] = []
     n_fps = cfg.test.fps_warmup + cfg.test.fps_images if measure_fps else 0
     for i, record in enumerate(records):
@@ -164,6 +165,7 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
         if "pred_logits" in outputs:
             qstats.update(outputs["pred_logits"])
         gt_sem = _to_numpy(item["sem_seg"]).astype(np.int64) if "sem_seg" in item else None
+        seen_sem = seen_sem or gt_sem is not None
         if gt_sem is not None and "sem" in evaluators:
             pred = _to_numpy(sem_seg_to_label(result, meta.ignore_label)).astype(np.int64)
             evaluators["sem"].process(pred, gt_sem)
@@ -184,6 +186,8 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
         if progress is not None:
             progress(i + 1, len(records))
     metrics: dict[str, Any] = {}
+    if not seen_sem:
+        evaluators.pop("sem", None), evaluators.pop("pqst", None), tta_evaluators.clear()
     if "sem" in evaluators:
         metrics.update(_semantic_names(evaluators["sem"].evaluate(), "val"))
     if "pqst" in evaluators:

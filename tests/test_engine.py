@@ -180,3 +180,25 @@ def test_ddp_two_gloo_processes_match_single_process(twin_root, tmp_path):
     assert init["world_size"] == 1
     assert ckpt.load_file(tmp_path / "ddp" / "checkpoints" / "final.pt")["world_size"] == 2
     assert set(single) == set(ddp)
+
+
+def test_panoptic_twin_metrics_tta_and_evaluate_cell_agree(tmp_path):
+    from maskformer_core.data.prepare import prepare
+    from maskformer_core.data.synth import synthesize
+    from pipeline.engine import evaluate_cell
+
+    synthesize("ade20k_panoptic", tmp_path / "raw", num_images=6, num_classes=6, image_size=(48, 64), seed=0)
+    prepare("ade20k_panoptic", tmp_path / "raw", tmp_path / "prep", progress=False)
+    cfg = smoke_config(tmp_path / "prep", tmp_path / "run", data={"dataset": "ade20k_panoptic"},
+                       solver={"max_iter": 3, "ims_per_batch": 2},
+                       test={"tta": True, "tta_sizes": [24, 32], "object_mask_threshold": 0.0})
+    assert cfg.test.strategy is None  # resolved to "general" for panoptic data (D.4)
+    metrics = run_cell(cfg)
+    for key in ("val/PQ", "val/PQ_th", "val/PQ_st", "val/SQ", "val/RQ", "val/mIoU", "val_ms/mIoU"):
+        assert isinstance(metrics[key], float), key
+    assert "val/PQSt" not in metrics  # PQ^St is for semantic datasets (E.3)
+    again = evaluate_cell(cfg, output=tmp_path / "eval.json", tta=False)
+    assert json.loads((tmp_path / "eval.json").read_text()) == again
+    for key in ("val/PQ", "val/PQ_th", "val/mIoU", "val/pACC"):
+        assert again[key] == metrics[key], key
+    assert "val_ms/mIoU" not in again
