@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +62,7 @@ def detect() -> DistEnv:
         if job.num_tasks > 1:
             job_id = str(job.job_id).split("_")[0]
             # A per-job port in the dynamic range so concurrent jobs on one node do not collide.
-            port = 20000 + (abs(hash(job_id)) % 20000) if not job_id.isdigit() else 20000 + int(job_id) % 20000
+            port = 20000 + (int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())) % 20000
             return DistEnv(
                 rank=job.global_rank,
                 world_size=job.num_tasks,

@@ -525,8 +525,9 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
 
 def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, train_records, val_records, tta, evaluate):
     status = "FAILED"
+    stop = StopFlag()
     try:
-        with StopFlag() as stop:
+        with stop:
             def periodic_eval(it: int) -> dict:
                 metrics = {}
                 if env.is_main:
@@ -535,11 +536,7 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
                 dist_utils.barrier(env)
                 return metrics
 
-            try:
-                result = trainer.train(train_records, stop, periodic_eval)
-            except Preempted:
-                stop.chain_previous()
-                raise
+            result = trainer.train(train_records, stop, periodic_eval)
         metrics: dict[str, Any] = {}
         if env.is_main:
             metrics = evaluate(trainer.model, cfg, meta, device, tta=tta, records=val_records)
@@ -562,6 +559,12 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
         if env.is_main:
             write_status(output_dir, "interrupted", iteration=exc.iteration, reason=str(exc),
                          mlflow_run_id=trainer.mlflow_run_id)
+        with contextlib.suppress(Exception):
+            tracker.end(status)
+        status = None  # closed
+        # Bookkeeping is done: hand the signal to the handler that was there before ours (e.g. submitit's
+        # checkpoint_and_try_requeue, which requeues the job and exits).
+        stop.chain_previous()
         raise
     except KeyboardInterrupt:
         status = "KILLED"
@@ -574,8 +577,9 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
                          traceback=traceback.format_exc(limit=20), mlflow_run_id=trainer.mlflow_run_id)
         raise
     finally:
-        with contextlib.suppress(Exception):
-            tracker.end(status)
+        if status is not None:
+            with contextlib.suppress(Exception):
+                tracker.end(status)
 
 
 def default_checkpoint(output_dir: str | os.PathLike) -> Path:
@@ -648,5 +652,6 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
             status = "KILLED"
         raise
     finally:
-        with contextlib.suppress(Exception):
-            tracker.end(status)
+        if status is not None:
+            with contextlib.suppress(Exception):
+                tracker.end(status)

@@ -93,8 +93,19 @@ def test_interrupt_and_resume_is_bit_identical(twin_root, tmp_path):
     ref = run_cell(ref_cfg)
 
     cfg = smoke_config(twin_root, tmp_path / "cut", solver={"max_iter": 9}, run={"checkpoint_period": 4})
-    with pytest.raises(Preempted) as info:
-        run_cell(cfg, hooks=[_interrupt_at(6)])
+    seen = []  # a previously installed handler (e.g. submitit's requeue) runs after the state is saved
+
+    def previous(signum, frame):
+        seen.append((signum, read_status(tmp_path / "cut")["status"]))
+
+    old = signal.signal(signal.SIGUSR1, previous)
+    try:
+        with pytest.raises(Preempted) as info:
+            run_cell(cfg, hooks=[_interrupt_at(6)])
+    finally:
+        assert signal.getsignal(signal.SIGUSR1) is previous  # ours was removed again
+        signal.signal(signal.SIGUSR1, old)
+    assert seen == [(signal.SIGUSR1, "interrupted")]
     assert info.value.iteration == 6
     status = read_status(tmp_path / "cut")
     assert status["status"] == "interrupted" and status["iteration"] == 6
