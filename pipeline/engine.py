@@ -459,9 +459,16 @@ def run_cell(config: RunConfig, *, hooks: Iterable[Callable[[int], None]] = (), 
         if config.run.tracking:
             from pipeline.tracking import ensure_store
 
-            ensure_store(uri)
-        os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
-        dist_utils.launch_local(_spawned_worker, config.run.num_gpus, args=(config.to_dict(), tta))
+            ensure_store(uri)  # create the store once, before the workers write to it
+        raw = config.to_dict()
+        raw["run"]["tracking_uri"] = uri
+        try:
+            dist_utils.launch_local(_spawned_worker, config.run.num_gpus, args=(raw, tta))
+        except Exception as exc:  # a worker raised; status.json says what happened
+            status = read_status(config.run.output_dir) or {}
+            if status.get("status") == "interrupted":
+                raise Preempted(int(status.get("iteration", 0)), None, None) from exc
+            raise RuntimeError(f"distributed run failed: {status.get('reason', exc)}") from exc
         status = read_status(config.run.output_dir) or {}
         if status.get("status") != "done":
             raise RuntimeError(f"distributed run ended with status {status}")
