@@ -255,6 +255,8 @@ class Trainer:
         self.hooks = list(hooks)
         self.model, self.criterion, self.optimizer, self.scheduler = build_components(cfg, meta, device)
         self.start_iter = 0
+        # A.0: training is fp32 (AMP off); with solver.amp on CUDA, fp16 autocast + loss scaling.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.solver.amp and device.type == "cuda")
         self.ddp: nn.Module = self.model
         self.mlflow_run_id: str | None = None
         self.last_good: Path | None = None
@@ -273,6 +275,7 @@ class Trainer:
             "git_commit": ckpt.git_commit(),
             "mlflow_run_id": self.mlflow_run_id or "",
             "world_size": int(self.env.world_size),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
         }
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
@@ -283,6 +286,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path}: does not fit this model ({exc})") from exc
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         self.start_iter = int(state["iteration"])
         self.mlflow_run_id = state.get("mlflow_run_id") or None
@@ -341,12 +346,14 @@ class Trainer:
                     f"iteration {it} (0-based; {it} iterations done); stopped without saving, last good "
                     f"checkpoint kept: {where}")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if solver.clip_type == "full_model" and solver.clip_value > 0:
                 from pipeline.solver import clip_full_model
 
+                self.scaler.unscale_(self.optimizer)
                 clip_full_model(params, solver.clip_value)  # A.0 CLIP_VALUE 0.01
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             lr = max(self.scheduler.get_last_lr())
             self.scheduler.step()
             it += 1

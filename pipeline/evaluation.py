@@ -81,7 +81,7 @@ def _pq_names(res: dict[str, float], prefix: str, suffix: str = "") -> dict[str,
 class QueryStats:
     """For every query index the set of categories it predicted (softmax prob > 0.5, no-object excluded)."""
 
-    def __init__(self, num_queries: int | None = None):
+    def __init__(self) -> None:
         self.sets: dict[int, set[int]] = {}
 
     def update(self, pred_logits: torch.Tensor) -> None:
