@@ -304,6 +304,24 @@ table.status td,table.status th{border:1px solid #d0d7de;padding:2px 6px;font-si
 """
 
 
+def run_commit(cell: CellState) -> str:
+    """The git commit a cell was trained at: its config tags, else the self-describing final checkpoint."""
+    tagged = ((cell.config.get("run") or {}).get("tags") or {}).get("git_commit")
+    if tagged:
+        return str(tagged)
+    final = cell.path / "checkpoints" / "final.pt"
+    if not final.is_file():
+        return ""
+    try:
+        import torch
+
+        # mmap: only the small header is read, not the weights; weights_only: no arbitrary unpickling.
+        state = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a damaged checkpoint only loses the provenance line
+        return ""
+    return str(state.get("git_commit", ""))[:12] if isinstance(state, dict) else ""
+
+
 def _is_smoke(profile: str, cells: list[CellState]) -> bool:
     if profile == "smoke":
         return True
@@ -331,8 +349,7 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
     smoke = _is_smoke(profile, cells)
     done = [c for c in cells if c.state == "done"]
     seeds = sorted({_seed(c) for c in done}) or ["n/a"]
-    run_commits = sorted({str(((c.config.get("run") or {}).get("tags") or {}).get("git_commit", ""))
-                          for c in done} - {""})
+    run_commits = sorted({run_commit(c) for c in done} - {""})
     provenance = (f"Profile {profile}{' (smoke scale: synthetic twins, tiny backbones)' if smoke else ''}; "
                   f"seeds {', '.join(seeds)}; runs at commit {', '.join(run_commits) or 'not recorded'}; "
                   f"report at commit {commit}.")
