@@ -199,11 +199,13 @@ def plot_queries(cells: list[CellState], fig_dir: Path, provenance: str) -> list
     if not series:
         return []
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for dataset, by_q in sorted(series.items()):
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]  # overlapping series stay visible
+    for i, (dataset, by_q) in enumerate(sorted(series.items())):
         qs = sorted(by_q)
+        line, marker = styles[i % len(styles)]
         for ax, key in zip(axes, ("val/mIoU", "val/PQSt")):
             ys = [by_q[q].get(key, float("nan")) for q in qs]
-            ax.plot(qs, ys, marker="o", label=dataset)
+            ax.plot(qs, ys, linestyle=line, marker=marker, markersize=8 - 2 * (i % 3), label=dataset)
     for ax, title in zip(axes, ("mIoU", "PQ$^{St}$")):
         ax.set_xscale("log")
         ax.set_xlabel("number of queries Q")
