@@ -1,11 +1,12 @@
 """The study report a person opens: ``reports/index.html`` with the tables inline and PNG plots in ``reports/figures/``.
 
 Inputs (never MLflow, per docs/ARCHITECTURE.md):
-- ``reports/tables/*.csv`` written by the tables stage: paper vs ours per row. Recognised columns
-  (all optional): ``table``, ``row``, ``column``/``metric``, ``paper``, ``ours``, ``delta``,
-  ``tolerance``, ``outside_tolerance`` (bool), ``cited`` (bool: the number is quoted from the paper,
-  not measured), ``profile``, ``seeds``, ``git_commit``, ``cell_ids``. Rows outside tolerance are
-  coloured, cited rows marked; other columns are shown as they are.
+- ``reports/tables/*.csv`` written by the tables stage (pipeline/tables.py): a first line
+  ``# tableN: title | profile P | seeds ... | git C`` (provenance), then one line per paper number:
+  ``row, metric, paper, ours, delta, mark (ok|outside|n/a), status (cited|not run|...), ...``.
+  Rows with mark ``outside`` are coloured, ``cited`` rows marked (also accepted: boolean columns
+  ``outside_tolerance`` / ``cited`` and ``profile`` / ``seeds`` / ``git_commit`` columns); every
+  column is shown as it is.
 - run folders ``runs/<profile>/<cell>/``: ``train_log.jsonl`` (training curves), ``config.yaml``
   (queries, dataset, seed), ``metrics.json`` (``val/mIoU``, ``val/PQSt``, ``val/IoU/<class>``,
   ``analysis/unique_categories_per_query``).
@@ -43,6 +44,7 @@ class Table:
     path: Path
     frame: Any  # pandas.DataFrame
     provenance: dict[str, str] = field(default_factory=dict)
+    caption: str = ""
     outside: int = 0
     cited: int = 0
 
@@ -82,22 +84,50 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _is_outside(record: dict, cols: dict[str, str]) -> bool:
+    if "mark" in cols and str(record[cols["mark"]]).strip().lower() == "outside":
+        return True
+    return "outside_tolerance" in cols and _truthy(record[cols["outside_tolerance"]])
+
+
+def _is_cited(record: dict, cols: dict[str, str]) -> bool:
+    if "status" in cols and str(record[cols["status"]]).strip().lower() == "cited":
+        return True
+    return "cited" in cols and _truthy(record[cols["cited"]])
+
+
+def parse_caption(line: str) -> dict[str, str]:
+    """``# table6: title | profile smoke | seeds default=1 | git abc123 | note`` -> provenance fields."""
+    out = {}
+    for part in line.lstrip("#").split("|"):
+        key, _, value = part.strip().partition(" ")
+        if key in ("profile", "seeds") and value:
+            out[key] = value.strip()
+        elif key == "git" and value:
+            out["git_commit"] = value.strip()
+    return out
+
+
 def load_tables(tables_dir: Path) -> list[Table]:
+    """Every ``*.csv`` of the tables stage; a first line ``# caption`` carries title and provenance."""
     import pandas as pd
 
     tables = []
     for path in sorted(Path(tables_dir).glob("*.csv")):
-        frame = pd.read_csv(path)
-        table = Table(path.stem, path, frame)
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+        caption = first.strip().lstrip("#").strip() if first.startswith("#") else ""
+        frame = pd.read_csv(path, skiprows=1 if caption else 0, keep_default_na=False, na_values=[""])
+        table = Table(path.stem, path, frame, caption=caption)
         cols = {c.lower(): c for c in frame.columns}
         for key in ("profile", "seeds", "git_commit"):
             if key in cols:
                 values = sorted({_fmt(v) for v in frame[cols[key]].tolist() if _fmt(v)})
                 table.provenance[key] = ", ".join(values) or "n/a"
-        if "outside_tolerance" in cols:
-            table.outside = int(sum(_truthy(v) for v in frame[cols["outside_tolerance"]]))
-        if "cited" in cols:
-            table.cited = int(sum(_truthy(v) for v in frame[cols["cited"]]))
+        table.provenance.update(parse_caption(caption) if caption else {})
+        records = frame.to_dict("records")
+        table.outside = sum(_is_outside(r, cols) for r in records)
+        table.cited = sum(_is_cited(r, cols) for r in records)
         tables.append(table)
     return tables
 
@@ -106,20 +136,21 @@ def table_html(table: Table) -> str:
     frame = table.frame
     cols = {c.lower(): c for c in frame.columns}
     out_col, cited_col = cols.get("outside_tolerance"), cols.get("cited")
+    mark_col, status_col = cols.get("mark"), cols.get("status")
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
     for record in frame.to_dict("records"):
         classes = []
-        if out_col and _truthy(record[out_col]):
+        if _is_outside(record, cols):
             classes.append("outside")
-        if cited_col and _truthy(record[cited_col]):
+        if _is_cited(record, cols):
             classes.append("cited")
         cells = []
         for c in frame.columns:
             text = html.escape(_fmt(record[c]))
-            if c == cited_col and _truthy(record[c]):
+            if (c == cited_col and _truthy(record[c])) or (c == status_col and "cited" in classes):
                 text = '<span class="badge">cited</span>'
-            elif c == out_col and _truthy(record[c]):
+            elif (c == out_col and _truthy(record[c])) or (c == mark_col and "outside" in classes):
                 text = '<span class="badge bad">outside</span>'
             cells.append(f"<td>{text}</td>")
         cls = f' class="{" ".join(classes)}"' if classes else ""
@@ -383,7 +414,7 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
         parts.append(f"<p>No tables found in <code>{html.escape(str(tables_dir))}</code> (run the tables stage).</p>")
     for table in tables:
         prov = table.provenance
-        parts.append(f"<h3 id='table-{html.escape(table.name)}'>{html.escape(table.name)}</h3>")
+        parts.append(f"<h3 id='table-{html.escape(table.name)}'>{html.escape(table.caption.split('|')[0] or table.name)}</h3>")
         parts.append(f"<p class='prov'>Source <code>{html.escape(str(table.path))}</code>; profile "
                      f"{html.escape(prov.get('profile', profile))}; seeds {html.escape(prov.get('seeds', ', '.join(seeds)))}; "
                      f"git commit {html.escape(prov.get('git_commit', ', '.join(run_commits) or commit))}; "

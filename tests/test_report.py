@@ -51,11 +51,13 @@ def study(tmp_path):
     write_cell(runs, "ade20k-broken", queries=50, state="failed")
     tables = tmp_path / "reports" / "tables"
     tables.mkdir(parents=True)
+    # The tables stage's format (pipeline/tables.py): caption line, then one line per paper number.
     (tables / "table6.csv").write_text(
-        "table,row,column,paper,ours,delta,outside_tolerance,cited,profile,seeds,git_commit\n"
-        "table6,Q20 ADE20K,mIoU,42.9,20.0,-22.9,True,False,smoke,0,abc123def456\n"
-        "table6,Q100 ADE20K,mIoU,44.5,44.1,-0.4,False,False,smoke,0,abc123def456\n"
-        "table6,Q1000 ADE20K,mIoU,42.4,,,False,True,smoke,0,abc123def456\n")
+        "# table6: Number of queries (R50) | profile smoke | seeds default=1 | git abc123def456 | smoke scale\n"
+        "row,metric,paper,paper_std,ours,ours_std,seeds,delta,mark,status,reason,source\n"
+        "Q20 ADE20K,mIoU,42.9,,20.0,,1,-22.9,outside,done,,paper Table 6\n"
+        "Q100 ADE20K,mIoU,44.5,,44.1,,1,-0.4,ok,done,,paper Table 6\n"
+        "Q1000 ADE20K,mIoU,42.4,,,,0,,,cited,from another work,paper Table 6\n")
     return tmp_path
 
 
@@ -66,7 +68,8 @@ def _png_std(path: Path) -> float:
 def test_tables_are_parsed_with_marks(study):
     (table,) = load_tables(study / "reports" / "tables")
     assert (table.outside, table.cited) == (1, 1)
-    assert table.provenance == {"profile": "smoke", "seeds": "0", "git_commit": "abc123def456"}
+    assert table.provenance == {"profile": "smoke", "seeds": "default=1", "git_commit": "abc123def456"}
+    assert table.caption.startswith("table6: Number of queries (R50)")
 
 
 def test_report_html_and_figures(study):
@@ -75,10 +78,10 @@ def test_report_html_and_figures(study):
     page = out.read_text()
     assert 'id="smoke-banner"' in page.replace("'", '"')
     # The outside-tolerance row is coloured, the cited one marked, the in-tolerance one neither.
-    rows = re.findall(r"<tr( class=\"[^\"]*\")?><td>table6</td><td>([^<]+)</td>", page)
+    rows = re.findall(r"<tr( class=\"[^\"]*\")?><td>([^<]+ ADE20K)</td>", page)
     assert dict((name, cls) for cls, name in rows) == {
         "Q20 ADE20K": ' class="outside"', "Q100 ADE20K": "", "Q1000 ADE20K": ' class="cited"'}
-    assert "seeds 0" in page and "abc123def456" in page
+    assert "seeds default=1" in page and "abc123def456" in page and "Number of queries (R50)" in page
     figs = sorted(p.name for p in (study / "reports" / "figures").glob("*.png"))
     assert figs == ["per_class_iou_ade20k.png", "queries.png", "query_categories.png", "training_curves_1.png"]
     for name in figs:
