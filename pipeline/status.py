@@ -141,7 +141,7 @@ def scan(profile: str, runs_root: str | os.PathLike = "runs", params_path: str |
                 cells[folder.name] = read_cell(folder)
     result = sorted(cells.values(), key=lambda c: (STATES.index(c.state), c.cell_id))
     if resolve_links:
-        attach_links(result, ui_url)
+        attach_links(result, ui_url, runs_root)
     return result, note
 
 
@@ -161,9 +161,15 @@ def mlflow_link(ui: str, experiment_id: str, run_id: str) -> str:
     return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def attach_links(cells: list[CellState], ui_url: str | None = None) -> None:
-    """Fill ``cell.link`` for cells with an MLflow run id, asking the tracking store for the experiment id."""
-    from pipeline.tracking import resolve_tracking_uri
+def attach_links(cells: list[CellState], ui_url: str | None = None, runs_root: str | os.PathLike | None = None) -> None:
+    """Fill ``cell.link`` for cells with an MLflow run id, asking the tracking store for the experiment id.
+
+    Without ``MLFLOW_TRACKING_URI`` or ``run.tracking_uri``, the engine logged to the default store of
+    the checkout that ran it: ``<checkout>/mlruns/mlflow.db`` beside ``runs_root``.
+    """
+    from pipeline.tracking import default_tracking_uri, resolve_tracking_uri
+
+    beside = Path(runs_root).resolve().parent / "mlruns" / "mlflow.db" if runs_root is not None else None
 
     with_ids = [c for c in cells if c.mlflow_run_id]
     if not with_ids:
@@ -171,6 +177,8 @@ def attach_links(cells: list[CellState], ui_url: str | None = None) -> None:
     clients: dict[str, Any] = {}
     for cell in with_ids:
         uri = resolve_tracking_uri((cell.config.get("run") or {}).get("tracking_uri"))
+        if uri == default_tracking_uri() and beside is not None and beside.is_file():
+            uri = f"sqlite:///{beside}"
         ui = ui_base_url(uri, ui_url)
         try:
             if uri not in clients:
