@@ -51,15 +51,15 @@ class TransformerPredictor(nn.Module):
         hs = self.transformer(self.input_proj(x), self.query_embed.weight, pos)  # [L, B, Q, C]
         mask_embed = self.mask_embed(hs)
         masks = torch.einsum("lbqc,bchw->lbqhw", mask_embed, mask_features)
-        per_layer = [{"pred_masks": masks[i]} for i in range(hs.shape[0])]
+        # unbind (not masks[i]): backward stacks the L gradients once instead of adding L zero-padded
+        # full-size [L, B, Q, H/4, W/4] gradients, one per indexed layer.
+        per_layer = [{"pred_masks": m} for m in masks.unbind(0)]
         if self.mask_classification:
-            logits = self.class_embed(hs)
-            for i, d in enumerate(per_layer):
-                d["pred_logits"] = logits[i]
+            for d, logits in zip(per_layer, self.class_embed(hs).unbind(0)):
+                d["pred_logits"] = logits
         if self.box_head is not None:
-            boxes = self.box_head(hs)
-            for i, d in enumerate(per_layer):
-                d["pred_boxes"] = boxes[i]
+            for d, boxes in zip(per_layer, self.box_head(hs).unbind(0)):
+                d["pred_boxes"] = boxes
         out = dict(per_layer[-1])
         out["aux_outputs"] = per_layer[:-1] if self.aux_loss else []
         return out

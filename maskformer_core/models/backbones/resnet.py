@@ -32,10 +32,16 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scale_shift(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The affine form y = x * scale + shift: two [C] tensors in `dtype`."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
-        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+        return scale.to(dtype), shift.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x * scale + shift rather than addcmul: addcmul's backward multiplies twice (by scale and by value)
+        scale, shift = self.scale_shift(x.dtype)
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # torchvision/timm BatchNorm state dicts carry num_batches_tracked; it has no meaning here.
@@ -58,12 +64,28 @@ class Conv2dNorm(nn.Conv2d):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.norm, FrozenBatchNorm2d) and self._fold_pays(x):
+            # conv followed by a fixed affine map = one conv with weight * scale and bias shift (+ bias * scale):
+            # the same function up to float rounding, and the weight gradient still flows to `weight`.
+            scale, shift = self.norm.scale_shift(x.dtype)
+            bias = shift if self.bias is None else torch.addcmul(shift, self.bias, scale)
+            x = F.conv2d(x, self.weight * scale.reshape(-1, 1, 1, 1), bias, self.stride, self.padding,
+                         self.dilation, self.groups)
+            return x if self.activation is None else self.activation(x)
         x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+    def _fold_pays(self, x: torch.Tensor) -> bool:
+        """Folding the FrozenBN costs a pass over the weight (forward, and its gradient in backward); applying
+        it costs a pass over the output (forward, and the input gradient in backward). Fold when the weight is
+        the smaller tensor: early, high-resolution layers fold, res4/res5 on small inputs do not."""
+        h, w = x.shape[-2:]
+        out_pixels = x.shape[0] * (-(-h // self.stride[0])) * (-(-w // self.stride[1]))
+        return self.weight.numel() < out_pixels * self.out_channels
 
 
 def c2_msra_fill(module: nn.Conv2d) -> None:
