@@ -27,18 +27,31 @@ BOX_L1_WEIGHT = 5.0
 BOX_GIOU_WEIGHT = 2.0
 
 
-def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, num_masks: float, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Sigmoid focal loss: mean over pixels per mask, summed over masks, divided by num_masks (FACTS C).
-
-    Args: inputs ``[N, P]`` logits, targets ``[N, P]`` in {0, 1}. Returns a scalar.
-    """
+def focal_loss_per_mask(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss averaged over pixels, per mask: inputs ``[N, P]`` logits, targets ``[N, P]`` -> ``[N]``."""
     prob = inputs.sigmoid()
     ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
     loss = ce * ((1 - p_t) ** gamma)
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.mean(1).sum() / num_masks
+    return loss.mean(1)
+
+
+def dice_loss_per_mask(inputs: Tensor, targets: Tensor) -> Tensor:
+    """1 - (2|p t| + 1) / (|p| + |t| + 1) per mask: inputs ``[N, P]`` logits, targets ``[N, P]`` -> ``[N]``."""
+    prob = inputs.sigmoid()
+    numerator = 2 * (prob * targets).sum(-1)
+    denominator = prob.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, num_masks: float, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss: mean over pixels per mask, summed over masks, divided by num_masks (FACTS C).
+
+    Args: inputs ``[N, P]`` logits, targets ``[N, P]`` in {0, 1}. Returns a scalar.
+    """
+    return focal_loss_per_mask(inputs, targets, alpha, gamma).sum() / num_masks
 
 
 def dice_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
@@ -46,10 +59,35 @@ def dice_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
 
     Args: inputs ``[N, P]`` logits, targets ``[N, P]`` in {0, 1}. Returns a scalar.
     """
-    prob = inputs.sigmoid()
-    numerator = 2 * (prob * targets).sum(-1)
-    denominator = prob.sum(-1) + targets.sum(-1)
-    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+    return dice_loss_per_mask(inputs, targets).sum() / num_masks
+
+
+def bilinear_matrix(in_size: int, out_size: int, device=None) -> Tensor:
+    """``[out_size, in_size]`` matrix A with ``A @ x`` = 1-D bilinear resize of x (align_corners False),
+    built with PyTorch's source-index rule (src = (dst + 0.5) * in/out - 0.5, clamped at 0; upper
+    neighbour clamped to the last index), so both 2-D passes reproduce F.interpolate up to float rounding.
+    """
+    scale = in_size / out_size
+    dst = torch.arange(out_size, dtype=torch.float32, device=device)
+    src = ((dst + 0.5) * scale - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    lam1 = src - i0
+    a = torch.zeros(out_size, in_size, dtype=torch.float32, device=device)
+    rows = torch.arange(out_size, device=device)
+    a.index_put_((rows, i0), 1 - lam1, accumulate=True)
+    a.index_put_((rows, i1), lam1, accumulate=True)
+    return a
+
+
+def upsample_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """F.interpolate(x[:, None], size, mode="bilinear", align_corners=False)[:, 0] for x ``[N, h, w]``, as
+    two matrix products: on CPU its backward is a batched matmul instead of the scalar scatter kernel
+    (~6x faster for the criterion's 32->128 masks). Same values up to float rounding."""
+    h, w = x.shape[-2:]
+    ah = bilinear_matrix(h, size[0], x.device).to(x.dtype)
+    aw = bilinear_matrix(w, size[1], x.device).to(x.dtype)
+    return ah @ x @ aw.T
 
 
 def _src_permutation(indices: MatchIndices) -> tuple[Tensor, Tensor]:
@@ -168,14 +206,54 @@ class SetCriterion(nn.Module):
             losses.update(getattr(self, f"loss_{name}")(outputs, targets, indices, num_masks))
         return losses
 
+    def _masks_all_layers(self, layers: list[dict], targets: list[dict], indices: list[MatchIndices],
+                          num_masks: float) -> list[dict[str, Tensor]]:
+        """``loss_masks`` of every layer in one pass: the matched predictions of all layers are upsampled
+        and scored together, then summed per layer. Per-mask values are those of ``loss_masks``."""
+        pred_masks = [out["pred_masks"] for out in layers]
+        device = pred_masks[0].device
+        srcs, tgt_rows, counts = [], [], []
+        offsets = torch.tensor([0] + [len(t["labels"]) for t in targets]).cumsum(0)
+        for pm, idx in zip(pred_masks, indices):
+            batch_idx, src_idx = _src_permutation(idx)
+            srcs.append(pm[batch_idx.to(device), src_idx.to(device)])
+            tgt_rows.append(torch.cat([j + offsets[b] for b, (_, j) in enumerate(idx)]) if idx else torch.zeros(0, dtype=torch.int64))
+            counts.append(int(batch_idx.numel()))
+        if sum(counts) == 0:
+            return [{"loss_mask": pm.sum() * 0.0, "loss_dice": pm.sum() * 0.0} for pm in pred_masks]
+        # every GT mask once, as float, padded to the batch size (prepare_targets pads with 0, FACTS C)
+        all_idx = [(None, torch.arange(len(t["labels"]))) for t in targets]
+        all_tgt = _stack_target_masks(targets, all_idx, device)  # [M_total, H, W]
+        tgt = all_tgt[torch.cat(tgt_rows).to(device)].flatten(1)
+        src = upsample_bilinear(torch.cat(srcs).float(), all_tgt.shape[-2:]).flatten(1)
+        focal = focal_loss_per_mask(src, tgt, self.focal_alpha, self.focal_gamma).split(counts)
+        dice = dice_loss_per_mask(src, tgt).split(counts)
+        out = []
+        for pm, f, d, n in zip(pred_masks, focal, dice, counts):
+            if n == 0:
+                out.append({"loss_mask": pm.sum() * 0.0, "loss_dice": pm.sum() * 0.0})
+            else:
+                out.append({"loss_mask": f.sum() / num_masks, "loss_dice": d.sum() / num_masks})
+        return out
+
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(f"SetCriterion: {len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]}")
         num_masks = _num_masks(targets, outputs["pred_logits"].device)
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        losses = self._layer_losses(final, targets, num_masks)
-        for i, aux in enumerate(outputs.get("aux_outputs") or []):
-            losses.update({f"{k}_{i}": v for k, v in self._layer_losses(aux, targets, num_masks).items()})
+        layers = [final] + list(outputs.get("aux_outputs") or [])
+        suffixes = [""] + [f"_{i}" for i in range(len(layers) - 1)]
+        # every decoder layer is matched on its own (FACTS C); a matcher may score all layers in one pass
+        if hasattr(self.matcher, "match_layers"):
+            indices = self.matcher.match_layers(layers, targets)
+        else:
+            indices = [self.matcher(out, targets) for out in layers]
+        mask_losses = self._masks_all_layers(layers, targets, indices, num_masks) if "masks" in self.losses else None
+        losses: dict[str, Tensor] = {}
+        for li, (out, idx, sfx) in enumerate(zip(layers, indices, suffixes)):
+            for name in self.losses:
+                terms = mask_losses[li] if name == "masks" else getattr(self, f"loss_{name}")(out, targets, idx, num_masks)
+                losses.update({f"{k}{sfx}": v for k, v in terms.items()})
         return losses
 
 

@@ -106,6 +106,31 @@ class HungarianMatcher(nn.Module):
         return self.cost_class * cost_class + self.cost_mask * cost_mask + self.cost_dice * cost_dice
 
     @torch.no_grad()
+    def match_layers(self, layers: list[dict], targets: list[dict]) -> list[MatchIndices]:
+        """``[self(out, targets) for out in layers]`` with the costs of all L layers of an image computed in
+        one pass (rows of the [L*Q, M] cost are per query, so each layer's block equals its own cost
+        matrix) and the GT masks downsampled once. Each layer is still solved on its own (FACTS C)."""
+        if len({tuple(out["pred_masks"].shape) for out in layers}) != 1:
+            return [self(out, targets) for out in layers]
+        pred_logits = torch.stack([out["pred_logits"] for out in layers], 1)  # [B, L, Q, K+1]
+        pred_masks = torch.stack([out["pred_masks"] for out in layers], 1)  # [B, L, Q, h, w]
+        if len(targets) != pred_logits.shape[0]:
+            raise ValueError(f"HungarianMatcher: {len(targets)} targets for a batch of {pred_logits.shape[0]}")
+        num_layers, num_queries = pred_logits.shape[1:3]
+        per_layer: list[MatchIndices] = [[] for _ in range(num_layers)]
+        for b, tgt in enumerate(targets):
+            labels = tgt["labels"].to(pred_logits.device)
+            if labels.numel() == 0:
+                for indices in per_layer:
+                    indices.append(_empty_pair())
+                continue
+            cost = self.cost_matrix(pred_logits[b].flatten(0, 1), pred_masks[b].flatten(0, 1), labels,
+                                    tgt["masks"].to(pred_masks.device))
+            for indices, block in zip(per_layer, cost.split(num_queries)):
+                indices.append(_solve(block, b))
+        return per_layer
+
+    @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> MatchIndices:
         pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
         if len(targets) != pred_logits.shape[0]:

@@ -50,3 +50,73 @@ def test_fold_decision_depends_on_weight_vs_output_size():
     small_weight = Conv2dNorm(64, 64, 1, bias=False, norm=_frozen_bn(64, g))
     assert not big_weight._fold_pays(torch.zeros(2, 512, 4, 4))  # 2.4M weights vs 16k outputs
     assert small_weight._fold_pays(torch.zeros(2, 64, 32, 32))  # 4k weights vs 131k outputs
+
+
+def test_matmul_bilinear_upsample_matches_interpolate():
+    from maskformer_core.criterion import upsample_bilinear
+
+    g = torch.Generator().manual_seed(1)
+    for (h, w), size in [((32, 32), (128, 128)), ((5, 7), (20, 28)), ((8, 6), (13, 9)), ((4, 4), (4, 4))]:
+        x = torch.randn(3, h, w, generator=g, requires_grad=True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        y = upsample_bilinear(x, size)
+        ref = F.interpolate(x_ref[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        gy = torch.randn(y.shape, generator=g)
+        y.backward(gy)
+        ref.backward(gy)
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def _criterion_case(seed: int, empty_image: bool = False):
+    from maskformer_core.criterion import build_criterion
+
+    g = torch.Generator().manual_seed(seed)
+    b, q, k, layers, size = 2, 7, 5, 4, 32
+    outputs = {"pred_logits": torch.randn(b, q, k + 1, generator=g), "pred_masks": torch.randn(b, q, 8, 8, generator=g),
+               "aux_outputs": [{"pred_logits": torch.randn(b, q, k + 1, generator=g),
+                                "pred_masks": torch.randn(b, q, 8, 8, generator=g)} for _ in range(layers - 1)]}
+    targets = []
+    for i in range(b):
+        m = 0 if (empty_image and i == 0) else 3
+        targets.append({"labels": torch.randint(0, k, (m,), generator=g),
+                        "masks": torch.rand(m, size, size, generator=g) > 0.6})
+    return build_criterion("maskformer", k, dec_layers=layers), outputs, targets
+
+
+def _leaves(outputs):
+    return [outputs["pred_masks"], outputs["pred_logits"]] + [t for a in outputs["aux_outputs"]
+                                                              for t in (a["pred_masks"], a["pred_logits"])]
+
+
+def test_batched_criterion_matches_per_layer_reference_values_and_grads():
+    from maskformer_core.criterion import _num_masks
+
+    for seed, empty in [(0, False), (1, True)]:
+        criterion, outputs, targets = _criterion_case(seed, empty)
+        for t in _leaves(outputs):
+            t.requires_grad_(True)
+        fast = criterion(outputs, targets)
+        # reference: match and score each layer on its own with the per-layer loss functions
+        num_masks = _num_masks(targets, torch.device("cpu"))
+        final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+        ref = criterion._layer_losses(final, targets, num_masks)
+        for i, aux in enumerate(outputs["aux_outputs"]):
+            ref.update({f"{k}_{i}": v for k, v in criterion._layer_losses(aux, targets, num_masks).items()})
+        assert list(fast) == list(ref)
+        for key in ref:
+            torch.testing.assert_close(fast[key], ref[key], rtol=1e-5, atol=1e-6)
+        total = lambda d: sum(criterion.weight_dict[k] * v for k, v in d.items())  # noqa: E731
+        g_fast = torch.autograd.grad(total(fast), _leaves(outputs))
+        g_ref = torch.autograd.grad(total(ref), _leaves(outputs))
+        for a, r in zip(g_fast, g_ref):
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+
+
+def test_match_layers_equals_matching_each_layer():
+    criterion, outputs, targets = _criterion_case(2, empty_image=True)
+    layers = [outputs] + outputs["aux_outputs"]
+    batched = criterion.matcher.match_layers(layers, targets)
+    for out, got in zip(layers, batched):
+        for (p, t), (p_ref, t_ref) in zip(got, criterion.matcher(out, targets)):
+            assert torch.equal(p, p_ref) and torch.equal(t, t_ref)
