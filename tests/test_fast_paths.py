@@ -120,3 +120,24 @@ def test_match_layers_equals_matching_each_layer():
     for out, got in zip(layers, batched):
         for (p, t), (p_ref, t_ref) in zip(got, criterion.matcher(out, targets)):
             assert torch.equal(p, p_ref) and torch.equal(t, t_ref)
+
+
+def test_fast_dropout_is_inverted_dropout_with_p():
+    from maskformer_core.models.transformer import Dropout, dropout
+
+    x = torch.randn(200, 500)
+    assert dropout(x, 0.1, training=False) is x
+    assert Dropout(0.1).eval()(x) is x
+    torch.manual_seed(0)
+    y = dropout(x, 0.1, training=True)
+    torch.manual_seed(0)
+    keep = torch.rand_like(x) >= 0.1  # the mask the same generator state draws
+    torch.testing.assert_close(y, torch.where(keep, x / 0.9, torch.zeros_like(x)), rtol=1e-6, atol=1e-7)
+    frac = keep.float().mean().item()
+    assert abs(frac - 0.9) < 0.005  # 1e5 draws: 6 standard deviations
+    assert torch.equal(dropout(x, 1.0, training=True), torch.zeros_like(x))
+    # gradient: the same mask and scale as the forward
+    xr = x.clone().requires_grad_(True)
+    torch.manual_seed(0)
+    dropout(xr, 0.1, training=True).sum().backward()
+    torch.testing.assert_close(xr.grad, keep.float() / 0.9)
