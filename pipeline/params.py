@@ -119,6 +119,8 @@ class ProfileModel(BaseModel):
     conv_dim: int | None = Field(None, ge=8)
     nheads: int | None = Field(None, ge=1)
     dim_feedforward: int | None = Field(None, ge=8)
+    dropout: float | None = Field(None, ge=0, lt=1)  # transformer dropout (A.0: 0.1)
+    drop_path: float | None = Field(None, ge=0, lt=1)  # Swin stochastic depth (B.2: 0.3)
     pretrained: str | None = None
 
 
