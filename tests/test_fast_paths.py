@@ -141,3 +141,40 @@ def test_fast_dropout_is_inverted_dropout_with_p():
     torch.manual_seed(0)
     dropout(xr, 0.1, training=True).sum().backward()
     torch.testing.assert_close(xr.grad, keep.float() / 0.9)
+
+
+def test_fused_attention_in_eval_matches_explicit_path_and_flops_count_the_explicit_one():
+    from maskformer_core.models import build_model
+    from maskformer_core.models.flops import count_flops, explicit_attention
+    from maskformer_core.models.transformer import MultiheadAttention
+
+    torch.manual_seed(0)
+    model = build_model(arch="maskformer", backbone="R50", num_classes=3, num_queries=5, hidden_dim=32, mask_dim=32,
+                        conv_dim=32, dim_feedforward=64, nheads=4, dec_layers=2, pixel_decoder="transformer_encoder",
+                        enc_layers=1).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fused = model(x)
+        with explicit_attention(model):
+            assert all(m.explicit_matmuls for m in model.modules() if isinstance(m, MultiheadAttention))
+            explicit = model(x)
+    assert not any(m.explicit_matmuls for m in model.modules() if isinstance(m, MultiheadAttention))
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(fused[key], explicit[key], rtol=1e-5, atol=1e-5)
+    # count_flops counts the explicit matmuls whatever the model's own setting: switching the fused path on
+    # does not change the count, and the explicit bmm terms are really in it (FACTS H.3)
+    total = count_flops(model, (64, 64))["total"]
+    for m in model.modules():
+        if isinstance(m, MultiheadAttention):
+            m.explicit_matmuls = True
+    assert count_flops(model, (64, 64))["total"] == total
+    from fvcore.nn import FlopCountAnalysis
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, MultiheadAttention):
+                m.explicit_matmuls = False
+        fused_ops = FlopCountAnalysis(model, (x,)).unsupported_ops_warnings(False).by_operator()
+        with explicit_attention(model):
+            explicit_ops = FlopCountAnalysis(model, (x,)).unsupported_ops_warnings(False).by_operator()
+    assert explicit_ops.get("bmm", 0) > fused_ops.get("bmm", 0)

@@ -72,6 +72,23 @@ def last_layer_only(model: nn.Module):
         predictor.aux_loss, decoder.return_intermediate = saved
 
 
+@contextlib.contextmanager
+def explicit_attention(model: nn.Module):
+    """Temporarily run every attention of `model` with explicit bmm matmuls (counted by fvcore, FACTS H.3)
+    instead of the fused scaled_dot_product_attention kernel (not counted)."""
+    from maskformer_core.models.transformer import MultiheadAttention
+
+    modules = [m for m in model.modules() if isinstance(m, MultiheadAttention)]
+    saved = [m.explicit_matmuls for m in modules]
+    for m in modules:
+        m.explicit_matmuls = True
+    try:
+        yield
+    finally:
+        for m, flag in zip(modules, saved):
+            m.explicit_matmuls = flag
+
+
 def count_flops(model: nn.Module, image_size: tuple[int, int], *, last_layer_only_masks: bool = False,
                 include_final_resize: bool = True) -> dict[str, float]:
     """fvcore flop count (detectron2 convention) of one eval forward at `image_size` (H, W).
@@ -90,7 +107,7 @@ def count_flops(model: nn.Module, image_size: tuple[int, int], *, last_layer_onl
     x = torch.zeros(1, 3, h, w)
     ctx = last_layer_only(model) if last_layer_only_masks else contextlib.nullcontext()
     try:
-        with ctx, torch.no_grad(), warnings.catch_warnings():
+        with ctx, explicit_attention(model), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             analysis = FlopCountAnalysis(graph, (x,))
             analysis.set_op_handle(**{op: None for op in D2_IGNORED_OPS})

@@ -3,7 +3,8 @@ post-norm encoder/decoder layers, and the decoder that returns every intermediat
 
 Tensors are sequence-first like DETR: [S, B, C]. `MultiheadAttention` keeps nn.MultiheadAttention's
 parameter names (`in_proj_weight`, `in_proj_bias`, `out_proj`) and math, so official checkpoints load
-by name, but it writes q.k^T and attn.v as `torch.bmm` so fvcore counts them (FACTS H.3 caveat).
+by name. It writes q.k^T and attn.v as `torch.bmm` in training and whenever `explicit_matmuls` is set (FLOP
+counting, so fvcore counts them: FACTS H.3 caveat), and uses the fused SDPA kernel otherwise (eval).
 """
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ class MultiheadAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
+        # True: always the explicit bmm path, which fvcore counts (FACTS H.3); flops.explicit_attention sets
+        # it while counting. False: fused F.scaled_dot_product_attention whenever no dropout applies (eval).
+        self.explicit_matmuls = False
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
@@ -63,13 +67,19 @@ class MultiheadAttention(nn.Module):
         k = F.linear(key, w_k, b_k)
         v = F.linear(value, w_v, b_v)
         h, d = self.num_heads, self.head_dim
-        q = q.reshape(tgt_len, bsz * h, d).transpose(0, 1) * (d ** -0.5)
+        q = q.reshape(tgt_len, bsz * h, d).transpose(0, 1)
         k = k.reshape(src_len, bsz * h, d).transpose(0, 1)
         v = v.reshape(src_len, bsz * h, d).transpose(0, 1)
-        attn = torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1)  # [B*h, L, S]
-        attn = dropout(attn, self.dropout, self.training)
-        out = torch.bmm(attn, v).transpose(0, 1).reshape(tgt_len, bsz, e)
-        return self.out_proj(out)
+        if not self.explicit_matmuls and not (self.training and self.dropout > 0.0):
+            # fused kernel, same softmax(q k^T / sqrt(d)) v; training keeps the explicit path because SDPA's
+            # CPU dropout falls back to the unfused math path with the slower bernoulli_ mask
+            out = F.scaled_dot_product_attention(q.unflatten(0, (bsz, h)), k.unflatten(0, (bsz, h)),
+                                                 v.unflatten(0, (bsz, h))).flatten(0, 1)
+        else:
+            attn = torch.bmm(q * (d ** -0.5), k.transpose(1, 2)).softmax(dim=-1)  # [B*h, L, S]
+            attn = dropout(attn, self.dropout, self.training)
+            out = torch.bmm(attn, v)
+        return self.out_proj(out.transpose(0, 1).reshape(tgt_len, bsz, e))
 
 
 def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
