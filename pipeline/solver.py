@@ -165,5 +165,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, solver) -> _IterScheduler:
 
 
 def clip_full_model(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """L2 clipping over all gradients together (A.0 CLIP_TYPE full_model, CLIP_VALUE 0.01); returns the norm."""
-    return torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], max_norm, norm_type=2.0)
+    """L2 clipping over all gradients together (A.0 CLIP_TYPE full_model, CLIP_VALUE 0.01); returns the norm.
+
+    Same arithmetic as `torch.nn.utils.clip_grad_norm_` (per-tensor norms, norm of the norms, coefficient
+    max_norm / (norm + 1e-6) clamped at 1, in-place multiply), bit for bit, but through the `_foreach`
+    ops: on CPU clip_grad_norm_ loops in Python (no foreach support there), two dispatches per parameter.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, coef)
+    return total

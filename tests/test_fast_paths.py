@@ -178,3 +178,18 @@ def test_fused_attention_in_eval_matches_explicit_path_and_flops_count_the_expli
         with explicit_attention(model):
             explicit_ops = FlopCountAnalysis(model, (x,)).unsupported_ops_warnings(False).by_operator()
     assert explicit_ops.get("bmm", 0) > fused_ops.get("bmm", 0)
+
+
+def test_foreach_clipping_is_bit_identical_to_clip_grad_norm():
+    from pipeline.solver import clip_full_model
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (100,), (7, 7, 3), (1,)]
+    ours = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours, ref):
+        a.grad = torch.randn(a.shape, generator=g)
+        b.grad = a.grad.clone()
+    ours.append(torch.nn.Parameter(torch.zeros(2)))  # no grad: skipped by both
+    assert torch.equal(clip_full_model(ours, 0.01), torch.nn.utils.clip_grad_norm_(ref, 0.01))
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, ref))
