@@ -264,7 +264,11 @@ def test_base_pixel_decoder_structure():
 
 def test_official_key_names():
     keys = set(_small_model(pixel_decoder="transformer_encoder").state_dict())
-    for k in ["backbone.stem.conv1.weight", "backbone.stem.conv1.norm.running_var", "backbone.res3.0.shortcut.norm.bias",
+    # FrozenBN buffers: the paper ResNets (SmokeR18 trains GroupNorm instead, see its docstring).
+    r50_keys = {f"backbone.{k}" for k in build_backbone("R50").state_dict()}
+    for k in ["backbone.stem.conv1.norm.running_var", "backbone.res3.0.shortcut.norm.bias"]:
+        assert k in r50_keys, k
+    for k in ["backbone.stem.conv1.weight",
               "sem_seg_head.pixel_decoder.adapter_1.norm.weight", "sem_seg_head.pixel_decoder.layer_4.weight",
               "sem_seg_head.pixel_decoder.mask_features.bias", "sem_seg_head.pixel_decoder.input_proj.weight",
               "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.self_attn.in_proj_weight",
