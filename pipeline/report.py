@@ -399,7 +399,7 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
              f"profile <b>{html.escape(profile)}</b>; run folders <code>{html.escape(str(Path(runs_root) / profile))}</code>.</p>"]
     if smoke:
         parts.append("<div class='banner' id='smoke-banner'><b>Smoke-scale results.</b> These numbers come from the "
-                     "smoke profile: synthetic twins of the datasets, tiny backbones (SmokeR18 / SmokeSwin), 64x64 crops "
+                     "smoke profile: synthetic twins of the datasets, tiny backbones (SmokeR18 / SmokeSwin), 96x96 crops "
                      "and a few iterations on CPU. They exercise the whole pipeline; they are <b>not</b> comparable to "
                      "the paper's numbers, and every deviation mark below is expected at this scale.</div>")
     counts = {s: sum(c.state == s for c in cells) for s in ("done", "running", "interrupted", "failed", "missing")}
