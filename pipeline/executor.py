@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,19 @@ import submitit.helpers  # noqa: E402
 
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.params import Params  # noqa: E402
+
+
+JOB_NAME_MAX = 100  # SLURM accepts longer names; squeue/sacct columns show far fewer characters
+
+
+def job_name(name: str) -> str:
+    """A scheduler-safe job name: characters outside `[A-Za-z0-9_.-]` become `_`, at most JOB_NAME_MAX long.
+
+    The cell name is user data (params.yaml); submitit writes the name into the sbatch script, where a
+    newline would start a new `#SBATCH` line. An empty result becomes `cell`.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))[:JOB_NAME_MAX].strip("._-")
+    return cleaned or "cell"
 
 
 def import_callable(path: str) -> Callable[..., Any]:
@@ -122,7 +136,7 @@ class CellExecutor:
             ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
             gpus = s.gpus_by_dataset.get(dataset, s.gpus_per_node) if dataset else s.gpus_per_node
             kwargs: dict[str, Any] = dict(
-                name=name[:60],
+                name=job_name(name),
                 timeout_min=s.timeout_min,
                 gpus_per_node=gpus,
                 tasks_per_node=s.tasks_per_node,
@@ -137,7 +151,7 @@ class CellExecutor:
             ex.update_parameters(**kwargs)
             return ex
         ex = submitit.AutoExecutor(folder=folder, cluster=self.kind)
-        ex.update_parameters(timeout_min=self.params.executor.local.timeout_min, name=name[:60])
+        ex.update_parameters(timeout_min=self.params.executor.local.timeout_min, name=job_name(name))
         return ex
 
     def submit(self, unit_config: dict[str, Any], *, log_folder: Path, init_from: str | None = None) -> submitit.Job:

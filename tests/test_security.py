@@ -236,16 +236,10 @@ def _cell_config(out: Path, name: str) -> dict:
     }).model_dump(mode="json")
 
 
-NEWLINE_NOT_SANITISED = pytest.mark.xfail(
-    strict=True, raises=Exception,
-    reason="executor: the run name goes to submitit's --job-name unsanitised; with a newline sbatch refuses the "
-           "script (safe: nothing runs) instead of the cell running under a cleaned name")
-
-
 @pytest.mark.parametrize("kind,nasty", [
     ("local", NASTY), ("local", NASTY_NEWLINE),
     pytest.param("slurm", NASTY, marks=pytest.mark.slow),
-    pytest.param("slurm", NASTY_NEWLINE, marks=[pytest.mark.slow, NEWLINE_NOT_SANITISED]),
+    pytest.param("slurm", NASTY_NEWLINE, marks=pytest.mark.slow),
 ], ids=["local", "local-newline", "slurm", "slurm-newline"])
 def test_cell_named_with_shell_metacharacters_does_nothing_bad(tmp_path, kind, nasty, request, monkeypatch):
     """A cell whose name and folder carry shell syntax runs as data, through submitit, with no side effects."""
@@ -274,3 +268,13 @@ def test_cell_named_with_shell_metacharacters_does_nothing_bad(tmp_path, kind, n
     assert (out / "metrics.json").is_file()
     assert not marker.exists() and not (tmp_path / "PWNED2").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "runs"]
+
+
+def test_job_names_are_sanitised_for_the_scheduler():
+    """Cell names reach sbatch's --job-name: only [A-Za-z0-9_.-], at most 100 characters."""
+    from pipeline.executor import job_name
+
+    assert job_name("ade20k-maskformer-R50-q100-s0") == "ade20k-maskformer-R50-q100-s0"
+    assert job_name("c'\ntouch x\n#SBATCH --wrap") == "c__touch_x__SBATCH_--wrap"
+    assert job_name("\n;\n") == "cell"
+    assert len(job_name("a" * 500)) == 100
