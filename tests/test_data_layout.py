@@ -115,6 +115,7 @@ def test_default_repro_skips_real_data_stages_and_status_lists_them(repo_copy: P
     for name in ("reports/study/cells.json", "reports/model_stats/paper_models.json"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text("{}")
+    (repo / "reports" / "tables").mkdir(parents=True, exist_ok=True)  # the tables stage's output, read by `report`
     (repo / "pipeline" / "data").mkdir(exist_ok=True)
     dry = _dvc("repro", "--dry", cwd=repo)
     out = dry.stdout + dry.stderr
