@@ -319,6 +319,18 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _got(err: dict[str, Any]) -> str:
+    """', got <repr of the bad value>' for a wrong type / out-of-range / unknown choice error, else ''.
+
+    Our own validators (type `value_error`) already name the value; missing keys have none. Long
+    values (a whole mapping) are cut to 80 characters.
+    """
+    if err.get("type") in ("value_error", "missing", "extra_forbidden") or "input" not in err:
+        return ""
+    text = repr(err["input"])
+    return f", got {text if len(text) <= 80 else text[:77] + '...'}"
+
+
 def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     """Validate a params dict, then the cross-field rules; `UserError` names the key path."""
     if not isinstance(raw, dict):
@@ -328,7 +340,7 @@ def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     except ValidationError as exc:
         seen: list[str] = []
         for err in exc.errors():
-            line = f"{format_loc(err['loc'])}: {err['msg']}"
+            line = f"{format_loc(err['loc'])}: {err['msg']}{_got(err)}"
             if err.get("type") == "extra_forbidden":
                 line = f"{format_loc(err['loc'])}: unknown key (typo?)"
             if line not in seen:

@@ -43,16 +43,17 @@ def test_typo_names_the_key_path():
 def test_wrong_type_and_range_name_the_key():
     raw = _raw()
     raw["grid"]["table6"]["cells"][3]["queries"] = "many"
-    assert "grid.table6.cells[3].queries" in _error(raw)
+    msg = _error(raw)
+    assert "grid.table6.cells[3].queries" in msg and "'many'" in msg  # the key and the bad value
     raw = _raw()
     raw["grid"]["table6"]["cells"][3]["queries"] = 0
     assert "grid.table6.cells[3].queries" in _error(raw)
     raw = _raw()
     raw["profiles"]["smoke"]["max_concurrent"] = 0
-    assert "profiles.smoke.max_concurrent" in _error(raw)
+    assert "profiles.smoke.max_concurrent: Input should be greater than or equal to 1, got 0" in _error(raw)
     raw = _raw()
     raw["study"]["retries"] = -1
-    assert "study.retries" in _error(raw)
+    assert "study.retries" in _error(raw) and "got -1" in _error(raw)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,8 @@ def test_wrong_type_and_range_name_the_key():
     [
         ("dataset", "ade21k", "grid.table2.cells[0].dataset: Value error, unknown dataset 'ade21k'"),
         ("backbone", "R152", "grid.table2.cells[0].backbone: Value error, unknown backbone 'R152'"),
-        ("inference", "greedy", "grid.table2.cells[0].inference"),
+        ("inference", "greedy", "grid.table2.cells[0].inference: Input should be 'semantic', 'general', "
+         "'general_semantic' or 'detr', got 'greedy'"),
     ],
 )
 def test_unknown_names(field, value, expected):
