@@ -210,28 +210,22 @@ def test_panoptic_png_json_mismatch(twins, tmp_path):
     assert_refused(proc, stem, str(seg_id))
 
 
-# `train` does not run the dataset validation before it starts: these bad labels are trained on
-# without a word (exit 0). Strict xfail: when the engine validates first, these start passing and
-# the marker must go (reported to the engine/data owners).
-TRAIN_SKIPS_VALIDATION = pytest.mark.xfail(
-    strict=True, reason="engine: `train` does not call maskformer_core.data.validate before training")
+# `train` runs the dataset validation (train and val splits) before it creates anything: bad labels
+# are refused by file name, with no run folder and no MLflow run left behind.
 
 
-@TRAIN_SKIPS_VALIDATION
 def test_train_refuses_label_out_of_range(twins, tmp_path):
     root = copy_twin(twins["ade20k"], tmp_path / "data")
     label = _bad_label(root)
     train_refused(tmp_path, root, label.name, "77")
 
 
-@TRAIN_SKIPS_VALIDATION
 def test_train_refuses_label_size_mismatch(twins, tmp_path):
     root = copy_twin(twins["ade20k"], tmp_path / "data")
     label = _resized_label(root)
     train_refused(tmp_path, root, label.name, "40x30")
 
 
-@TRAIN_SKIPS_VALIDATION
 def test_train_refuses_panoptic_mismatch(twins, tmp_path):
     root = copy_twin(twins["coco_panoptic"], tmp_path / "data")
     stem, _ = _dropped_segment(root)
