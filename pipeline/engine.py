@@ -35,7 +35,7 @@ from maskformer_core.errors import CheckpointError, DataError
 from pipeline import checkpoint as ckpt
 from pipeline import distributed as dist_utils
 from pipeline.config import RunConfig, atomic_write_text, dump_config, resolve_defaults
-from pipeline.errors import UserError
+from pipeline.errors import TrainingDiverged, UserError
 from pipeline.tracking import Tracker, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,12 @@ class Preempted(Exception):
         super().__init__(f"{name} received: stopped after iteration {iteration}, state saved to {checkpoint}")
 
 
-class NonFiniteLoss(FloatingPointError):
-    """The total loss became NaN/Inf; the message names the iteration and the last good checkpoint."""
+class NonFiniteLoss(TrainingDiverged, FloatingPointError):
+    """The total loss became NaN/Inf; the message names the iteration and the last good checkpoint.
+
+    A `pipeline.errors.TrainingDiverged` (a UserError: the CLI prints `error: ...` and exits 2, no
+    traceback); still a FloatingPointError for callers that catch that.
+    """
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -344,7 +348,7 @@ class Trainer:
                 raise NonFiniteLoss(
                     f"loss became {value if not math.isfinite(value) else 'non-finite on another rank'} at "
                     f"iteration {it} (0-based; {it} iterations done); stopped without saving, last good "
-                    f"checkpoint kept: {where}")
+                    f"checkpoint kept: {where}", iteration=it, checkpoint=self.last_good)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if solver.clip_type == "full_model" and solver.clip_value > 0:
@@ -465,7 +469,7 @@ def run_cell(config: RunConfig, *, hooks: Iterable[Callable[[int], None]] = (), 
       `run.num_gpus > 1` and no launcher it spawns that many local processes itself.
     - Raises: `DataError`/`UserError` (bad data or config, before anything is written; the train and val
       splits go through `maskformer_core.data.validate` first),
-      `CheckpointError` (checkpoint of another config; keys named), `NonFiniteLoss` (iteration named),
+      `CheckpointError` (checkpoint of another config; keys named), `NonFiniteLoss` (a TrainingDiverged: iteration and last good checkpoint named),
       `Preempted` (SIGTERM/SIGUSR1: state saved, MLflow run KILLED, status `interrupted`; call again to
       continue; CLI exit code 75). MLflow is always closed with FINISHED / FAILED / KILLED.
     - `hooks`: callables `hook(iteration)` run after every iteration (tests, progress).

@@ -16,6 +16,7 @@ from maskformer_core.errors import CheckpointError, DataError
 from pipeline import checkpoint as ckpt
 from pipeline.config import parse_config
 from pipeline.engine import NonFiniteLoss, Preempted, read_status, run_cell
+from pipeline.errors import TrainingDiverged, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,15 +126,22 @@ def test_interrupt_and_resume_is_bit_identical(twin_root, tmp_path):
             assert torch.equal(t, b["optimizer"]["state"][key][name]), (key, name)
 
 
-def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(twin_root, tmp_path):
+def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(twin_root, tmp_path, monkeypatch):
     # lr 1e30 blows the weights up after the first step: the next forward gives a non-finite loss.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = smoke_config(twin_root, tmp_path / "run", solver={"max_iter": 6, "base_lr": 1e30},
-                       run={"checkpoint_period": 1})
+                       run={"checkpoint_period": 1, "tracking": True, "tracking_uri": uri})
     with pytest.raises(NonFiniteLoss, match=r"at iteration \d+") as info:
         run_cell(cfg)
+    assert isinstance(info.value, TrainingDiverged) and isinstance(info.value, UserError)  # CLI: error + exit 2
     failed_at = int(re.search(r"at iteration (\d+)", str(info.value)).group(1))
-    assert failed_at >= 1
-    assert "last.pt" in str(info.value)
+    assert failed_at >= 1 and info.value.iteration == failed_at
+    assert "last.pt" in str(info.value) and info.value.checkpoint.name == "last.pt"
+    from mlflow.tracking import MlflowClient
+
+    run_id = read_status(tmp_path / "run")["mlflow_run_id"]
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FAILED"
     state, _ = ckpt.load_latest(tmp_path / "run" / "checkpoints")
     assert state["iteration"] == failed_at  # the checkpoint after the last finite iteration
     status = read_status(tmp_path / "run")

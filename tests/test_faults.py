@@ -166,8 +166,10 @@ def test_nan_loss_stops_with_a_clear_message(twin, tmp_path):
     out = tmp_path / "run"
     # An absurd learning rate blows the weights up: the loss turns NaN within a few iterations.
     proc = train(write_config(tmp_path / "cfg.yaml", twin, out, base_lr=1e30, max_iter=12))
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr[-3000:]  # a user-facing failure: `error: ...`, no traceback
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), last
     assert "loss became nan" in last.lower() or "loss became inf" in last.lower(), last
     assert "iteration" in last
     status = json.loads((out / "status.json").read_text())
