@@ -326,60 +326,67 @@ class Trainer:
         it = self.start_iter
         data_iter = iter(loader) if it < solver.max_iter else None
         t_last = time.perf_counter()
-        while it < solver.max_iter:
-            torch.manual_seed(_mix_seed(cfg.run.seed, it, self.env.rank))  # dropout/drop-path keyed by iteration
-            items = next(data_iter)
-            images, targets = prepare_batch(items, self.model, device, self.meta.ignore_label)
-            with torch.autocast(device.type, enabled=solver.amp):
-                outputs = self.ddp(images)
-                try:
-                    loss_dict = self.criterion(outputs, targets)
-                    loss = total_loss(loss_dict, weight_dict)
-                    value = float(loss.detach())
-                except ValueError:
-                    # The matcher refuses NaN costs; with non-finite predictions that is a diverged loss.
-                    if _all_finite(outputs):
-                        raise
-                    loss, value = None, float("nan")
-            stop_flag, bad = dist_utils.all_reduce_max(
-                [1.0 if stop.requested else 0.0, 0.0 if math.isfinite(value) else 1.0], self.env)
-            if bad:
-                where = self.last_good or "none written yet"
-                raise NonFiniteLoss(
-                    f"loss became {value if not math.isfinite(value) else 'non-finite on another rank'} at "
-                    f"iteration {it} (0-based; {it} iterations done); stopped without saving, last good "
-                    f"checkpoint kept: {where}", iteration=it, checkpoint=self.last_good)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if solver.clip_type == "full_model" and solver.clip_value > 0:
-                from pipeline.solver import clip_full_model
+        from pipeline.evaluation import progress_bar
 
-                self.scaler.unscale_(self.optimizer)
-                clip_full_model(params, solver.clip_value)  # A.0 CLIP_VALUE 0.01
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            lr = max(self.scheduler.get_last_lr())
-            self.scheduler.step()
-            it += 1
-            if it % cfg.run.log_period == 0 or it == solver.max_iter:
-                entry = self._log_entry(it, loss, loss_dict, lr, time.perf_counter() - t_last)
-                t_last = time.perf_counter()
-                history.append(entry)
-                if self.env.is_main:
-                    with open(log_path, "a") as fh:
-                        fh.write(json.dumps(entry, sort_keys=True) + "\n")
-                    self.tracker.log_step({k: v for k, v in entry.items() if k.startswith("train/")}, it)
-            for hook in self.hooks:
-                hook(it)
-            stop_now = stop_flag or (stop.requested and not self.env.distributed)
-            if stop_now or (cfg.run.checkpoint_period and it % cfg.run.checkpoint_period == 0) or it == solver.max_iter:
-                self.tracker.flush()
-                path = self.save(it, batch)
-                if stop_now:
-                    raise Preempted(it, stop.signum, path)
-            if evaluate_fn is not None and cfg.run.eval_period and it % cfg.run.eval_period == 0 and it < solver.max_iter:
-                evaluate_fn(it)
-                self.model.train()
+        # rank 0 only; off on non-terminals (see progress_bar)
+        with progress_bar(solver.max_iter, f"train {self.output_dir.name}", initial=it,
+                          enabled=self.env.is_main) as bar:
+            while it < solver.max_iter:
+                torch.manual_seed(_mix_seed(cfg.run.seed, it, self.env.rank))  # dropout/drop-path keyed by iteration
+                items = next(data_iter)
+                images, targets = prepare_batch(items, self.model, device, self.meta.ignore_label)
+                with torch.autocast(device.type, enabled=solver.amp):
+                    outputs = self.ddp(images)
+                    try:
+                        loss_dict = self.criterion(outputs, targets)
+                        loss = total_loss(loss_dict, weight_dict)
+                        value = float(loss.detach())
+                    except ValueError:
+                        # The matcher refuses NaN costs; with non-finite predictions that is a diverged loss.
+                        if _all_finite(outputs):
+                            raise
+                        loss, value = None, float("nan")
+                stop_flag, bad = dist_utils.all_reduce_max(
+                    [1.0 if stop.requested else 0.0, 0.0 if math.isfinite(value) else 1.0], self.env)
+                if bad:
+                    where = self.last_good or "none written yet"
+                    raise NonFiniteLoss(
+                        f"loss became {value if not math.isfinite(value) else 'non-finite on another rank'} at "
+                        f"iteration {it} (0-based; {it} iterations done); stopped without saving, last good "
+                        f"checkpoint kept: {where}", iteration=it, checkpoint=self.last_good)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if solver.clip_type == "full_model" and solver.clip_value > 0:
+                    from pipeline.solver import clip_full_model
+
+                    self.scaler.unscale_(self.optimizer)
+                    clip_full_model(params, solver.clip_value)  # A.0 CLIP_VALUE 0.01
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                lr = max(self.scheduler.get_last_lr())
+                self.scheduler.step()
+                it += 1
+                bar.update(1)
+                if it % cfg.run.log_period == 0 or it == solver.max_iter:
+                    entry = self._log_entry(it, loss, loss_dict, lr, time.perf_counter() - t_last)
+                    t_last = time.perf_counter()
+                    history.append(entry)
+                    bar.set_postfix(loss=f"{entry['train/total_loss']:.4g}", lr=f"{lr:.3g}", refresh=False)
+                    if self.env.is_main:
+                        with open(log_path, "a") as fh:
+                            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+                        self.tracker.log_step({k: v for k, v in entry.items() if k.startswith("train/")}, it)
+                for hook in self.hooks:
+                    hook(it)
+                stop_now = stop_flag or (stop.requested and not self.env.distributed)
+                if stop_now or (cfg.run.checkpoint_period and it % cfg.run.checkpoint_period == 0) or it == solver.max_iter:
+                    self.tracker.flush()
+                    path = self.save(it, batch)
+                    if stop_now:
+                        raise Preempted(it, stop.signum, path)
+                if evaluate_fn is not None and cfg.run.eval_period and it % cfg.run.eval_period == 0 and it < solver.max_iter:
+                    evaluate_fn(it)
+                    self.model.train()
         mem, how = peak_memory_mb(device)
         final = None
         if self.env.is_main:

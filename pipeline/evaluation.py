@@ -16,6 +16,8 @@ separated (docs/ARCHITECTURE.md "Run folder"):
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +27,22 @@ import torch
 from torch import nn
 
 QUERY_PROB_THRESHOLD = 0.5  # "predicted with prob > 0.5" for the per-query category analysis (paper Fig. 3 style)
+
+
+PROGRESS_MININTERVAL_S = 2.0  # redraw at most every 2 s: negligible cost next to an iteration / image
+
+
+def progress_bar(total: int, desc: str, *, initial: int = 0, enabled: bool = True):
+    """A tqdm bar on stderr for the main process.
+
+    Off when `enabled` is False (ranks other than 0), when stderr is not a terminal (tqdm
+    `disable=None`: logs, SLURM, subprocess pipes stay clean) and with `TQDM_DISABLE=1`.
+    """
+    from tqdm import tqdm
+
+    off = not enabled or os.environ.get("TQDM_DISABLE", "") not in ("", "0", "false", "False")
+    return tqdm(total=total, initial=initial, desc=desc, unit="it", file=sys.stderr, disable=True if off else None,
+                mininterval=PROGRESS_MININTERVAL_S, leave=False, dynamic_ncols=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -151,6 +169,7 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
     seen_sem = False  # COCO panoptic has no semantic GT: no mIoU there (E.1 evaluators)
     times: list[float] = []
     n_fps = cfg.test.fps_warmup + cfg.test.fps_images if measure_fps else 0
+    bar = progress_bar(len(records), "evaluate")
     for i, record in enumerate(records):
         item = mapper(record)
         h, w = int(item["height"]), int(item["width"])
@@ -185,6 +204,8 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
                 tta_evaluators["pqst"].process(pred, gt_sem)
         if progress is not None:
             progress(i + 1, len(records))
+        bar.update(1)
+    bar.close()
     metrics: dict[str, Any] = {}
     if not seen_sem:
         evaluators.pop("sem", None), evaluators.pop("pqst", None), tta_evaluators.clear()

@@ -223,3 +223,26 @@ def test_panoptic_twin_metrics_tta_and_evaluate_cell_agree(tmp_path):
     for key in ("val/PQ", "val/PQ_th", "val/mIoU", "val/pACC"):
         assert again[key] == metrics[key], key
     assert "val_ms/mIoU" not in again
+
+
+def test_progress_bar_only_on_a_terminal_of_the_main_process(monkeypatch):
+    import io
+
+    from pipeline.evaluation import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a pipe/log file: no bar
+    assert progress_bar(5, "train").disable
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert progress_bar(5, "train", enabled=False).disable  # ranks other than 0
+    with progress_bar(5, "train", initial=2) as bar:
+        assert not bar.disable
+        bar.update(3)
+    assert "train:" in term.getvalue() and "2/5" in term.getvalue()  # drawn on start (redraws rate-limited)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert progress_bar(5, "train").disable
