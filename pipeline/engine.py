@@ -84,8 +84,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_status(output_dir: Path, status: str, **extra: Any) -> None:
-    """`status.json`: {"status": running|done|failed|interrupted, "time", ...extra (reason, iteration)}."""
+    """`status.json`: {"status": running|done|failed|interrupted, "time", ...extra}.
+
+    The engine's extras: `reason`, `iteration`, `mlflow_run_id`, and from `run_info` `git_commit` and
+    `tracking_uri` (the resolved MLflow store the run logs to; null with tracking off), so that status
+    and report link a folder to its MLflow run without re-resolving the URI.
+    """
     write_json_atomic(output_dir / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+
+
+def run_info(tracker: Tracker) -> dict[str, Any]:
+    """`git_commit` and `tracking_uri` (None when tracking is off) for status.json."""
+    return {"git_commit": ckpt.git_commit(), "tracking_uri": None if tracker.disabled else tracker.uri}
 
 
 def read_status(output_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -471,7 +481,8 @@ def run_cell(config: RunConfig, *, hooks: Iterable[Callable[[int], None]] = (), 
       `checkpoints/last.pt` (falling back to `prev.pt` if the hash fails) or starts fresh.
     - Writes in `config.run.output_dir` (rank 0 only): `config.yaml` (resolved), `checkpoints/`,
       `train_log.jsonl`, `metrics.json` (flat slash names, see pipeline.evaluation), `status.json`
-      (`running` | `done` | `failed` + `reason` | `interrupted` + `iteration`), `mlflow_run_id`.
+      (`running` | `done` | `failed` + `reason` | `interrupted` + `iteration`; always `mlflow_run_id`,
+      `git_commit`, `tracking_uri`), `mlflow_run_id`.
     - Distributed: inside torchrun/submitit multi-task jobs every task calls `run_cell`; with
       `run.num_gpus > 1` and no launcher it spawns that many local processes itself.
     - Raises: `DataError`/`UserError` (bad data or config, before anything is written; the train and val
@@ -555,7 +566,8 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
                                                   run_name=cfg.run.run_name or output_dir.name)
             if trainer.mlflow_run_id:
                 atomic_write_text(run_id_file, trainer.mlflow_run_id + "\n")
-            write_status(output_dir, "running", iteration=trainer.start_iter, mlflow_run_id=trainer.mlflow_run_id)
+            write_status(output_dir, "running", iteration=trainer.start_iter, mlflow_run_id=trainer.mlflow_run_id,
+                         **run_info(tracker))
         return _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, train_records,
                                    val_records, tta, evaluate)
     finally:
@@ -565,6 +577,7 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
 def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, train_records, val_records, tta, evaluate):
     status = "FAILED"
     stop = StopFlag()
+    info = run_info(tracker) if env.is_main else {}
     try:
         with stop:
             def periodic_eval(it: int) -> dict:
@@ -588,7 +601,7 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
             write_json_atomic(output_dir / METRICS_FILE, metrics)
             tracker.log_final(metrics, result.iteration)
             tracker.log_artifacts([output_dir / CONFIG_FILE, output_dir / METRICS_FILE, output_dir / TRAIN_LOG])
-            write_status(output_dir, "done", iteration=result.iteration, mlflow_run_id=trainer.mlflow_run_id)
+            write_status(output_dir, "done", iteration=result.iteration, mlflow_run_id=trainer.mlflow_run_id, **info)
         dist_utils.barrier(env)
         metrics = dist_utils.broadcast_object(metrics, env)
         status = "FINISHED"
@@ -597,7 +610,7 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
         status = "KILLED"
         if env.is_main:
             write_status(output_dir, "interrupted", iteration=exc.iteration, reason=str(exc),
-                         mlflow_run_id=trainer.mlflow_run_id)
+                         mlflow_run_id=trainer.mlflow_run_id, **info)
         with contextlib.suppress(Exception):
             tracker.end(status)
         status = None  # closed
@@ -608,12 +621,13 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
     except KeyboardInterrupt:
         status = "KILLED"
         if env.is_main:
-            write_status(output_dir, "interrupted", reason="KeyboardInterrupt", mlflow_run_id=trainer.mlflow_run_id)
+            write_status(output_dir, "interrupted", reason="KeyboardInterrupt", mlflow_run_id=trainer.mlflow_run_id,
+                         **info)
         raise
     except BaseException as exc:
         if env.is_main:
             write_status(output_dir, "failed", reason=f"{type(exc).__name__}: {exc}",
-                         traceback=traceback.format_exc(limit=20), mlflow_run_id=trainer.mlflow_run_id)
+                         traceback=traceback.format_exc(limit=20), mlflow_run_id=trainer.mlflow_run_id, **info)
         raise
     finally:
         if status is not None:
@@ -667,6 +681,7 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
     run_id_file = output_dir / RUN_ID_FILE
     run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
     tags = dict(_tags(cfg), evaluated_checkpoint=str(path.resolve()))
+    info = run_info(tracker)
     status = "FAILED"
     try:
         run_id = tracker.start(cfg.to_dict(), tags, run_id=run_id, run_name=cfg.run.run_name or output_dir.name)
@@ -675,19 +690,19 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
             dump_config(cfg, output_dir / CONFIG_FILE)
             if run_id:
                 atomic_write_text(run_id_file, run_id + "\n")
-            write_status(output_dir, "running", mlflow_run_id=run_id)
+            write_status(output_dir, "running", mlflow_run_id=run_id, **info)
         metrics = evaluate(model, cfg, meta, device, tta=tta, records=val_records)
         metrics["train/iterations"] = int(state.get("iteration", 0))
         write_json_atomic(out_path, metrics)
         tracker.log_final(metrics, int(state.get("iteration", 0)))
         tracker.log_artifacts([out_path] + ([output_dir / CONFIG_FILE] if own_folder else []))
         if own_folder:
-            write_status(output_dir, "done", checkpoint=str(path), mlflow_run_id=run_id)
+            write_status(output_dir, "done", checkpoint=str(path), mlflow_run_id=run_id, **info)
         status = "FINISHED"
         return metrics
     except BaseException as exc:
         if own_folder and output_dir.exists():
-            write_status(output_dir, "failed", reason=f"{type(exc).__name__}: {exc}", mlflow_run_id=run_id)
+            write_status(output_dir, "failed", reason=f"{type(exc).__name__}: {exc}", mlflow_run_id=run_id, **info)
         if isinstance(exc, KeyboardInterrupt):
             status = "KILLED"
         raise

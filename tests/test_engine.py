@@ -69,7 +69,9 @@ def test_loss_falls_on_synthetic_data(twin_root, tmp_path):
     assert len(losses) == 40
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.9 * first, (first, last)
-    assert read_status(tmp_path / "run")["status"] == "done"
+    status = read_status(tmp_path / "run")
+    assert status["status"] == "done"
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", status["git_commit"]) and status["tracking_uri"] is None  # tracking off
     assert {"val/mIoU", "val/fwIoU", "val/pACC", "val/mACC", "val/PQSt", "val/SQSt", "val/RQSt"} <= set(metrics)
     assert len(metrics["analysis/unique_categories_per_query"]) == 10
     assert metrics["perf/fps"] > 0 and metrics["perf/fps_protocol"]["batch_size"] == 1
@@ -140,8 +142,9 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(twin_root,
     assert "last.pt" in str(info.value) and info.value.checkpoint.name == "last.pt"
     from mlflow.tracking import MlflowClient
 
-    run_id = read_status(tmp_path / "run")["mlflow_run_id"]
-    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FAILED"
+    status = read_status(tmp_path / "run")
+    assert status["tracking_uri"] == uri and re.fullmatch(r"[0-9a-f]{40}|unknown", status["git_commit"])
+    assert MlflowClient(tracking_uri=status["tracking_uri"]).get_run(status["mlflow_run_id"]).info.status == "FAILED"
     state, _ = ckpt.load_latest(tmp_path / "run" / "checkpoints")
     assert state["iteration"] == failed_at  # the checkpoint after the last finite iteration
     status = read_status(tmp_path / "run")
