@@ -4,14 +4,19 @@ Each flow plans the grid (pipeline.study), then a `run-cells` subflow with a
 `ThreadPoolTaskRunner(max_workers=max_concurrent)` maps one task per cell: the task submits the cell
 through submitit (local subprocess or SLURM; SLURM cells of one dataset go out as one job array) and
 blocks on `job.result()`. A failed cell is retried (`study.retries`, default 1), then recorded as
-failed with its reason while the other cells finish. Training cells run first, evaluation-only
+failed with its reason while the other cells finish. SIGINT/SIGTERM stops the study: no new cell
+starts, running jobs get SIGTERM (checkpoint, exit 75), the flow ends Cancelled ("interrupted by ..."). Training cells run first, evaluation-only
 variants (other inference strategy, multi-scale) second, from the trained checkpoints. The flow ends
 Failed with "N cells: ... K failed" when any cell failed, Completed otherwise.
 Without PREFECT_API_URL the flows run against Prefect's ephemeral server.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import signal
+import threading
 
 os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")  # INFRA trap: before submitit is imported
 import submitit  # noqa: E402,F401  (imported at module top on purpose, see INFRA.md)
@@ -19,12 +24,46 @@ import submitit  # noqa: E402,F401  (imported at module top on purpose, see INFR
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
 from prefect.runtime import task_run  # noqa: E402
-from prefect.states import Completed, Failed  # noqa: E402
+from prefect.states import Cancelled, Completed, Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
 
 from pipeline import study as st  # noqa: E402
 from pipeline.executor import CellExecutor  # noqa: E402
+
+@contextlib.contextmanager
+def shielded_ephemeral_server():
+    """Without PREFECT_API_URL: start Prefect's temporary API server with SIGINT/SIGTERM blocked in it.
+
+    Prefect starts that server as a child in our process group, so a terminal Ctrl-C (or a scheduler's
+    SIGTERM to the group) killed it while the study was still recording its interrupted cells; the
+    flow then hung retrying the dead API. Blocked signals are inherited by the child, so it survives
+    them; it is stopped with SIGKILL at exit. No-op with a real server or off the main thread.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's clients use when no API URL is set
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        server.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    # Stopped at interpreter exit, after Prefect's services have drained their events into it (they run
+    # before atexit hooks); SIGKILL because SIGTERM is blocked in it (Prefect's stop() would wait 5 s).
+    atexit.register(_kill, server.server_process)
+    yield
+
+
+def _kill(process) -> None:
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+
 
 MAIN = ["main"]  # Tables 1-3 (pipeline.grid.select_tables)
 ABLATIONS = ["ablations"]  # Tables 4-8
@@ -52,7 +91,7 @@ def cell_task(plan: st.StudyPlan, executor: CellExecutor, unit_id: str, jobs: di
 
 def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -> dict:
     """SLURM: submit pending cells as one job array per dataset (GPU counts differ per dataset)."""
-    if executor.kind != "slurm" or not plan.params.executor.slurm.use_array:
+    if executor.kind != "slurm" or not plan.params.executor.slurm.use_array or plan.stop.is_set():
         return {}
     todo = st.pending(plan, ids)
     by_dataset: dict[str, list[str]] = {}
@@ -74,6 +113,10 @@ def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -
 
 def _run_phase(plan, executor, ids, outcomes, logger) -> None:
     if not ids:
+        return
+    if plan.stop.is_set():  # interrupted during an earlier phase: nothing new starts
+        for uid in st.pending(plan, ids):
+            outcomes[uid] = {"cell_id": uid, "status": "interrupted", "reason": f"not started: {plan.stop.reason}"}
         return
     jobs = _submit_arrays(plan, executor, ids)
     task_fn = cell_task.with_options(retries=plan.retries, retry_delay_seconds=plan.params.study.retry_delay_s)
@@ -114,11 +157,15 @@ def run_cells(
         "profile %s: %d training cells, %d evaluation variants, executor %s, %d concurrent, run %s",
         plan.profile, len(plan.grid.train), len(plan.variant_ids()), plan.executor, plan.max_concurrent, plan.run_id,
     )
-    _run_phase(plan, ex, plan.train_ids(), outcomes, logger)
-    _run_phase(plan, ex, plan.variant_ids(), outcomes, logger)
+    # SIGINT/SIGTERM: stop submitting, SIGTERM to running jobs, record them interrupted (StudyStop).
+    with plan.stop.handling_signals():
+        _run_phase(plan, ex, plan.train_ids(), outcomes, logger)
+        _run_phase(plan, ex, plan.variant_ids(), outcomes, logger)
     counts = st.summarize(plan, outcomes)
     message = st.final_message(counts)
     logger.info(message)
+    if plan.stop.is_set():
+        return Cancelled(message=f"{plan.stop.reason}: {message}", data=counts)
     if counts["failed"]:
         return Failed(message=message, data=counts)
     return Completed(message=message, data=counts)
@@ -136,6 +183,8 @@ def _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_p
     # The parent flow ends in the subflow's state with its message ("N cells: ... K failed").
     if state.is_completed():
         return Completed(message=state.message)
+    if state.is_cancelled():  # interrupted by SIGINT/SIGTERM (message starts "interrupted by SIG...")
+        return Cancelled(message=state.message)
     return Failed(message=state.message or "run-cells did not complete")
 
 

@@ -13,6 +13,7 @@ import importlib
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,6 +76,40 @@ def link_checkpoint(train_dir: str | Path, eval_dir: str | Path) -> None:
         except OSError:
             shutil.copy2(src / name, tmp)
         os.replace(tmp, dst / name)
+
+
+def _children(pid: int) -> list[int]:
+    """Child process ids of `pid` (Linux /proc); [] when unknown."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def stop_job(job: Any) -> None:
+    """Ask a running cell job to stop: SIGTERM reaches the cell, which saves `last.pt` and exits 75.
+
+    Local jobs: SIGTERM to submitit's controller process, which forwards it to the cell process
+    (`LocalJob.cancel()` would send SIGINT, which the local cells ignore, see `_LOCAL_SETUP`). SLURM
+    jobs: `scancel` (SIGTERM to the job steps, SIGKILL after the cluster's KillWait). Never raises.
+    """
+    process = getattr(job, "_process", None)
+    try:
+        if process is not None:
+            if process.poll() is None:
+                # The local job's process is the `sh -c` of `_LOCAL_SETUP`; its child is the controller.
+                for pid in _children(process.pid) or [process.pid]:
+                    os.kill(pid, signal.SIGTERM)
+        elif not job.done():
+            job.cancel(check=False)
+    except Exception:  # noqa: BLE001 - best effort during shutdown; the job may just have finished
+        pass
+
+
+# Local cell processes ignore SIGINT: they share the terminal's process group, so a Ctrl-C would kill
+# them mid-iteration; the study instead stops them with SIGTERM (checkpoint, exit 75, `stop_job`).
+# Python keeps a signal ignored at start-up ignored, so the shell's `trap` reaches the cell process.
+_LOCAL_SETUP = ["trap '' INT"]
 
 
 class CellJob(submitit.helpers.Checkpointable):
@@ -152,6 +187,8 @@ class CellExecutor:
             return ex
         ex = submitit.AutoExecutor(folder=folder, cluster=self.kind)
         ex.update_parameters(timeout_min=self.params.executor.local.timeout_min, name=job_name(name))
+        if self.kind == "local":
+            ex.update_parameters(local_setup=_LOCAL_SETUP)
         return ex
 
     def submit(self, unit_config: dict[str, Any], *, log_folder: Path, init_from: str | None = None) -> submitit.Job:

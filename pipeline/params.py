@@ -59,6 +59,8 @@ class StudyParams(BaseModel):
     retries: int = Field(1, ge=0, le=10)
     retry_delay_s: float = Field(2.0, ge=0)
     cell_fn: str = "pipeline.engine:run_cell"
+    # After SIGINT/SIGTERM the study waits this long for running cells to checkpoint, then exits hard.
+    stop_timeout_s: float = Field(120.0, gt=0)
     # Mirror of profiles.<profile>.data_root that dvc.yaml templates the study deps from
     # (`${study.data_root}/<dataset>`); must agree with the active profile (check_data_roots).
     data_root: str | None = None

@@ -26,14 +26,17 @@ def run_study(*, profile=None, tables=None, executor=None, max_concurrent=None, 
     # Validate and expand first: a bad params.yaml is exit 2 before Prefect starts.
     plan_study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
                retries=retries, cell_fn=cell_fn, params_path=params_path, reports_dir=reports_dir)
-    from flows.study import study
+    from flows.study import shielded_ephemeral_server, study
 
-    state = study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
-                  retries=retries, cell_fn=cell_fn, params_path=str(params_path), reports_dir=str(reports_dir),
-                  return_state=True)
+    with shielded_ephemeral_server():  # Ctrl-C must not kill the temporary Prefect API mid-study
+        state = study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
+                      retries=retries, cell_fn=cell_fn, params_path=str(params_path),
+                      reports_dir=str(reports_dir), return_state=True)
     print(f"study: {state.name}: {state.message}", file=sys.stderr)
     if state.is_completed():
         return 0
+    if state.is_cancelled():  # SIGINT/SIGTERM (pipeline.study.StudyStop): never 0, even with allow_failures
+        return 143 if "SIGTERM" in (state.message or "") else 130
     return 0 if allow_failures else 1
 
 

@@ -9,10 +9,13 @@ row's key metric, for `dvc metrics`) and `reports/plots/queries.csv` (queries vs
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import statistics
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +34,95 @@ class CellFailed(RuntimeError):
     """A cell's job ended without a `done` status; the message is the reason shown in the tables."""
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StudyStop:
+    """The study's stop switch: set by SIGINT/SIGTERM, read by every cell task.
+
+    Once set, no new cell is submitted (queued tasks return `interrupted` without a job), running jobs
+    get SIGTERM (`pipeline.executor.stop_job`: the engine saves `last.pt` and exits 75) and are
+    recorded `interrupted`, never retried. A second signal, or `hard_timeout_s` seconds without the
+    study returning, ends the process at once (exit 128 + signal number).
+    """
+
+    def __init__(self, hard_timeout_s: float = 120.0) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self.hard_timeout_s = hard_timeout_s
+        self._jobs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    @property
+    def reason(self) -> str:
+        name = signal.Signals(self.signum).name if self.signum else "stop request"
+        return f"interrupted by {name}"
+
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGTERM)
+
+    def register(self, unit_id: str, job: Any) -> None:
+        """Track a running job; one registered after the stop request is stopped at once."""
+        with self._lock:
+            self._jobs[unit_id] = job
+            stopped = self.event.is_set()
+        if stopped:
+            _stop_job(job)
+
+    def unregister(self, unit_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(unit_id, None)
+
+    def request(self, signum: int | None = None) -> None:
+        """Stop the study (thread-safe; what the signal handler calls)."""
+        with self._lock:
+            first = not self.event.is_set()
+            self.signum = self.signum or signum
+            self.event.set()
+            jobs = list(self._jobs.values())
+        if first:
+            threading.Thread(target=self._stop_all, args=(jobs,), name="study-stop", daemon=True).start()
+
+    def _stop_all(self, jobs: list[Any]) -> None:
+        for job in jobs:
+            _stop_job(job)
+        # Safety net: a study that has not returned by now (a job that ignores SIGTERM) is ended hard.
+        time.sleep(self.hard_timeout_s)
+        os._exit(self.exit_code())
+
+    def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal handler signature
+        if self.event.is_set():  # second Ctrl-C: stop waiting
+            os._exit(self.exit_code())
+        import sys
+
+        name = signal.Signals(signum).name
+        print(f"study: {name}: stopping (no new cells; running cells save a checkpoint and stop); "
+              f"again to quit at once", file=sys.stderr, flush=True)
+        self.request(signum)
+
+    @contextlib.contextmanager
+    def handling_signals(self):
+        """Route SIGINT/SIGTERM to `request` while the study runs (main thread only; else a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _stop_job(job: Any) -> None:
+    from pipeline.executor import stop_job
+
+    stop_job(job)
+
+
 @dataclasses.dataclass
 class StudyPlan:
     params: Params
@@ -43,6 +135,7 @@ class StudyPlan:
     cell_fn: str
     reports_dir: Path
     threads: int | None
+    stop: StudyStop = dataclasses.field(default_factory=StudyStop)
 
     @property
     def runs_dir(self) -> Path:
@@ -103,6 +196,7 @@ def plan_study(
         cell_fn=cell_fn or params.study.cell_fn,
         reports_dir=Path(reports_dir),
         threads=prof.run.threads,
+        stop=StudyStop(hard_timeout_s=params.study.stop_timeout_s),
     )
 
 
@@ -160,6 +254,10 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     run_dir = Path(unit.run_dir)
     if is_done(unit):
         return {"cell_id": unit_id, "status": "done", "skipped": True, "seconds": 0.0}
+    if plan.stop.is_set():  # queued when the study was interrupted: never started
+        if job is not None:  # already submitted in a SLURM array: cancel it
+            _stop_job(job)
+        return {"cell_id": unit_id, "status": "interrupted", "reason": f"not started: {plan.stop.reason}"}
     init_from = None
     if isinstance(unit, EvalUnit) and unit.is_variant:
         train = plan.grid.train[unit.train_id]
@@ -182,17 +280,36 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
             "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     )
+    plan.stop.register(unit_id, job)
     try:
         job.result()
     except Exception as exc:  # noqa: BLE001 - any job failure becomes the cell's recorded reason
+        if plan.stop.is_set() and not is_done(unit):
+            return _interrupted(plan, unit_id, job, start)
         raise CellFailed(_reason(run_dir, exc)) from None
+    finally:
+        plan.stop.unregister(unit_id)
     state, reason = unit_state(run_dir)
+    if state != "done" and plan.stop.is_set():
+        return _interrupted(plan, unit_id, job, start)
     if state != "done":
         raise CellFailed(f"job finished but status is {state}" + (f": {reason}" if reason else ""))
     return {
         "cell_id": unit_id,
         "status": "done",
         "skipped": False,
+        "seconds": round(time.time() - start, 1),
+        "job_id": str(job.job_id),
+        "stdout": str(job.paths.stdout),
+    }
+
+
+def _interrupted(plan: StudyPlan, unit_id: str, job: Any, start: float) -> dict[str, Any]:
+    """The outcome of a cell stopped by the study's interruption (resumes from its checkpoint next run)."""
+    return {
+        "cell_id": unit_id,
+        "status": "interrupted",
+        "reason": plan.stop.reason,
         "seconds": round(time.time() - start, 1),
         "job_id": str(job.job_id),
         "stdout": str(job.paths.stdout),
@@ -213,8 +330,8 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
     for uid, unit in list(plan.grid.train.items()) + [(e, u) for e, u in plan.grid.evals.items() if u.is_variant]:
         state, reason = unit_state(unit.run_dir)
         out = outcomes.get(uid, {})
-        if out.get("status") == "failed":
-            state, reason = "failed", out.get("reason") or reason
+        if out.get("status") in ("failed", "interrupted") and state != "done":
+            state, reason = out["status"], out.get("reason") or reason
         rows = [f"{r.table}:{r.row}" for r in plan.grid.rows if uid in r.eval_ids]
         cells.append(
             {
@@ -233,7 +350,8 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
     counts = {
         "total": len(cells),
         "done": sum(c["status"] == "done" for c in cells),
-        "failed": sum(c["status"] != "done" for c in cells),
+        "failed": sum(c["status"] not in ("done", "interrupted") for c in cells),
+        "interrupted": sum(c["status"] == "interrupted" for c in cells),
         "skipped": sum(c["skipped"] for c in cells),
     }
     write_json(
@@ -284,4 +402,6 @@ def write_queries_plot(grid: Grid, path: Path) -> None:
 
 def final_message(counts: dict[str, int]) -> str:
     msg = f"{counts['total']} cells: {counts['done']} done ({counts['skipped']} skipped as already done), {counts['failed']} failed"
+    if counts.get("interrupted"):
+        msg += f", {counts['interrupted']} interrupted (run again to resume)"
     return msg

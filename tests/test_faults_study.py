@@ -87,14 +87,7 @@ def test_failing_cell_is_retried_then_reported_and_study_finishes(tmp_path):
     assert states[failing[0]]["state"] == "failed" and "injected failure" in states[failing[0]]["reason"]
 
 
-# Ctrl-C (SIGINT to the whole group) sometimes leaves `dvc repro` hanging: the study's in-process
-# Prefect flow never returns (seen twice in 3 runs, 2026-11-21; SIGTERM always exits). Reported to the
-# study owner; not strict because it passes when the interrupt lands between cells.
-CTRL_C_MAY_HANG = pytest.mark.xfail(raises=subprocess.TimeoutExpired, strict=False,
-                                    reason="study: Ctrl-C to dvc's process group can hang the Prefect study flow")
-
-
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=CTRL_C_MAY_HANG), signal.SIGTERM],
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM],
                          ids=["SIGINT", "SIGTERM"])
 def test_interrupted_dvc_repro_resumes_without_redoing_cells(tmp_path, sig):
     repo, env = _clone(tmp_path / "repo", ["table6"], cell_sleep=1.5, only_dataset="ade20k")  # 7 cells
