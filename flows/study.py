@@ -17,6 +17,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 
 os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")  # INFRA trap: before submitit is imported
 import submitit  # noqa: E402,F401  (imported at module top on purpose, see INFRA.md)
@@ -106,7 +107,7 @@ def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -
         units = [st._unit(plan, u) for u in uids]
         init = [plan.grid.train[u.train_id].run_dir if getattr(u, "is_variant", False) else None for u in units]
         folder = plan.array_folder() / dataset
-        submitted = executor.submit_array([u.config for u in units], log_folder=folder, init_from=init)
+        submitted = executor.submit_array([st.cell_config(plan, u) for u in units], log_folder=folder, init_from=init)
         jobs.update(dict(zip(uids, submitted)))
     return jobs
 
@@ -137,6 +138,34 @@ def _run_phase(plan, executor, ids, outcomes, logger) -> None:
             logger.warning("cell %s failed: %s", uid, reason)
 
 
+@contextlib.contextmanager
+def _study_tracking_server(plan, logger):
+    """One MLflow server (127.0.0.1) over the cells' SQLite store while they run concurrently.
+
+    When `study.tracking_server` asks for it (pipeline.study.shared_sqlite_uri); the cells get its URI
+    through `run.tracking_uri` (and MLFLOW_TRACKING_URI, which wins in the cell, for the jobs' environment).
+    """
+    uri = st.shared_sqlite_uri(plan)
+    if uri is None:
+        yield
+        return
+    from pipeline.services import tracking_server
+
+    start = time.monotonic()
+    with tracking_server(uri, concurrency=plan.max_concurrent) as served:
+        logger.info("MLflow server %s in front of %s (ready in %.1f s)", served, uri, time.monotonic() - start)
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        plan.tracking_uri = served
+        if previous:
+            os.environ["MLFLOW_TRACKING_URI"] = served
+        try:
+            yield
+        finally:
+            plan.tracking_uri = None
+            if previous:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @flow(name="run-cells", log_prints=True)
 def run_cells(
     profile: str | None = None,
@@ -158,7 +187,7 @@ def run_cells(
         plan.profile, len(plan.grid.train), len(plan.variant_ids()), plan.executor, plan.max_concurrent, plan.run_id,
     )
     # SIGINT/SIGTERM: stop submitting, SIGTERM to running jobs, record them interrupted (StudyStop).
-    with plan.stop.handling_signals():
+    with plan.stop.handling_signals(), _study_tracking_server(plan, logger):
         _run_phase(plan, ex, plan.train_ids(), outcomes, logger)
         _run_phase(plan, ex, plan.variant_ids(), outcomes, logger)
     counts = st.summarize(plan, outcomes)

@@ -61,6 +61,8 @@ class StudyParams(BaseModel):
     cell_fn: str = "pipeline.engine:run_cell"
     # After SIGINT/SIGTERM the study waits this long for running cells to checkpoint, then exits hard.
     stop_timeout_s: float = Field(120.0, gt=0)
+    # One MLflow server in front of a local SQLite store while cells run concurrently (params.yaml).
+    tracking_server: Literal["auto", "always", "never"] = "auto"
     # Mirror of profiles.<profile>.data_root that dvc.yaml templates the study deps from
     # (`${study.data_root}/<dataset>`); must agree with the active profile (check_data_roots).
     data_root: str | None = None

@@ -136,6 +136,9 @@ class StudyPlan:
     reports_dir: Path
     threads: int | None
     stop: StudyStop = dataclasses.field(default_factory=StudyStop)
+    # HTTP URI of the study's MLflow server (study.tracking_server), given to every cell; None: cells
+    # resolve their own URI (pipeline.tracking.resolve_tracking_uri).
+    tracking_uri: str | None = None
 
     @property
     def runs_dir(self) -> Path:
@@ -198,6 +201,34 @@ def plan_study(
         threads=prof.run.threads,
         stop=StudyStop(hard_timeout_s=params.study.stop_timeout_s),
     )
+
+
+def shared_sqlite_uri(plan: StudyPlan) -> str | None:
+    """The local `sqlite:///` URI the cells would write concurrently, when `study.tracking_server` asks
+    for a server in front of it; else None (serial study, tracking off, an HTTP URI, or mode `never`).
+
+    `auto`: only with the slurm executor (cells on other nodes, often over NFS); `always`: any executor.
+    """
+    mode = plan.params.study.tracking_server
+    if mode == "never" or plan.max_concurrent <= 1:
+        return None
+    if mode == "auto" and plan.executor != "slurm":
+        return None
+    units = [plan.grid.train[i] for i in plan.train_ids()]
+    tracked = [u for u in units if u.config["run"].get("tracking", True)]
+    if not tracked:
+        return None
+    from pipeline.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracked[0].config["run"].get("tracking_uri"))
+    return uri if uri.startswith("sqlite:///") else None
+
+
+def cell_config(plan: StudyPlan, unit: TrainUnit | EvalUnit) -> dict[str, Any]:
+    """The config a cell's job gets: the unit's, with the study's tracking server URI when there is one."""
+    if not plan.tracking_uri:
+        return unit.config
+    return {**unit.config, "run": {**unit.config["run"], "tracking_uri": plan.tracking_uri}}
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -267,7 +298,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
         init_from = train.run_dir
     start = time.time()
     if job is None:
-        job = executor.submit(unit.config, log_folder=plan.log_folder(unit_id), init_from=init_from)
+        job = executor.submit(cell_config(plan, unit), log_folder=plan.log_folder(unit_id), init_from=init_from)
     write_json(
         run_dir / CELL_FILE,
         {

@@ -41,7 +41,7 @@ def test_smoke_cells_run_as_a_slurm_job_array(tmp_path, services_env):
                   reports_dir=str(tmp_path / "reports"), return_state=True)
     assert state.is_completed(), state.message
     cells = json.loads((tmp_path / "reports" / "study" / "cells.json").read_text())
-    assert cells["counts"] == {"total": 3, "done": 3, "failed": 0, "skipped": 0}
+    assert cells["counts"] == {"total": 3, "done": 3, "failed": 0, "interrupted": 0, "skipped": 0}
     for c in cells["cells"]:
         record = json.loads((tmp_path / "runs" / "smoke" / c["cell_id"] / "cell.json").read_text())
         assert record["job_id"].split("_")[0].isdigit()  # a SLURM job (array task ids look like 12_0)

@@ -51,7 +51,7 @@ def test_unchanged_cells_are_skipped_and_changed_cells_rerun(tmp_path):
     rerun = sorted(uid for uid, o in third.items() if not o["skipped"])
     assert len(rerun) == 1 and "-d3-" in rerun[0]
     counts = summarize(plan3, third)
-    assert counts == {"total": 4, "done": 4, "failed": 0, "skipped": 3}  # the variant keeps its d6 training
+    assert counts == {"total": 4, "done": 4, "failed": 0, "interrupted": 0, "skipped": 3}  # the variant keeps its d6 training
     assert (tmp_path / "reports" / "metrics.json").is_file()
 
 
@@ -71,3 +71,39 @@ def test_unknown_cell_function_fails_before_submitting(tmp_path):
     plan = plan_study(params_path=write_params(tmp_path), cell_fn="tests.study_cells:nope")
     with pytest.raises(UserError, match="has no callable 'nope'"):
         CellExecutor(plan.params, "local", cell_fn=plan.cell_fn)
+
+
+def test_stopped_study_submits_nothing_and_records_interrupted(tmp_path):
+    """After SIGINT/SIGTERM (StudyStop.request) no cell is submitted; the records say interrupted, not failed."""
+    import signal
+
+    plan = plan_study(params_path=write_params(tmp_path), cell_fn=STAND_IN, reports_dir=tmp_path / "reports")
+    plan.stop.hard_timeout_s = 3600  # the safety-net exit must not fire inside the test process
+    plan.stop.request(signal.SIGINT)
+    outcomes = _run_all(plan)
+    assert {o["status"] for o in outcomes.values()} == {"interrupted"}
+    assert all(_calls(plan.grid.train[u].run_dir) == 0 for u in plan.train_ids())
+    counts = summarize(plan, outcomes)
+    assert counts["interrupted"] == counts["total"] and counts["failed"] == 0
+    assert plan.stop.exit_code() == 130
+
+
+@pytest.mark.parametrize("mode,executor,concurrent,served", [
+    ("auto", "local", 2, False), ("auto", "slurm", 2, True), ("auto", "slurm", 1, False),
+    ("always", "local", 2, True), ("always", "local", 1, False), ("never", "slurm", 4, False),
+])
+def test_tracking_server_only_for_concurrent_sqlite_cells(tmp_path, monkeypatch, mode, executor, concurrent, served):
+    from pipeline.study import cell_config, shared_sqlite_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    raw = yaml.safe_load(write_params(tmp_path).read_text())
+    raw["study"]["tracking_server"] = mode
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    plan = plan_study(params_path=tmp_path / "params.yaml", executor=executor, max_concurrent=concurrent,
+                      cell_fn=STAND_IN)
+    uri = shared_sqlite_uri(plan)
+    assert uri == (f"sqlite:///{tmp_path}/mlflow.db" if served else None)
+    unit = plan.grid.train[plan.train_ids()[0]]
+    plan.tracking_uri = "http://127.0.0.1:5999"
+    assert cell_config(plan, unit)["run"]["tracking_uri"] == "http://127.0.0.1:5999"
+    assert unit.config["run"].get("tracking_uri") != "http://127.0.0.1:5999"  # the unit itself is unchanged
