@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -24,6 +25,7 @@ import submitit  # noqa: E402,F401  (imported at module top on purpose, see INFR
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
 from prefect.runtime import task_run  # noqa: E402
 from prefect.states import Cancelled, Completed, Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
@@ -112,19 +114,32 @@ def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -
     return jobs
 
 
-def _run_phase(plan, executor, ids, outcomes, logger) -> None:
+def _progress(total: int):
+    """Study-level bar on stderr: cells finished (done, failed, skipped or interrupted) of `total`; off off a TTY."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="study", unit="cell", file=sys.stderr, disable=not sys.stderr.isatty(),
+                dynamic_ncols=True)
+
+
+def _run_phase(plan, executor, ids, outcomes, logger, progress=None) -> None:
     if not ids:
         return
     if plan.stop.is_set():  # interrupted during an earlier phase: nothing new starts
         for uid in st.pending(plan, ids):
             outcomes[uid] = {"cell_id": uid, "status": "interrupted", "reason": f"not started: {plan.stop.reason}"}
+        if progress is not None:
+            progress.update(len(ids))
         return
     jobs = _submit_arrays(plan, executor, ids)
     task_fn = cell_task.with_options(retries=plan.retries, retry_delay_seconds=plan.params.study.retry_delay_s)
     # quote(): Prefect passes these objects through as they are (no introspection of the plan or jobs).
     futures = [task_fn.submit(quote(plan), quote(executor), uid, quote(jobs)) for uid in ids]
-    for uid, fut in zip(ids, futures):
-        fut.wait()
+    by_future = {id(f): uid for uid, f in zip(ids, futures)}
+    for fut in as_completed(futures):
+        uid = by_future[id(fut)]
+        if progress is not None:
+            progress.update(1)
         state = fut.state
         if state.is_completed():
             outcomes[uid] = fut.result()
@@ -187,9 +202,10 @@ def run_cells(
         plan.profile, len(plan.grid.train), len(plan.variant_ids()), plan.executor, plan.max_concurrent, plan.run_id,
     )
     # SIGINT/SIGTERM: stop submitting, SIGTERM to running jobs, record them interrupted (StudyStop).
-    with plan.stop.handling_signals(), _study_tracking_server(plan, logger):
-        _run_phase(plan, ex, plan.train_ids(), outcomes, logger)
-        _run_phase(plan, ex, plan.variant_ids(), outcomes, logger)
+    with plan.stop.handling_signals(), _study_tracking_server(plan, logger), \
+            _progress(len(plan.train_ids()) + len(plan.variant_ids())) as progress:
+        _run_phase(plan, ex, plan.train_ids(), outcomes, logger, progress)
+        _run_phase(plan, ex, plan.variant_ids(), outcomes, logger, progress)
     counts = st.summarize(plan, outcomes)
     message = st.final_message(counts)
     logger.info(message)
