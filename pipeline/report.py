@@ -113,7 +113,8 @@ def load_tables(tables_dir: Path) -> list[Table]:
     import pandas as pd
 
     tables = []
-    for path in sorted(Path(tables_dir).glob("*.csv")):
+    # Tables 1-8 first (the paper's order), then the appendix extras.
+    for path in sorted(Path(tables_dir).glob("*.csv"), key=lambda p: (not p.stem.startswith("table"), p.stem)):
         with open(path, encoding="utf-8") as fh:
             first = fh.readline()
         caption = first.strip().lstrip("#").strip() if first.startswith("#") else ""
