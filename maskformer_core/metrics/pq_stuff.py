@@ -13,6 +13,7 @@ import numpy as np
 
 from maskformer_core.errors import DataError
 from maskformer_core.metrics.panoptic import PQStats, match_segments, pq_summary
+from maskformer_core.metrics.semantic import dense_label_pair
 
 
 class PQStuffEvaluator:
@@ -29,21 +30,9 @@ class PQStuffEvaluator:
         self.stats = PQStats()
 
     def process(self, pred, gt) -> None:
-        pred = np.asarray(pred.cpu() if hasattr(pred, "cpu") else pred)
-        gt = np.asarray(gt.cpu() if hasattr(gt, "cpu") else gt)
-        if pred.shape != gt.shape:
-            raise DataError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
         k = self.num_classes
-        gt = gt.astype(np.int64, copy=False).ravel()
-        pred = pred.astype(np.int64, copy=False).ravel()
-        void = gt == self.ignore_label
-        bad = ~void & ((gt < 0) | (gt >= k))
-        if bad.any():
-            raise DataError(f"ground truth has values {np.unique(gt[bad])[:10].tolist()} outside 0..{k - 1} that are "
-                            f"not the ignore label {self.ignore_label}")
         # Dense indices: classes 0..K-1, K = VOID (GT ignore / no prediction); no "unknown" ids exist here.
-        gi = np.where(void, k, gt)
-        pj = np.where((pred < 0) | (pred >= k), k, pred)
+        pj, gi = dense_label_pair(pred, gt, k, self.ignore_label)
         full = np.bincount(gi * (k + 1) + pj, minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
         gt_present = np.nonzero(full[:k].sum(axis=1) > 0)[0]
         pred_present = np.nonzero(full[:, :k].sum(axis=0) > 0)[0]

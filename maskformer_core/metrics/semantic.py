@@ -45,20 +45,8 @@ class SemSegEvaluator:
 
     def process(self, pred, gt) -> None:
         """Add one image. ``pred`` and ``gt`` are integer arrays (or tensors) of the same shape."""
-        pred = np.asarray(pred.cpu() if hasattr(pred, "cpu") else pred)
-        gt = np.asarray(gt.cpu() if hasattr(gt, "cpu") else gt)
-        if pred.shape != gt.shape:
-            raise DataError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
         k = self.num_classes
-        gt = gt.astype(np.int64, copy=False).ravel()
-        pred = pred.astype(np.int64, copy=False).ravel()
-        ignore = gt == self.ignore_label
-        bad = ~ignore & ((gt < 0) | (gt >= k))
-        if bad.any():
-            values = np.unique(gt[bad])[:10].tolist()
-            raise DataError(f"ground truth has values {values} outside 0..{k - 1} that are not the ignore label {self.ignore_label}")
-        gt = np.where(ignore, k, gt)
-        pred = np.where((pred < 0) | (pred >= k), k, pred)
+        pred, gt = dense_label_pair(pred, gt, k, self.ignore_label)
         self.conf_matrix += np.bincount((k + 1) * pred + gt, minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
 
     def merge(self, other: "SemSegEvaluator") -> None:
@@ -94,3 +82,24 @@ class SemSegEvaluator:
         for i, name in enumerate(self.class_names):
             res[f"ACC-{name}"] = 100 * float(acc[i])
         return res
+
+
+def dense_label_pair(pred, gt, num_classes: int, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened int64 (pred, gt) indices in 0..K: GT ignore -> K, predictions outside 0..K-1 -> K.
+
+    ``pred`` and ``gt`` are integer arrays (or tensors) of one shape; a GT value that is neither a class
+    nor the ignore label raises DataError naming the values (E.1: the ignore label is an extra index).
+    """
+    pred = np.asarray(pred.cpu() if hasattr(pred, "cpu") else pred)
+    gt = np.asarray(gt.cpu() if hasattr(gt, "cpu") else gt)
+    if pred.shape != gt.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
+    k = num_classes
+    gt = gt.astype(np.int64, copy=False).ravel()
+    pred = pred.astype(np.int64, copy=False).ravel()
+    ignore = gt == ignore_label
+    bad = ~ignore & ((gt < 0) | (gt >= k))
+    if bad.any():
+        values = np.unique(gt[bad])[:10].tolist()
+        raise DataError(f"ground truth has values {values} outside 0..{k - 1} that are not the ignore label {ignore_label}")
+    return np.where((pred < 0) | (pred >= k), k, pred), np.where(ignore, k, gt)
