@@ -40,15 +40,34 @@ def batch_sigmoid_focal_cost(inputs: Tensor, targets: Tensor, alpha: float = 0.2
     Returns:
         ``[Q, M]``: for every (query, target) the focal loss averaged over the P pixels.
     """
+    return _focal_cost(inputs, inputs.sigmoid(), targets, alpha, gamma)
+
+
+def _focal_cost(inputs: Tensor, prob: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
+    """`batch_sigmoid_focal_cost` given prob = sigmoid(inputs) (shared with the dice cost).
+
+    The official expression, alpha (1 - p)^g BCE(x, 1) @ t^T + (1 - alpha) p^g BCE(x, 0) @ (1 - t)^T, with
+    BCE-with-logits against all-zero / all-one targets written as softplus(x) and softplus(-x) = softplus(x)
+    - x (one softplus pass instead of two log-sigmoid passes over two constant target tensors), the alpha
+    factors applied to the small [Q, M] products, and in-place steps (on CPU each fresh [Q, P] buffer
+    costs about a pass in page faults). Differences are float rounding, in terms (1 - p)^g scales to nothing.
+    """
     num_pixels = inputs.shape[1]
-    prob = inputs.sigmoid()
-    focal_pos = ((1 - prob) ** gamma) * F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
-    focal_neg = (prob**gamma) * F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
+    focal_neg = F.softplus(inputs)  # BCE(x, 0)
+    focal_pos = focal_neg - inputs  # BCE(x, 1)
+    if gamma == 2.0:  # the official value: no temporary at all
+        focal_neg.mul_(prob).mul_(prob)
+        one_m = torch.rsub(prob, 1.0)
+        focal_pos.mul_(one_m).mul_(one_m)
+    else:
+        focal_neg.mul_(prob.pow(gamma))
+        focal_pos.mul_(torch.rsub(prob, 1.0).pow_(gamma))
+    cost_pos = focal_pos @ targets.T
+    cost_neg = focal_neg @ (1 - targets).T
     if alpha >= 0:
-        focal_pos = focal_pos * alpha
-        focal_neg = focal_neg * (1 - alpha)
-    cost = focal_pos @ targets.T + focal_neg @ (1 - targets).T
-    return cost / num_pixels
+        cost_pos = cost_pos * alpha
+        cost_neg = cost_neg * (1 - alpha)
+    return (cost_pos + cost_neg) / num_pixels
 
 
 def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
@@ -57,8 +76,11 @@ def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
     Args:
         inputs: ``[Q, P]`` mask logits; targets: ``[M, P]`` binary masks. Returns ``[Q, M]``.
     """
-    prob = inputs.sigmoid()
-    numerator = 2 * prob @ targets.T
+    return _dice_cost(inputs.sigmoid(), targets)
+
+
+def _dice_cost(prob: Tensor, targets: Tensor) -> Tensor:
+    numerator = 2 * (prob @ targets.T)
     denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 
@@ -101,8 +123,9 @@ class HungarianMatcher(nn.Module):
         out_mask = pred_masks.float().flatten(1)  # [Q, h*w]
         tgt = masks.to(out_mask.dtype)[:, None]
         tgt = F.interpolate(tgt, size=pred_masks.shape[-2:], mode="nearest")[:, 0].flatten(1)  # [M, h*w]
-        cost_mask = batch_sigmoid_focal_cost(out_mask, tgt, self.focal_alpha, self.focal_gamma)
-        cost_dice = batch_dice_cost(out_mask, tgt)
+        prob_mask = out_mask.sigmoid()
+        cost_mask = _focal_cost(out_mask, prob_mask, tgt, self.focal_alpha, self.focal_gamma)
+        cost_dice = _dice_cost(prob_mask, tgt)
         return self.cost_class * cost_class + self.cost_mask * cost_mask + self.cost_dice * cost_dice
 
     @torch.no_grad()

@@ -280,3 +280,23 @@ def test_fused_binary_focal_dice_matches_explicit_formulas_values_and_grads():
     # soft (float) targets keep the explicit formulas
     soft = torch.rand(7, 300, generator=g, dtype=torch.float64)
     torch.testing.assert_close(focal_dice_per_mask(x, soft)[0], focal_loss_per_mask(x, soft))
+
+
+def test_matcher_focal_cost_matches_the_official_bce_formula():
+    from maskformer_core.matching import batch_sigmoid_focal_cost
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(9, 400, generator=g, dtype=torch.float64) * 5
+    x[0, :40] = torch.linspace(-60, 60, 40, dtype=torch.float64)  # beyond softplus' threshold on both sides
+    t = (torch.rand(4, 400, generator=g) > 0.6).double()
+    for alpha, gamma in [(0.25, 2.0), (-1.0, 1.0)]:
+        prob = x.sigmoid()
+        # the official expression: BCE-with-logits against all-ones and all-zeros targets
+        pos = (1 - prob) ** gamma * F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
+        neg = prob ** gamma * F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
+        if alpha >= 0:
+            pos, neg = pos * alpha, neg * (1 - alpha)
+        ref = (pos @ t.T + neg @ (1 - t).T) / x.shape[1]
+        torch.testing.assert_close(batch_sigmoid_focal_cost(x, t, alpha, gamma), ref, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(batch_sigmoid_focal_cost(x.float(), t.float(), alpha, gamma), ref.float(),
+                                   rtol=1e-5, atol=1e-6)
