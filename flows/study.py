@@ -140,17 +140,30 @@ def _run_phase(plan, executor, ids, outcomes, logger, progress=None) -> None:
         uid = by_future[id(fut)]
         if progress is not None:
             progress.update(1)
-        state = fut.state
-        if state.is_completed():
-            outcomes[uid] = fut.result()
-        else:
-            try:
-                fut.result(raise_on_failure=True)
-                reason = state.message or "failed"
-            except Exception as exc:  # noqa: BLE001 - the recorded reason
-                reason = str(exc) or type(exc).__name__
-            outcomes[uid] = {"cell_id": uid, "status": "failed", "reason": reason}
-            logger.warning("cell %s failed: %s", uid, reason)
+        outcome, task_failed = _outcome(fut, uid)
+        outcomes[uid] = outcome
+        if task_failed:
+            logger.warning("cell %s failed: %s", uid, outcome["reason"])
+
+
+def _outcome(fut, uid: str) -> tuple[dict, bool]:
+    """(cell record, whether the task itself failed) of a finished task future, from its *final* state.
+
+    `as_completed` yields a future when its thread is done, but `PrefectFuture.state` returns the final
+    state only once `wait()`/`result()` has stored it; before that it reads the task run from the API,
+    which can still say Running (seen with the ephemeral server: cells recorded as "failed: failed" although
+    each task had finished Completed and the cell was done). So: wait first, then read the state.
+    """
+    fut.wait()
+    state = fut.state
+    if state.is_completed():
+        return fut.result(), False
+    try:
+        fut.result(raise_on_failure=True)
+        reason = state.message or "failed"
+    except Exception as exc:  # noqa: BLE001 - the recorded reason
+        reason = str(exc) or type(exc).__name__
+    return {"cell_id": uid, "status": "failed", "reason": reason}, True
 
 
 @contextlib.contextmanager

@@ -32,3 +32,28 @@ def test_study_flow_completes_other_cells_and_marks_the_failed_one(tmp_path, mon
     assert ppp.status == "failed" and "injected failure" in ppp.reason and pd.isna(ppp.ours)
     general = df[(df.row == "general ADE20K") & (df.metric == "mIoU")].iloc[0]
     assert general.status == "done" and general.ours == 31.0 + 100 / 10  # stand-in: 30 + Q/10 + 1 (variant)
+
+
+def test_cell_outcome_comes_from_the_final_state_not_a_lagging_api():
+    """A task whose thread finished Completed while the API has no final state for it yet (Prefect 3 records
+    task states through events, so the API can lag): the study must record the cell's returned record, not
+    "failed". The task run id is unknown to the API, so `PrefectFuture.state` alone would answer Pending."""
+    import concurrent.futures
+    import uuid
+
+    from prefect.futures import PrefectConcurrentFuture
+    from prefect.states import Completed, Failed
+
+    from flows.study import _outcome
+
+    record = {"cell_id": "c1", "status": "done"}
+    done = concurrent.futures.Future()
+    done.set_result(Completed(data=record))
+    # the precondition of the bug: before wait(), .state asks the API, which does not know the final state
+    assert not PrefectConcurrentFuture(uuid.uuid4(), done).state.is_completed()
+    assert _outcome(PrefectConcurrentFuture(uuid.uuid4(), done), "c1") == (record, False)
+
+    failed = concurrent.futures.Future()
+    failed.set_result(Failed(message="cell raised", data=RuntimeError("boom")))
+    outcome, task_failed = _outcome(PrefectConcurrentFuture(uuid.uuid4(), failed), "c2")
+    assert task_failed and outcome["status"] == "failed" and outcome["cell_id"] == "c2" and "boom" in outcome["reason"]
