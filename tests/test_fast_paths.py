@@ -1,6 +1,7 @@
 """The speed-ups of the training step compute the same function as the plain reference code, up to float
-rounding (<= 1e-5): folded FrozenBN convolutions, batched criterion / matcher paths, fast dropout,
-fused attention and 1x1 convolutions as matrix products. Each test runs the optimised path against a reference written out explicitly."""
+rounding (<= 1e-5): folded FrozenBN convolutions, batched criterion / matcher paths, fast dropout, fused
+attention, 1x1 convolutions as matrix products, the fused binary focal + dice loss and the matcher's focal
+cost. Each test runs the optimised path against a reference written out explicitly."""
 from __future__ import annotations
 
 import torch
