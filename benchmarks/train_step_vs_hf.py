@@ -10,7 +10,7 @@ optional: `pip install --no-deps transformers tokenizers` (plus safetensors/hugg
 Also reports the smoke model's training iterations/second (SmokeR18, 64-wide decoder, 64x64 crops,
 batch 4), the configuration the CPU smoke profile runs.
 
-    .venv/bin/python benchmarks/train_step_vs_hf.py [--size 256] [--batch 2] [--steps 3] [--threads 2]
+    .venv/bin/python benchmarks/train_step_vs_hf.py [--size 256] [--batch 2] [--steps 6] [--threads 2]
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--classes", type=int, default=150)
     ap.add_argument("--queries", type=int, default=100)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke-steps", type=int, default=20)
     ap.add_argument("--channels-last", action="store_true", help="run our model in channels-last memory format")
