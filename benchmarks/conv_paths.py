@@ -13,16 +13,17 @@ import argparse
 import collections
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import maskformer_core.models.conv as conv_mod  # noqa: E402
 from maskformer_core.models import build_model  # noqa: E402
+from train_step_vs_hf import time_steps  # noqa: E402  (same warm-up + timing loop)
 
 
 def record_pointwise_shapes(size: int, batch: int) -> collections.Counter:
@@ -36,14 +37,12 @@ def record_pointwise_shapes(size: int, batch: int) -> collections.Counter:
             seen[(tuple(x.shape), tuple(weight.shape), bias is not None, conv_mod._pair(stride))] += 1
         return original(x, weight, bias, stride, padding, dilation, groups)
 
-    import maskformer_core.models.backbones.resnet as resnet
-
-    conv_mod.conv2d, resnet.conv2d = spy, spy
+    conv_mod.conv2d = spy  # every Conv2d (Conv2dNorm included) calls it through _conv_forward
     try:
         with torch.no_grad():
             model(torch.randn(batch, 3, size, size))
     finally:
-        conv_mod.conv2d, resnet.conv2d = original, original
+        conv_mod.conv2d = original
     return seen
 
 
@@ -51,13 +50,7 @@ def fwd_bwd_time(fn, x, w, b, stride, repeats: int) -> float:
     def once():
         y = fn(x, w, b, stride)
         y.backward(torch.ones_like(y))
-    once()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(time_steps(once, repeats))
 
 
 def main(argv=None) -> int:

@@ -67,7 +67,7 @@ class _BinaryFocalDice(torch.autograd.Function):
         z = torch.addcmul(x, x, tf, value=-2.0)  # -x where t = 1, x where t = 0 (exact in floating point)
         sg = torch.sigmoid(z)  # 1 - p_t
         sp = F.softplus(z)  # BCE with logits
-        w = torch.mul(sg, sg, out=z) if gamma == 2.0 else torch.pow(sg, gamma, out=z)  # z's buffer, z is spent
+        w = torch.pow(sg, gamma, out=z)  # into z's buffer: z is spent
         w.mul_(sp)  # BCE * (1 - p_t)^gamma
         focal = a0 * w.sum(1)
         focal += (a1 - a0) * w.mul_(tf).sum(1)  # a_t = a0 + (a1 - a0) t

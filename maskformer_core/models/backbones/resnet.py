@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskformer_core.models.conv import Conv2d, conv2d
+from maskformer_core.models.conv import Conv2d
 
 __all__ = ["FrozenBatchNorm2d", "Conv2dNorm", "ResNet", "resnet_r50", "resnet_r101", "resnet_r101c", "smoke_r18"]
 
@@ -73,10 +73,9 @@ class Conv2dNorm(Conv2d):
             # the same function up to float rounding, and the weight gradient still flows to `weight`.
             scale, shift = self.norm.scale_shift(x.dtype)
             bias = shift if self.bias is None else torch.addcmul(shift, self.bias, scale)
-            x = conv2d(x, self.weight * scale.reshape(-1, 1, 1, 1), bias, self.stride, self.padding,
-                         self.dilation, self.groups)
+            x = self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), bias)
             return x if self.activation is None else self.activation(x)
-        x = conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x = self._conv_forward(x, self.weight, self.bias)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
