@@ -92,18 +92,13 @@ def test_malicious_pretrained_weights_are_refused(tmp_path, twin, suffix):
 def test_checkpoint_loading_code_never_unpickles_freely():
     """Every torch.load in the project passes weights_only=True; no bare pickle.load / pickle.loads."""
     offenders = []
-    for path in _sources():
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
-                continue
-            name = _call_name(node.func)
-            if name in ("torch.load",):
-                kw = {k.arg: k.value for k in node.keywords}
-                if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
-                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} torch.load without weights_only=True")
-            if name in ("pickle.load", "pickle.loads", "cPickle.load", "dill.load", "yaml.load", "yaml.unsafe_load"):
-                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {name}")
+    for where, name, node in _calls():
+        if name in ("torch.load",):
+            kw = {k.arg: k.value for k in node.keywords}
+            if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                offenders.append(f"{where} torch.load without weights_only=True")
+        if name in ("pickle.load", "pickle.loads", "cPickle.load", "dill.load", "yaml.load", "yaml.unsafe_load"):
+            offenders.append(f"{where} {name}")
     assert offenders == []
 
 
@@ -200,24 +195,26 @@ def _call_name(func) -> str:
     return ".".join(reversed(parts))
 
 
+def _calls():
+    """("file:line", dotted callee name, ast.Call) for every call in the project's sources."""
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call):
+                yield f"{path.relative_to(REPO)}:{node.lineno}", _call_name(node.func), node
+
+
 def test_no_shell_strings_in_pipeline_code():
     """No os.system/os.popen, no shell=True, and no subprocess call given a single command string."""
     offenders = []
-    for path in _sources():
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
-                continue
-            name = _call_name(node.func)
-            where = f"{path.relative_to(REPO)}:{node.lineno}"
-            if name in ("os.system", "os.popen", "commands.getoutput", "subprocess.getoutput",
-                        "subprocess.getstatusoutput"):
-                offenders.append(f"{where} {name}")
-            for kw in node.keywords:
-                if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
-                    offenders.append(f"{where} shell={ast.unparse(kw.value)}")
-            if name.startswith("subprocess.") and node.args and isinstance(node.args[0], (ast.Constant, ast.JoinedStr)):
-                offenders.append(f"{where} {name} with a command string")
+    for where, name, node in _calls():
+        if name in ("os.system", "os.popen", "commands.getoutput", "subprocess.getoutput",
+                    "subprocess.getstatusoutput"):
+            offenders.append(f"{where} {name}")
+        for kw in node.keywords:
+            if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                offenders.append(f"{where} shell={ast.unparse(kw.value)}")
+        if name.startswith("subprocess.") and node.args and isinstance(node.args[0], (ast.Constant, ast.JoinedStr)):
+            offenders.append(f"{where} {name} with a command string")
     assert offenders == []
 
 
