@@ -133,9 +133,14 @@ def sem_seg_to_label(result: dict, void_value: int) -> Tensor:
     return label
 
 
-def _masks_at_output(outputs: dict, b: int, image_size, out_size, padded_size) -> Tensor:
+def _masks_at_padded(outputs: dict, b: int, padded_size) -> Tensor:
+    """Image b's mask logits [Q, h, w] bilinearly upsampled to the padded input size [Q, Hp, Wp] (D.1)."""
     masks = outputs["pred_masks"][b].float()
-    masks = F.interpolate(masks[None], size=padded_size, mode="bilinear", align_corners=False)[0]  # D.1
+    return F.interpolate(masks[None], size=padded_size, mode="bilinear", align_corners=False)[0]
+
+
+def _masks_at_output(outputs: dict, b: int, image_size, out_size, padded_size) -> Tensor:
+    masks = _masks_at_padded(outputs, b, padded_size)
     return sem_seg_postprocess(masks, image_size, out_size[0], out_size[1])  # D.2
 
 
@@ -162,7 +167,7 @@ class SemanticPostProcessor:
         padded = _padded(outputs["pred_masks"], padded_size)
         results = []
         for b in range(n):
-            masks = F.interpolate(outputs["pred_masks"][b].float()[None], size=padded, mode="bilinear", align_corners=False)[0]
+            masks = _masks_at_padded(outputs, b, padded)
             sem = semantic_inference(outputs["pred_logits"][b], masks)
             results.append({"sem_seg": sem_seg_postprocess(sem, image_sizes[b], *out_sizes[b])})
         return results
@@ -280,7 +285,7 @@ class DetrPostProcessor:
         padded = _padded(outputs["pred_masks"], padded_size)
         results = []
         for b in range(n):
-            masks = F.interpolate(outputs["pred_masks"][b].float()[None], size=padded, mode="bilinear", align_corners=False)[0]
+            masks = _masks_at_padded(outputs, b, padded)
             h, w = int(image_sizes[b][0]), int(image_sizes[b][1])
             results.append({"panoptic_seg": self._single(outputs["pred_logits"][b], masks[:, :h, :w], out_sizes[b])})
         return results
