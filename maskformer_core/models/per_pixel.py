@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from maskformer_core.models.conv import Conv2d
-from maskformer_core.models.maskformer import ImagePreprocessor
+from maskformer_core.models.maskformer import ImagePreprocessor, MaskFormerHead
 
 
 def c2_msra_fill(module: nn.Conv2d) -> None:
@@ -31,23 +31,17 @@ class PerPixelBaselineHead(nn.Module):
         return {"sem_seg_logits": self.predictor(mask_features)}
 
 
-class PerPixelBaselinePlusHead(nn.Module):
-    """`sem_seg_head`: pixel decoder + TransformerPredictor(mask_classification=False, Q = K).
+class PerPixelBaselinePlusHead(MaskFormerHead):
+    """`sem_seg_head`: pixel decoder + TransformerPredictor(mask_classification=False, Q = K), wired as
+    MaskFormerHead (same `transformer_in_feature` rule and state-dict names); the Q = K mask logits are the
+    per-pixel class logits.
 
     forward -> {"sem_seg_logits": [B, K, H/4, W/4] (last layer), "aux_sem_seg_logits": list of
     dec_layers-1 tensors [B, K, H/4, W/4] (empty without deep supervision)}.
     """
 
-    def __init__(self, pixel_decoder: nn.Module, predictor: nn.Module, transformer_in_feature: str = "res5") -> None:
-        super().__init__()
-        self.pixel_decoder = pixel_decoder
-        self.predictor = predictor
-        self.transformer_in_feature = transformer_in_feature
-
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
-        mask_features, encoder_features = self.pixel_decoder(features)
-        x = encoder_features if self.transformer_in_feature == "transformer_encoder" else features[self.transformer_in_feature]
-        out = self.predictor(x, mask_features)
+        out = super().forward(features)
         return {"sem_seg_logits": out["pred_masks"],
                 "aux_sem_seg_logits": [a["pred_masks"] for a in out["aux_outputs"]]}
 
