@@ -36,11 +36,11 @@ NO_DECAY_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
 
 def is_norm(module: nn.Module) -> bool:
-    """True for torch norm layers and custom ones named like them (FrozenBatchNorm2d, LayerNorm2d, RMSNorm...)."""
-    if isinstance(module, NORM_TYPES):
-        return True
-    name = type(module).__name__.lower()
-    return name.endswith("norm") or name.endswith("norm2d") or "batchnorm" in name
+    """True for the norm module types of the official `build_optimizer` (MaskFormer `train_net.py`
+    `norm_module_types`) and nothing else: a conv that carries a norm (our `Conv2dNorm`, detectron2's
+    `Conv2d(norm=...)`) is not a norm module, so its weight keeps the normal decay while the GroupNorm
+    inside it is exempt. FrozenBatchNorm2d has no parameters, so it needs no entry."""
+    return isinstance(module, NORM_TYPES)
 
 
 def param_group_settings(

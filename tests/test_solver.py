@@ -144,3 +144,13 @@ def test_full_model_clipping_uses_the_global_l2_norm():
     total = math.sqrt(float(a.grad.pow(2).sum() + b.grad.pow(2).sum()))
     assert total == pytest.approx(0.01, rel=1e-4)
     assert float(a.grad[0]) / float(b.grad[0]) == pytest.approx(0.75)  # direction kept
+
+
+def test_conv2dnorm_weight_keeps_decay_and_its_groupnorm_gets_none():
+    """Official `build_optimizer` exempts only true norm modules (train_net.py `norm_module_types`):
+    the pixel decoder's conv + GN keeps weight decay on the conv weight, none on the GN parameters."""
+    from maskformer_core.models.pixel_decoder import conv_gn
+
+    g = {x["name"]: x["weight_decay"] for x in param_group_settings(
+        nn.Sequential(conv_gn(4, 32, 3, relu=True)), base_lr=1e-4, weight_decay=1e-4, backbone_multiplier=0.1)}
+    assert g == {"0.weight": 1e-4, "0.norm.weight": 0.0, "0.norm.bias": 0.0}
