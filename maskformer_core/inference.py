@@ -292,15 +292,21 @@ class DetrPostProcessor:
 
 
 class PerPixelPostProcessor:
-    """``per_pixel`` (B.5): x4 bilinear upsample of ``sem_seg_logits``, then crop + resize (logits, not probs)."""
+    """``per_pixel`` (B.5): x4 bilinear upsample of ``sem_seg_logits``, then crop + resize (logits, not probs).
+
+    As in the official heads (`PerPixelBaselineHead.forward` / `PerPixelBaselinePlusHead.forward`:
+    ``F.interpolate(x, scale_factor=self.common_stride)``), the logits are upsampled by the common stride 4,
+    never resized to the padded input size: when the input is not a multiple of 4 (ResNet baselines pad
+    to the backbone's size_divisibility 0), 4x the stride-4 map is larger than the input and
+    `sem_seg_postprocess` crops it. ``padded_size`` is accepted for a uniform call and not used.
+    """
+
+    common_stride = 4
 
     def __call__(self, outputs: dict, image_sizes, out_sizes, padded_size=None) -> list[dict]:
         n = _check_batch(outputs, "sem_seg_logits", image_sizes, out_sizes)
         logits = outputs["sem_seg_logits"].float()
-        if padded_size is None:
-            logits = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
-        else:
-            logits = F.interpolate(logits, size=_padded(logits, padded_size), mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False)
         return [{"sem_seg": sem_seg_postprocess(logits[b], image_sizes[b], *out_sizes[b])} for b in range(n)]
 
 

@@ -121,6 +121,20 @@ def test_per_pixel_and_errors():
         build_postprocessor("semantic", num_classes=3)({"sem_seg_logits": logits}, [(8, 8)], [(8, 8)])
 
 
+def test_per_pixel_upsamples_by_four_then_crops_when_the_input_is_not_a_multiple_of_four():
+    """Official PerPixelBaseline(+) heads: F.interpolate(scale_factor=4), then sem_seg_postprocess crops.
+    A 10x10 input (ResNet size_divisibility 0) has 3x3 stride-4 logits: 12x12 after x4, cropped to 10x10,
+    not resized straight to 10x10 (different sampling grid)."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 3, 3)
+    res = build_postprocessor("per_pixel", num_classes=3)({"sem_seg_logits": logits}, [(10, 10)], [(10, 10)],
+                                                            padded_size=(10, 10))[0]["sem_seg"]
+    official = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)[0, :, :10, :10]
+    assert torch.allclose(res, official, atol=1e-6)
+    straight = F.interpolate(logits, size=(10, 10), mode="bilinear", align_corners=False)[0]
+    assert not torch.allclose(res, straight, atol=1e-3)
+
+
 class _ColumnModel(torch.nn.Module):
     """Mask logits = the red channel at stride 4, so outputs move with the image (flip equivariant)."""
 
