@@ -105,6 +105,34 @@ def test_resize_label_nearest_keeps_values():
     assert out[5, 9] == lab[int(5 * 13 / 29), int(9 * 17 / 41)]
 
 
+def test_panoptic_ids_resize_with_pil_nearest_semantic_with_torch_nearest():
+    """Official mappers: the uint8 RGB panoptic PNG goes through PIL NEAREST (pixel centres), the float
+    semantic map through torch nearest (pixel corners). On a 12 -> 8 resize they pick different columns."""
+    from maskformer_core.data.mappers import Mapper
+
+    ramp = np.tile(np.arange(12, dtype=np.int64) * 70001, (3, 1))  # ids spanning all three RGB bytes
+    img = np.zeros((3, 12, 3), np.uint8)
+    _, sem, pan = Mapper._resize(img, np.tile(np.arange(12, dtype=np.int64), (3, 1)), ramp, (3, 8))
+    assert (pan[0] // 70001).tolist() == [0, 2, 3, 5, 6, 8, 9, 11]  # floor((j + 0.5) * 1.5)
+    assert sem[0].tolist() == [0, 1, 3, 4, 6, 7, 9, 10]  # floor(j * 1.5)
+
+
+def test_images_are_read_with_their_exif_orientation(tmp_path):
+    """detectron2 `read_image` applies the EXIF orientation; orientation 6 turns a 2x3 image into 3x2."""
+    from PIL import Image
+
+    from maskformer_core.data.formats import image_size, read_image
+
+    arr = np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 10
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.png"
+    Image.fromarray(arr).save(path, exif=exif)
+    out = read_image(path)
+    assert out.shape == (3, 2, 3) and image_size(path) == (3, 2)
+    assert np.array_equal(out, np.rot90(arr, k=-1))  # 6 = rotate 90 degrees clockwise to display
+
+
 def test_color_aug_ssd_is_seeded_and_shape_preserving():
     img = np.random.default_rng(1).integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
     a = T.color_aug_ssd(img, np.random.default_rng(5))

@@ -9,18 +9,29 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from maskformer_core.errors import DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
+_EXIF_ORIENTATION = 0x0112  # EXIF tag 274
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+def _oriented(im: Image.Image) -> Image.Image:
+    """The image as displayed: EXIF orientation applied, as detectron2 `utils.read_image` does
+    (`_apply_exif_orientation`) for every image and label file the official mappers read."""
+    return ImageOps.exif_transpose(im)
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """RGB image as uint8 [H, W, 3]; DataError naming the file when missing or corrupt."""
+    """RGB image as uint8 [H, W, 3], EXIF orientation applied (detectron2 `read_image`); DataError naming
+    the file when missing or corrupt."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            return np.asarray(_oriented(im).convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError as exc:
         raise DataError(f"{path}: image file missing") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -38,7 +49,7 @@ def read_label(path: str | Path) -> np.ndarray:
             with Image.open(path) as im:
                 if im.mode not in ("L", "P", "I", "I;16", "I;16B", "1"):
                     raise DataError(f"{path}: label PNG must be single-channel, got mode {im.mode}")
-                arr = np.asarray(im)
+                arr = np.asarray(_oriented(im))
     except FileNotFoundError as exc:
         raise DataError(f"{path}: label file missing") from exc
     except DataError:
@@ -54,7 +65,7 @@ def read_panoptic_png(path: str | Path) -> np.ndarray:
     """Panoptic PNG as segment ids int64 [H, W]: id = R + 256 G + 256^2 B, 0 = VOID (F, E.2)."""
     try:
         with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
+            rgb = np.asarray(_oriented(im).convert("RGB"), dtype=np.int64)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: panoptic PNG missing") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -75,10 +86,12 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) read from the image header only."""
+    """(height, width) as displayed, read from the image header only (EXIF orientation 5-8 swaps them)."""
     try:
         with Image.open(path) as im:
             w, h = im.size
+            if im.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS:
+                w, h = h, w
     except FileNotFoundError as exc:
         raise DataError(f"{path}: image file missing") from exc
     except (OSError, SyntaxError, ValueError) as exc:

@@ -103,7 +103,7 @@ class Mapper:
     def _resize(img, sem, pan, shape):
         img = T.resize_image(img, shape)
         sem = T.resize_label(sem, shape) if sem is not None else None
-        pan = T.resize_label(pan, shape) if pan is not None else None
+        pan = T.resize_panoptic(pan, shape) if pan is not None else None  # PIL NEAREST (uint8 RGB PNG)
         return img, sem, pan
 
     @staticmethod

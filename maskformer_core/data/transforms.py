@@ -43,6 +43,18 @@ def resize_label(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out.numpy().astype(label.dtype)
 
 
+def resize_panoptic(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Panoptic segment-id map resized to (H, W) as the official mappers do it: the uint8 RGB panoptic PNG
+    goes through detectron2 `ResizeTransform.apply_segmentation`, i.e. PIL NEAREST on a uint8 image
+    (samples at pixel centres), not torch nearest (pixel corners) as for the float semantic labels."""
+    if ids.shape[:2] == tuple(shape):
+        return ids
+    from maskformer_core.data.formats import id2rgb, rgb2id
+
+    rgb = Image.fromarray(id2rgb(ids)).resize((shape[1], shape[0]), Image.NEAREST)
+    return rgb2id(np.asarray(rgb)).astype(ids.dtype)
+
+
 def random_crop_box(h: int, w: int, crop: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
     """Uniform random crop of min(crop, image) size -> (y0, x0, ch, cw) (A.1 step 2, max-area 1.0)."""
     ch, cw = min(crop[0], h), min(crop[1], w)
