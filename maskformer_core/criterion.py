@@ -302,10 +302,14 @@ class SetCriterion(nn.Module):
                 out.append({"loss_mask": f.sum() / num_masks, "loss_dice": d.sum() / num_masks})
         return out
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, targets: list[dict], num_masks: float | None = None) -> dict[str, Tensor]:
+        """Loss terms of the batch. ``num_masks``: the mask-loss normaliser; None = the GT masks of this batch
+        averaged over processes (FACTS C). A caller that splits one official per-GPU batch set into
+        several forward passes (gradient accumulation) passes the value of the whole step instead."""
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(f"SetCriterion: {len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]}")
-        num_masks = _num_masks(targets, outputs["pred_logits"].device)
+        if num_masks is None:
+            num_masks = _num_masks(targets, outputs["pred_logits"].device)
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         layers = [final] + list(outputs.get("aux_outputs") or [])
         suffixes = [""] + [f"_{i}" for i in range(len(layers) - 1)]
@@ -363,7 +367,8 @@ class PerPixelCriterion(nn.Module):
             return logits.sum() * 0.0
         return F.cross_entropy(logits, target, reduction="mean", ignore_index=self.ignore_index)
 
-    def forward(self, outputs: dict, targets) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, targets, num_masks: float | None = None) -> dict[str, Tensor]:
+        """``num_masks`` is accepted for a uniform call and not used (per-pixel CE is a pixel mean)."""
         logits = outputs["sem_seg_logits"]
         target = self._targets(targets, logits.device)
         losses = {"loss_sem_seg": self._ce(logits, target)}

@@ -353,26 +353,46 @@ def _resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1)
 
 
+def tta_input_shapes(height: int, width: int, sizes: Sequence[int] | None = None, max_size: int | None = None,
+                     scales: Sequence[float] | None = None) -> list[tuple[int, int]]:
+    """(h, w) of each multi-scale pass for a test-size image of ``height`` x ``width`` (D.6).
+
+    ``sizes``: detectron2 `DatasetMapperTTA` (TEST.AUG.MIN_SIZES / MAX_SIZE): ResizeShortestEdge(s, max_size)
+    applied to the image the test loader already resized to the single-scale test size.
+    ``scales``: factors of that single-scale image instead (the paper's Mapillary protocol, appendix
+    Table IV: 0.5 / 1.0 / 1.5 of the test size, which MIN_SIZES cannot express for every aspect ratio).
+    """
+    if scales:
+        return [(int(height * float(f) + 0.5), int(width * float(f) + 0.5)) for f in scales]
+    if not sizes:
+        raise ConfigError("tta: empty list of scales (give sizes or scales)")
+    return [resize_shortest_edge_shape(height, width, int(s), max_size) for s in sizes]
+
+
 @torch.no_grad()
-def tta_semantic(model, image: Tensor, scales: Sequence[int], flip: bool, postprocessor: Callable,
-                 max_size: int | None = None) -> Tensor:
+def tta_semantic(model, image: Tensor, scales: Sequence[int] | None, flip: bool, postprocessor: Callable,
+                 max_size: int | None = None, out_size: tuple[int, int] | None = None,
+                 factors: Sequence[float] | None = None) -> Tensor:
     """Multi-scale (+ flip) test-time augmentation for semantic segmentation (D.6).
 
-    For every short-side size in ``scales`` (long side capped at ``max_size``), and a horizontally
-    flipped copy when ``flip``, run ``model.preprocess`` + ``model`` + ``postprocessor`` at the original
-    resolution, flip flipped outputs back, and return the arithmetic mean ``[K, H, W]`` of the score maps.
+    As in the official evaluation (`SemanticSegmentorWithTTA` fed by the test loader, then detectron2
+    `DatasetMapperTTA`), ``image`` is the single-scale test input (already resized by the test mapper) and
+    every pass resizes *that* image again: to short side ``s`` for ``s`` in ``scales`` (long side capped at
+    ``max_size``), or by each factor in ``factors``; plus a horizontally flipped copy when ``flip``. Each
+    pass runs ``model.preprocess`` + ``model`` + ``postprocessor`` at the output size ``out_size`` (the
+    original image size; default: the size of ``image``); flipped outputs are flipped back and the
+    arithmetic mean ``[K, H, W]`` of the score maps is returned.
 
     Args:
-        image: uint8 ``[3, H, W]`` original image (resized copies go to its device before
+        image: uint8 ``[3, h, w]`` test-size image (resized copies go to its device before
             ``model.preprocess``). ``postprocessor``: a ``semantic`` / ``per_pixel`` one.
     """
-    if not scales:
-        raise ConfigError("tta_semantic: empty list of scales")
-    height, width = int(image.shape[-2]), int(image.shape[-1])
+    h_in, w_in = int(image.shape[-2]), int(image.shape[-1])
+    height, width = (h_in, w_in) if out_size is None else (int(out_size[0]), int(out_size[1]))
     total = None
     count = 0
-    for short in scales:
-        resized = _resize_image(image, resize_shortest_edge_shape(height, width, int(short), max_size)).to(image.device)
+    for shape in tta_input_shapes(h_in, w_in, scales, max_size, factors):
+        resized = _resize_image(image, shape).to(image.device)
         for flipped in ([False, True] if flip else [False]):
             inp = resized.flip(-1) if flipped else resized
             batch, image_sizes = model.preprocess([inp])

@@ -129,6 +129,11 @@ class SolverConfig(BaseModel):
     gamma: float = 0.1  # A.0 GAMMA
     max_iter: int = 160_000
     ims_per_batch: int = 16  # TOTAL over all processes (A.0)
+    # Images per forward pass on one process (None: the whole per-process batch). Smaller values
+    # accumulate gradients over ims_per_batch / (processes x micro_batch) passes, each normalised like one
+    # official GPU (mask losses divided by the step's masks per pass, C): COCO panoptic trains 64 GPUs x 1
+    # image with SIZE_DIVISIBILITY 0 (A.1 #23), so micro_batch 1 means no image is ever padded.
+    micro_batch: int | None = None
     clip_type: Literal["full_model", "none"] = "full_model"  # A.0 CLIP_TYPE
     clip_value: float = 0.01  # A.0 CLIP_VALUE (L2 norm)
     amp: bool = False  # A.0: training is fp32
@@ -139,6 +144,8 @@ class SolverConfig(BaseModel):
             raise ValueError(f"solver.max_iter must be >= 1, got {self.max_iter}")
         if self.ims_per_batch < 1:
             raise ValueError(f"solver.ims_per_batch must be >= 1, got {self.ims_per_batch}")
+        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.ims_per_batch:
+            raise ValueError(f"solver.micro_batch must be in 1..ims_per_batch ({self.ims_per_batch}), got {self.micro_batch}")
         if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
             raise ValueError(f"solver.steps must increase, got {self.steps}")
         return self
@@ -156,10 +163,19 @@ class TestConfig(BaseModel):
     tta: bool = False  # D.6 multi-scale + flip evaluation in addition to single scale
     tta_sizes: list[int] | None = None  # D.6 MIN_SIZES; None from the metadata
     tta_max_size: int | None = None
+    # Factors of the single-scale test image instead of MIN_SIZES (A.2: Mapillary m.s. = 0.5/1.0/1.5 of the
+    # test size, appendix Table IV); when set, tta_sizes / tta_max_size are not used.
+    tta_scales: list[float] | None = None
     flip: bool | None = None  # D.6 TEST.AUG.FLIP; None from the metadata
     fps_images: int = 20  # images timed for fps (E.4), after the warm-up
     fps_warmup: int = 3
     max_images: int | None = None  # evaluate on the first N val images only (smoke runs)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TestConfig":
+        if self.tta_scales is not None and (not self.tta_scales or min(self.tta_scales) <= 0):
+            raise ValueError(f"test.tta_scales must be a non-empty list of factors > 0, got {self.tta_scales}")
+        return self
 
 
 class RunSection(BaseModel):
@@ -296,8 +312,9 @@ def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
             # config that pads; a smaller/larger crop keeps "pad to the crop".
             sd = max(data["crop_size"])
         _fill(data, "size_divisibility", sd)
-        _fill(test, "tta_sizes", _maybe_list(meta_get(meta, "tta_sizes", None)))
-        _fill(test, "tta_max_size", meta_get(meta, "tta_max_size", None))
+        if not test.get("tta_scales"):  # factors of the test size replace MIN_SIZES / MAX_SIZE
+            _fill(test, "tta_sizes", _maybe_list(meta_get(meta, "tta_sizes", None)))
+            _fill(test, "tta_max_size", meta_get(meta, "tta_max_size", None))
         _fill(test, "flip", meta_get(meta, "tta_flip", None))
         task = meta_get(meta, "task", "semantic")
     else:

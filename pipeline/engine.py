@@ -159,6 +159,27 @@ def per_process_batch(total: int, world_size: int) -> int:
     return total // world_size
 
 
+def micro_batch_count(per_process: int, micro_batch: int | None) -> int:
+    """Forward passes per iteration on one process: per-process batch / `solver.micro_batch` (1 when None)."""
+    if micro_batch is None or micro_batch >= per_process:
+        return 1
+    if per_process % micro_batch:
+        raise UserError(f"solver.micro_batch={micro_batch} does not divide the per-process batch {per_process} "
+                        f"(solver.ims_per_batch / processes)")
+    return per_process // micro_batch
+
+
+def step_num_masks(targets: list[dict], passes: int, env: dist_utils.DistEnv, device: torch.device) -> float:
+    """The mask-loss normaliser of one official GPU when an iteration runs as `passes` forward passes per
+    process: GT masks of the whole step (all processes) / (passes x processes), clamped >= 1 (FACTS C:
+    num_masks = masks all-reduced / world size). Each pass's loss is then divided by `passes`, so the
+    summed gradient equals the official mean over GPUs."""
+    num = torch.tensor([float(sum(len(t["labels"]) for t in targets if "labels" in t))], device=device)
+    if env.distributed:
+        torch.distributed.all_reduce(num)
+    return max(float(num.item()) / (passes * env.world_size), 1.0)
+
+
 def build_train_loader(cfg: RunConfig, meta, records: list[dict], env: dist_utils.DistEnv, start_iter: int):
     """Endless iterator of per-process batches (lists of mapper dicts), starting after `start_iter` iterations."""
     from maskformer_core.data.mappers import build_mapper
@@ -324,6 +345,7 @@ class Trainer:
             ids = [self.device.index] if device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
         loader, _sampler, batch = build_train_loader(cfg, self.meta, records, self.env, self.start_iter)
+        passes = micro_batch_count(batch, solver.micro_batch)
         weight_dict = self.criterion.weight_dict
         params = [p for p in self.model.parameters() if p.requires_grad]
         history: list[dict] = []
@@ -344,28 +366,46 @@ class Trainer:
             while it < solver.max_iter:
                 torch.manual_seed(_mix_seed(cfg.run.seed, it, self.env.rank))  # dropout/drop-path keyed by iteration
                 items = next(data_iter)
-                images, targets = prepare_batch(items, self.model, device, self.meta.ignore_label)
-                with torch.autocast(device.type, enabled=solver.amp):
-                    outputs = self.ddp(images)
-                    try:
-                        loss_dict = self.criterion(outputs, targets)
-                        loss = total_loss(loss_dict, weight_dict)
-                        value = float(loss.detach())
-                    except ValueError:
-                        # The matcher refuses NaN costs; with non-finite predictions that is a diverged loss.
-                        if _all_finite(outputs):
-                            raise
-                        loss, value = None, float("nan")
-                stop_flag, bad = dist_utils.all_reduce_max(
-                    [1.0 if stop.requested else 0.0, 0.0 if math.isfinite(value) else 1.0], self.env)
-                if bad:
-                    where = self.last_good or "none written yet"
-                    raise NonFiniteLoss(
-                        f"loss became {value if not math.isfinite(value) else 'non-finite on another rank'} at "
-                        f"iteration {it} (0-based; {it} iterations done); stopped without saving, last good "
-                        f"checkpoint kept: {where}", iteration=it, checkpoint=self.last_good)
                 self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
+                # solver.micro_batch: several forward passes per iteration, each one official GPU's batch,
+                # gradients accumulated (COCO panoptic: 1 image per pass, never padded; A.1 #23).
+                chunks = [items[i:i + len(items) // passes] for i in range(0, len(items), len(items) // passes)]
+                num_masks = None
+                if passes > 1:
+                    num_masks = step_num_masks([b.get("targets") or {} for b in items], passes, self.env, device)
+                value, parts = 0.0, []
+                for ci, chunk in enumerate(chunks):
+                    images, targets = prepare_batch(chunk, self.model, device, self.meta.ignore_label)
+                    last = ci == len(chunks) - 1
+                    sync = contextlib.nullcontext() if last or not self.env.distributed else self.ddp.no_sync()
+                    with sync:
+                        with torch.autocast(device.type, enabled=solver.amp):
+                            outputs = self.ddp(images)
+                            try:
+                                loss_dict = self.criterion(outputs, targets, num_masks=num_masks)
+                                loss = total_loss(loss_dict, weight_dict) / len(chunks)
+                                part = float(loss.detach())
+                            except ValueError:
+                                # The matcher refuses NaN costs; with non-finite predictions that is a diverged loss.
+                                if _all_finite(outputs):
+                                    raise
+                                loss, part = None, float("nan")
+                        value += part
+                        # every rank learns of a non-finite loss before any backward (DDP syncs in backward)
+                        stop_flag, bad = dist_utils.all_reduce_max(
+                            [1.0 if stop.requested else 0.0, 0.0 if math.isfinite(part) else 1.0], self.env)
+                        if bad:
+                            where = self.last_good or "none written yet"
+                            raise NonFiniteLoss(
+                                f"loss became {value if not math.isfinite(value) else 'non-finite on another rank'} at "
+                                f"iteration {it} (0-based; {it} iterations done); stopped without saving, last good "
+                                f"checkpoint kept: {where}", iteration=it, checkpoint=self.last_good)
+                        self.scaler.scale(loss).backward()
+                    if len(chunks) > 1:
+                        parts.append({k: v.detach() / len(chunks) for k, v in loss_dict.items()})
+                if parts:  # the step's loss terms: mean over its forward passes
+                    loss_dict = {k: sum(p[k] for p in parts) for k in parts[0]}
+                    loss = torch.tensor(value, device=device)
                 if solver.clip_type == "full_model" and solver.clip_value > 0:
                     from pipeline.solver import clip_full_model
 

@@ -132,7 +132,6 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
     """
     from maskformer_core.data.datasets import load_split
     from maskformer_core.data.mappers import build_mapper
-    from maskformer_core.data.formats import read_image
     from maskformer_core.inference import build_postprocessor, sem_seg_to_label, tta_semantic
 
     model = unwrap(model)
@@ -195,9 +194,9 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
             evaluators["pan"].process(_to_numpy(item["pan_seg"]), list(item["segments_info"]),
                                       _to_numpy(pan_ids), list(pan_segments))
         if tta and gt_sem is not None:
-            image = torch.from_numpy(np.ascontiguousarray(read_image(record["file_name"]))).permute(2, 0, 1).to(device)
-            scores = tta_semantic(model, image, cfg.test.tta_sizes, bool(cfg.test.flip), tta_pp,
-                                  max_size=cfg.test.tta_max_size)
+            # D.6: DatasetMapperTTA resizes the test loader's (single-scale) image again, not the original
+            scores = tta_semantic(model, item["image"].to(device), cfg.test.tta_sizes, bool(cfg.test.flip), tta_pp,
+                                  max_size=cfg.test.tta_max_size, out_size=(h, w), factors=cfg.test.tta_scales)
             pred = _to_numpy(scores.argmax(0)).astype(np.int64)
             tta_evaluators["sem"].process(pred, gt_sem)
             if "pqst" in tta_evaluators:

@@ -201,6 +201,64 @@ def data_version(
 
 
 # ---------------------------------------------------------------------------------------------------
+# Pretrained weights per backbone
+
+
+def resolve_pretrained(spec: str | dict[str, str] | None, backbone: str, pretrain: str | None, where: str) -> str | None:
+    """The backbone initialisation of one cell: None, a local file or "hub:<timm tag>" (UserError naming `where`).
+
+    `spec` is the profile's `model.pretrained`: one source for every backbone, or a mapping backbone ->
+    source with "*" as the fallback and "<backbone>:<pretrain>" for a non-default pretraining (Swin-B
+    "in1k" rows of Tables 1/3). "hub" resolves to the timm tag of that backbone and pretraining, so the
+    resolved config names the exact weights (Swin-B IN-1K: swin_base_patch4_window12_384.ms_in1k).
+    """
+    from maskformer_core.errors import CheckpointError
+    from maskformer_core.models.weights import DEFAULT_PRETRAIN, OFFICIAL_FILES, hub_tag, is_hub
+
+    if spec is None:
+        return None
+    default = DEFAULT_PRETRAIN.get(backbone, "in1k")
+    custom = pretrain is not None and pretrain != default
+    if isinstance(spec, dict):
+        if custom:
+            value = spec.get(f"{backbone}:{pretrain}") or (spec.get("*") if spec.get("*") == "hub" else None)
+            if value is None:
+                raise UserError(f"{where}: no source for {backbone} {pretrain} weights; add "
+                                f"'{backbone}:{pretrain}: hub' or a local file to the mapping")
+        else:
+            value = spec.get(backbone) or spec.get(f"{backbone}:{default}") or spec.get("*")
+            if value is None:
+                raise UserError(f"{where}: no entry for {backbone} (and no '*'); add '{backbone}: hub' or a local file")
+    else:
+        value = spec
+        if custom and not is_hub(value):
+            raise UserError(f"{where}: one file {value!r} cannot give both the {default} and the {pretrain} "
+                            f"{backbone} weights; use a mapping with a '{backbone}:{pretrain}' entry")
+    if value == "hub":
+        try:
+            return "hub:" + hub_tag(backbone, pretrain)
+        except CheckpointError as exc:
+            example = OFFICIAL_FILES.get(backbone, "weights.pth").split(" ")[0]
+            raise UserError(f"{where}: {exc}. Give {backbone} its own local file in the mapping, e.g. "
+                            f"{{'*': hub, {backbone}: data/weights/{example}}}") from None
+    return value
+
+
+def check_pretrained_files(grid: "Grid", source: str) -> None:
+    """Every local weights file the grid's training runs start from exists (UserError naming it and where
+    to put it), so a study stops before any job is submitted rather than in each job."""
+    from maskformer_core.models.weights import OFFICIAL_FILES, is_hub
+
+    for unit in grid.train.values():
+        src = unit.config["model"].get("pretrained")
+        if src and not is_hub(src) and not Path(src).is_file():
+            backbone = unit.config["model"]["backbone"]
+            raise UserError(f"{source}: pretrained weights for {backbone} (cell {unit.train_id}) not found at {src}; "
+                            f"download {OFFICIAL_FILES.get(backbone, 'the weights file')} and put it there "
+                            f"(or change the path in the profile's model.pretrained)")
+
+
+# ---------------------------------------------------------------------------------------------------
 # Resolution
 
 
@@ -269,7 +327,11 @@ def resolve_cell(
         "transformer_in_feature": "transformer_encoder" if enc else "res5",  # B.4
         "box_head": cell.box_head,
     }
-    model.update({k2: v for k2, v in profile.model.model_dump().items() if v is not None or k2 == "pretrained"})
+    if recipe.size_divisibility is not None and cell.model == "maskformer":
+        model["size_divisibility"] = recipe.size_divisibility  # A.1 #23: COCO panoptic pads nothing
+    model.update({k2: v for k2, v in profile.model.model_dump().items() if v is not None and k2 != "pretrained"})
+    model["pretrained"] = resolve_pretrained(profile.model.pretrained, backbone, cell.pretrain,
+                                             where=f"profiles.{profile_name}.model.pretrained ({where})")
     matching = {"bipartite": "hungarian", "fixed": "fixed", "box": "box", None: "hungarian"}[cell.matching]
     data = {
         "dataset": cell.dataset,
@@ -287,6 +349,8 @@ def resolve_cell(
     for source in (params.families.get(family), params.schedule_warmup.get(recipe.schedule, {}).get(family)):
         if source is not None:
             solver.update({k2: v for k2, v in source.model_dump().items() if v is not None})
+    if recipe.micro_batch is not None:
+        solver["micro_batch"] = recipe.micro_batch  # the official per-GPU batch (COCO panoptic: 1)
     ps = profile.solver
     solver.update({k2: v for k2, v in ps.model_dump(exclude={"ims_per_batch", "max_iter", "iter_scale"}).items() if v is not None})
     max_iter = ps.max_iter or max(1, round(recipe.max_iter * (ps.iter_scale or 1.0)))
@@ -300,6 +364,8 @@ def resolve_cell(
             "ims_per_batch": ps.ims_per_batch or recipe.ims_per_batch,
         }
     )
+    if solver.get("micro_batch") and solver["micro_batch"] >= solver["ims_per_batch"]:
+        solver.pop("micro_batch")  # one pass per iteration anyway
     if solver.get("warmup_iters", 0) >= max_iter:
         raise UserError(
             f"{where}: warmup of {solver['warmup_iters']} iterations >= max_iter {max_iter} in profile {profile_name} "
@@ -335,9 +401,12 @@ def resolve_cell(
     default_strategy = "per_pixel" if cell.model != "maskformer" else ("general" if cell.dataset in PANOPTIC_DATASETS else "semantic")
     test = {"strategy": cell.inference or default_strategy, "tta": cell.tta}
     if cell.tta:
-        test.update({"tta_sizes": sizes.get("tta_sizes"), "tta_max_size": sizes.get("tta_max_size")})
+        if sizes.get("tta_scales"):  # A.2: factors of the single-scale test size (Mapillary 0.5/1.0/1.5)
+            test["tta_scales"] = sizes["tta_scales"]
+        else:
+            test.update({"tta_sizes": sizes.get("tta_sizes"), "tta_max_size": sizes.get("tta_max_size")})
     test.update({k2: v for k2, v in profile.test.model_dump().items() if v is not None})
-    default_test = dict(test, strategy=default_strategy, tta=False, tta_sizes=None, tta_max_size=None)
+    default_test = dict(test, strategy=default_strategy, tta=False, tta_sizes=None, tta_max_size=None, tta_scales=None)
     if not cell.tta and test["strategy"] == default_strategy:
         eval_id = train_id
         test = default_test

@@ -86,6 +86,10 @@ class Recipe(BaseModel):
     schedule: Literal["poly", "step"] = "poly"
     steps: list[int] = Field(default_factory=list)
     eval_period: int = Field(0, ge=0)
+    # MASK_FORMER.SIZE_DIVISIBILITY of the config (None: the model default 32; COCO panoptic 0, A.1 #23)
+    size_divisibility: int | None = Field(None, ge=0)
+    # images per forward pass (solver.micro_batch): the official per-GPU batch where it matters (COCO 1)
+    micro_batch: int | None = Field(None, ge=1)
 
 
 class InputOverride(BaseModel):
@@ -97,6 +101,7 @@ class InputOverride(BaseModel):
     test_max_size: int | None = Field(None, ge=1)
     tta_sizes: list[int] | None = None
     tta_max_size: int | None = Field(None, ge=1)
+    tta_scales: list[float] | None = None  # factors of the test size (A.2 Mapillary m.s.); replace tta_sizes
     size_divisibility: int | None = None
     num_workers: int | None = Field(None, ge=0)
 
@@ -112,6 +117,7 @@ class FamilySolver(BaseModel):
 
 class ProfileSolver(FamilySolver):
     ims_per_batch: int | None = Field(None, ge=1)
+    micro_batch: int | None = Field(None, ge=1)  # overrides the recipe's images per forward pass
     max_iter: int | None = Field(None, ge=1)  # absolute iterations for every cell (smoke)
     iter_scale: float | None = Field(None, gt=0, le=10)  # multiplies the recipe's iterations
 
@@ -125,7 +131,22 @@ class ProfileModel(BaseModel):
     dim_feedforward: int | None = Field(None, ge=8)
     dropout: float | None = Field(None, ge=0, lt=1)  # transformer dropout (A.0: 0.1)
     drop_path: float | None = Field(None, ge=0, lt=1)  # Swin stochastic depth (B.2: 0.3)
-    pretrained: str | None = None
+    # Backbone initialisation: None (random), "hub" (timm), a local file, or a mapping per backbone
+    # {"*": hub, R101c: data/weights/R-103.pkl, "Swin-B:in1k": ...} (pipeline.grid.resolve_pretrained).
+    pretrained: str | dict[str, str] | None = None
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained(cls, v):
+        if isinstance(v, dict):
+            for key, source in v.items():
+                backbone, _, pretrain = key.partition(":")
+                if key != "*" and (backbone not in BACKBONES or pretrain not in ("", "in1k", "in22k")):
+                    raise ValueError(f"unknown key {key!r}: expected '*', a backbone ({', '.join(PAPER_BACKBONES)}) "
+                                     f"or '<backbone>:in1k' / '<backbone>:in22k'")
+                if not isinstance(source, str) or not source:
+                    raise ValueError(f"{key}: expected 'hub', 'hub:<timm tag>' or a weights file, got {source!r}")
+        return v
 
 
 class ProfileTest(BaseModel):

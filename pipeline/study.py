@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.grid import EvalUnit, Grid, TrainUnit, expand
+from pipeline.grid import EvalUnit, Grid, TrainUnit, check_pretrained_files, expand
 from pipeline.params import Params, load_params
 
 STATUS_FILE = "status.json"
@@ -187,6 +187,7 @@ def plan_study(
                     f"profile {profile} trains on real data, but {marker.parent} holds a synthetic twin "
                     f"({marker}); point profiles.{profile}.data_root at the prepared real datasets"
                 )
+        check_pretrained_files(grid, f"profiles.{profile}.model.pretrained")
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     return StudyPlan(
         params=params,

@@ -163,6 +163,29 @@ def test_tta_mean_and_flip_back():
     assert torch.allclose(two, (single + half) / 2, atol=1e-6)
 
 
+def test_tta_resizes_the_test_size_image_again_and_returns_the_original_size():
+    """detectron2 DatasetMapperTTA: each scale resizes the test loader's image (already at the test size),
+    and SemanticSegmentorWithTTA returns score maps at the original (height, width)."""
+    from maskformer_core.inference import _resize_image
+
+    class Recorder(_ColumnModel):
+        def preprocess(self, images):
+            seen.append(images[0].clone())
+            return super().preprocess(images)
+
+    seen = []
+    test_image = torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = tta_semantic(Recorder(), test_image, [8, 16], False, build_postprocessor("semantic", num_classes=2),
+                       max_size=64, out_size=(30, 40))
+    assert out.shape == (2, 30, 40)
+    assert [tuple(x.shape[-2:]) for x in seen] == [(8, 11), (16, 21)]  # ResizeShortestEdge of the 12x16 input
+    assert torch.equal(seen[1], _resize_image(test_image, (16, 21)))
+    seen.clear()
+    tta_semantic(Recorder(), test_image, None, False, build_postprocessor("semantic", num_classes=2),
+                 out_size=(30, 40), factors=[0.5, 1.5])
+    assert [tuple(x.shape[-2:]) for x in seen] == [(6, 8), (18, 24)]  # factors of the test-size image
+
+
 def test_panoptic_inference_direct_call_with_thing_set():
     cls = torch.tensor([[BIG, 0.0], [BIG, 0.0]])
     masks = torch.tensor([[[BIG, -BIG]], [[-BIG, BIG]]])

@@ -234,6 +234,41 @@ HUB_TAGS = {
     "Swin-B": "swin_base_patch4_window12_384.ms_in22k",
     "Swin-L": "swin_large_patch4_window12_384.ms_in22k",
 }
+# Non-default pretraining per backbone: the Swin-B "IN-1K" rows of Tables 1 and 3 (no official config; the
+# Swin release's IN-1K swin_base_patch4_window12_384.pth, same window 12 / 384 as the IN-22K † model).
+HUB_TAGS_BY_PRETRAIN = {
+    ("Swin-B", "in1k"): "swin_base_patch4_window12_384.ms_in1k",
+}
+# Pretraining of the official configs per backbone (A.1: the † Swin-B/L start from IN-22K).
+DEFAULT_PRETRAIN = {"Swin-B": "in22k", "Swin-L": "in22k"}
+HUB_PREFIX = "hub:"
+
+
+def hub_tag(backbone_name: str, pretrain: str | None = None) -> str:
+    """The timm tag of a backbone's ImageNet weights for `pretrain` (None: the official default, in1k or
+    in22k, see DEFAULT_PRETRAIN). Raises CheckpointError when timm has no such copy."""
+    default = DEFAULT_PRETRAIN.get(backbone_name, "in1k")
+    if pretrain is None or pretrain == default:
+        if backbone_name in HUB_TAGS:
+            return HUB_TAGS[backbone_name]
+    elif (backbone_name, pretrain) in HUB_TAGS_BY_PRETRAIN:
+        return HUB_TAGS_BY_PRETRAIN[(backbone_name, pretrain)]
+    else:
+        raise CheckpointError(f"no {pretrain} hub weights for {backbone_name} (the paper has none; "
+                              f"{backbone_name} starts from {default})")
+    raise CheckpointError(
+        f"pretrained='hub' is not available for {backbone_name}: "
+        + ("timm has no copy of R-103.pkl (only Gluon resnet101s weights, a different recipe); "
+           if backbone_name == "R101c" else "it is not a paper backbone and has no pretrained weights; ")
+        + (f"pass a local file, e.g. pretrained=/path/to/{OFFICIAL_FILES[backbone_name]}"
+           if backbone_name in OFFICIAL_FILES else "use pretrained=None"))
+
+
+def is_hub(source) -> bool:
+    """True for "hub" (the backbone's default timm tag) and "hub:<timm tag>"."""
+    return isinstance(source, str) and (source == "hub" or source.startswith(HUB_PREFIX))
+
+
 # The files the official configs start from (FACTS A.1 abbreviations), for error messages.
 OFFICIAL_FILES = {
     "R50": "R-50.pkl (detectron2://ImageNetPretrained/torchvision/R-50.pkl)",
@@ -265,35 +300,33 @@ def to_backbone_keys(sd: Mapping[str, torch.Tensor], backbone_name: str) -> dict
     return {k: v for k, v in sd.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
 
 
-def _hub_state_dict(backbone_name: str) -> dict[str, torch.Tensor]:
-    if backbone_name not in HUB_TAGS:
-        raise CheckpointError(
-            f"pretrained='hub' is not available for {backbone_name}: "
-            + ("timm has no copy of R-103.pkl (only Gluon resnet101s weights, a different recipe); "
-               if backbone_name == "R101c" else "it is not a paper backbone and has no pretrained weights; ")
-            + (f"pass a local file, e.g. pretrained=/path/to/{OFFICIAL_FILES[backbone_name]}"
-               if backbone_name in OFFICIAL_FILES else "use pretrained=None"))
-    tag = HUB_TAGS[backbone_name]
+def _hub_state_dict(backbone_name: str, source: str = "hub") -> tuple[dict[str, torch.Tensor], str]:
+    """State dict and timm tag of `source` ("hub": the backbone's default tag; "hub:<tag>": that tag)."""
+    tag = source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else hub_tag(backbone_name)
+    if not tag:
+        raise CheckpointError(f"pretrained={source!r}: no timm tag after {HUB_PREFIX!r}")
     try:
         import timm
         model = timm.create_model(tag, pretrained=True)
     except Exception as exc:
+        where = OFFICIAL_FILES.get(backbone_name, "a .pkl/.pth/.safetensors file")
         raise CheckpointError(
             f"could not fetch timm weights {tag!r} for {backbone_name} ({type(exc).__name__}: {exc}); "
             f"this machine is probably offline: pass a local file instead, "
-            f"pretrained=/path/to/{OFFICIAL_FILES[backbone_name]}") from exc
-    return model.state_dict()
+            f"pretrained=/path/to/{where}") from exc
+    return model.state_dict(), tag
 
 
 def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike, backbone_name: str) -> dict[str, list[str]]:
     """Load ImageNet (or full-model) weights into `backbone` in place.
 
-    `source`: a local file or "hub". Only keys absent from ImageNet checkpoints may stay missing
+    `source`: a local file, "hub" (the backbone's default timm tag) or "hub:<timm tag>". Only keys absent from ImageNet checkpoints may stay missing
     (Swin's norm0..3); any other missing key or a shape mismatch raises CheckpointError naming the
     file. Returns {"missing": [...], "unexpected": [...]} (unexpected keys are ignored).
     """
-    if str(source) == "hub":
-        raw, origin = _hub_state_dict(backbone_name), f"timm hub ({HUB_TAGS[backbone_name]})"
+    if is_hub(str(source)):
+        raw, tag = _hub_state_dict(backbone_name, str(source))
+        origin = f"timm hub ({tag})"
     else:
         raw, origin = load_weights_file(source), str(source)
     sd = to_backbone_keys(raw, backbone_name)
@@ -331,7 +364,12 @@ def load_official_model(model: nn.Module, path: str | os.PathLike) -> dict[str, 
 
 def check_pretrained_option(pretrained, backbone_name: str) -> None:
     """Validate `pretrained` before any model is built (ConfigError / CheckpointError naming the value)."""
-    if pretrained is None or str(pretrained) == "hub":
+    if pretrained is None:
+        return
+    if str(pretrained) == "hub":
+        hub_tag(backbone_name)  # CheckpointError now (R101c, smoke extras), not after building
+        return
+    if is_hub(str(pretrained)):
         return
     if not isinstance(pretrained, (str, os.PathLike)):
         raise ConfigError(f"pretrained must be None, 'hub' or a file path, got {pretrained!r}")
