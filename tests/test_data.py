@@ -117,6 +117,22 @@ def test_panoptic_ids_resize_with_pil_nearest_semantic_with_torch_nearest():
     assert sem[0].tolist() == [0, 1, 3, 4, 6, 7, 9, 10]  # floor(j * 1.5)
 
 
+def test_ade20k_panoptic_prep_keeps_pre_overwrite_areas_and_covered_segments():
+    """Official prepare_ade20k_pan_seg.py: stuff first, instances painted over it; every segment keeps the
+    area of its own mask and stays in the JSON even when an instance covers all of it."""
+    from maskformer_core.data.prepare.ade20k import panoptic_from_annotations
+
+    cats = {0: {"isthing": 0, "color": [10, 20, 30]}, 1: {"isthing": 0, "color": [40, 50, 60]},
+            2: {"isthing": 1, "color": [70, 80, 90]}}
+    sem = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8)  # wall (0) left, floor (1) right
+    ins = np.zeros((2, 4, 3), np.uint8)
+    ins[:, 1:, 0], ins[:, 1:, 1] = 1, 1  # one instance of instance-class 0 over columns 1-3
+    pan, segs = panoptic_from_annotations(sem, ins, cats, {0: 2}, np.random.default_rng(0), "test")
+    assert [(s["category_id"], s["area"]) for s in segs] == [(0, 4), (1, 4), (2, 6)]
+    assert segs[1]["bbox"] == [2, 0, 2, 2]  # the floor's own mask, not what is left of it
+    assert segs[1]["id"] not in set(np.unique(pan).tolist())  # fully covered, yet listed (as officially)
+
+
 def test_images_are_read_with_their_exif_orientation(tmp_path):
     """detectron2 `read_image` applies the EXIF orientation; orientation 6 turns a 2x3 image into 3x2."""
     from PIL import Image

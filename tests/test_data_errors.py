@@ -103,6 +103,18 @@ def test_panoptic_png_segment_missing_from_json_and_reverse(tmp_path):
         validate("coco_panoptic", root, "train")
 
 
+def test_ade20k_panoptic_json_segment_without_pixels_is_accepted(tmp_path):
+    """The official ADE20K-panoptic JSON keeps segments an instance covered completely (see the prep)."""
+    root = _twin(tmp_path, "ade20k_panoptic")
+    json_file = root / "ade20k_panoptic_train.json"
+    data = json.loads(json_file.read_text())
+    ann = data["annotations"][0]
+    ann["segments_info"].append({"id": 4242, "category_id": ann["segments_info"][0]["category_id"],
+                                 "area": 7, "bbox": [0, 0, 1, 7], "iscrowd": 0})
+    json_file.write_text(json.dumps(data))
+    assert validate("ade20k_panoptic", root, "train")["train"] > 0
+
+
 def test_failed_prepare_leaves_nothing(tmp_path):
     # Layout error: raised by the checks before any work.
     raw = _twin(tmp_path, "coco_stuff_10k", prepared=False)

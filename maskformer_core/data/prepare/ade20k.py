@@ -114,7 +114,8 @@ def _bbox(mask: np.ndarray) -> list[int]:
 
 def panoptic_from_annotations(sem: np.ndarray, ins: np.ndarray, categories: dict[int, dict],
                               map_id: dict[int, int], rng: np.random.Generator, where: str):
-    """(segment id map int64 [H, W], segments_info) for one image (prepare_ade20k_pan_seg.py)."""
+    """(segment id map int64 [H, W], segments_info) for one image (official datasets/prepare_ade20k_pan_seg.py:
+    stuff first, then every instance painted over it; JSON areas/bboxes of the unpainted masks)."""
     pan = np.zeros(sem.shape, np.int64)
     gen = IdGenerator(categories, rng)
     segs = []
@@ -140,13 +141,10 @@ def panoptic_from_annotations(sem: np.ndarray, ins: np.ndarray, categories: dict
         sid, _ = gen.get_id_and_color(c)
         pan[mask] = sid
         segs.append({"id": sid, "category_id": c, "area": int(mask.sum()), "bbox": _bbox(mask), "iscrowd": 0})
-    # Segments fully overwritten by later ones are dropped so the PNG and the JSON agree.
-    present = set(np.unique(pan).tolist())
-    for s in segs:
-        if s["id"] in present:
-            m = pan == s["id"]
-            s["area"], s["bbox"] = int(m.sum()), _bbox(m)
-    return pan, [s for s in segs if s["id"] in present]
+    # As the official script: area and bbox are those of each mask before later segments paint over it
+    # (instances overwrite stuff), and a segment left with no pixel stays in the JSON. panopticapi uses the
+    # GT JSON area in the IoU union and counts such a segment as a false negative.
+    return pan, segs
 
 
 def run(name: str, plan: dict, out: Path, progress: bool = True) -> None:
