@@ -636,6 +636,8 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
             metrics["perf/train_peak_mem_protocol"] = {
                 "device": str(device), "measure": result.train_mem_protocol,
                 "ims_per_batch_per_process": cfg.solver.ims_per_batch // env.world_size,
+                "images_per_pass": min(cfg.solver.micro_batch or cfg.solver.ims_per_batch,
+                                       cfg.solver.ims_per_batch // env.world_size),
                 "crop_size": list(cfg.data.crop_size or []), "amp": cfg.solver.amp}
             metrics["train/iterations"] = result.iteration
             write_json_atomic(output_dir / METRICS_FILE, metrics)

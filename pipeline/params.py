@@ -253,6 +253,8 @@ class TimeModel(BaseModel):
 class TablesParams(BaseModel):
     model_config = _STRICT
     tolerance: dict[str, float] = Field(default_factory=dict)
+    # column -> fraction of the paper's value (columns whose scale is not a percentage, e.g. memory in MB)
+    relative_tolerance: dict[str, float] = Field(default_factory=dict)
 
 
 class Cell(BaseModel):

@@ -39,16 +39,22 @@ SMOKE_NOTE = "smoke scale: synthetic data, small models — not comparable to th
 # whole millions; FLOPs depend on the counting convention (FACTS H.3: all vs last-layer mask einsums).
 STATS_TOLERANCE = {"params (M)": 0.01, "GFLOPs": 0.06}
 PAPER_FPS_DEVICE = "V100"  # FACTS E.4: one V100, batch 1
+# App. Table IIb "training memory" (MB): per GPU, detectron2's logged max_mem (torch.cuda.max_memory_allocated
+# / 2^20) of the ADE20K-Full configs at 16 images over 8 GPUs = 2 images per GPU (A.0), fp32. Only a run
+# measured the same way is compared (relative tolerance: params.yaml tables.relative_tolerance).
+PAPER_MEM_PROTOCOL = {"measure": "torch.cuda.max_memory_allocated", "images_per_pass": 2, "amp": False}
+MEM_METRIC = "perf/train_peak_mem_mb"
 COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source"]
 
 
 def load_paper_numbers(path: str | os.PathLike = PAPER_NUMBERS) -> list[dict[str, str]]:
-    """Rows of paper_numbers.csv: table, row, metric, value, std, status (reproduce|cited|not_run), source, note."""
+    """Rows of paper_numbers.csv: table, row, metric, value, std, status (reproduce|cited|not_run|inconsistent),
+    source, note. `inconsistent`: a number the paper contradicts elsewhere; kept and compared, never marked."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     for i, r in enumerate(rows, start=2):
-        if r["status"] not in ("reproduce", "cited", "not_run"):
-            raise ValueError(f"{path}:{i}: status {r['status']!r} is not reproduce, cited or not_run")
+        if r["status"] not in ("reproduce", "cited", "not_run", "inconsistent"):
+            raise ValueError(f"{path}:{i}: status {r['status']!r} is not reproduce, cited, not_run or inconsistent")
         float(r["value"])
     return rows
 
@@ -65,9 +71,25 @@ def _base_metric(column: str) -> str:
     return column.split(" ")[0]
 
 
-def _tolerance(params: Params, column: str, paper_std: float | None) -> float:
+def _tolerance(params: Params, column: str, paper_std: float | None, paper: float | None = None) -> float:
+    rel = params.tables.relative_tolerance.get(column)
+    if rel is not None and paper is not None:  # e.g. training memory: a fraction of the paper's value
+        return rel * abs(paper)
     tol = params.tables.tolerance.get(_base_metric(column), 1.0)
     return max(tol, 2 * paper_std) if paper_std else tol
+
+
+def _memory_protocol_mismatch(cell_metrics: list[dict[str, Any]]) -> str:
+    """'' when every run measured training memory as the paper did (PAPER_MEM_PROTOCOL), else why not."""
+    for m in cell_metrics:
+        proto = m.get("perf/train_peak_mem_protocol") or {}
+        got = {"measure": proto.get("measure"), "amp": proto.get("amp"),
+               "images_per_pass": proto.get("images_per_pass", proto.get("ims_per_batch_per_process"))}
+        diff = [f"{k} {got[k]}" for k, v in PAPER_MEM_PROTOCOL.items() if got[k] != v]
+        if diff:
+            return (f"measured with {', '.join(diff)}; paper: per GPU, {PAPER_MEM_PROTOCOL['images_per_pass']} "
+                    f"images per GPU, max_memory_allocated, fp32")
+    return ""
 
 
 def _cell_status(grid: Grid, eval_ids: list[str]) -> tuple[str, str]:
@@ -174,6 +196,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                 status, reason = _cell_status(grid, r.eval_ids)
                 line.update(status=status, reason=reason, seeds=len(values))
                 devices = _fps_devices(cell_metrics) if _base_metric(p["metric"]) == "fps" else []
+                mem_mismatch = _memory_protocol_mismatch(cell_metrics) if metric_key == MEM_METRIC else ""
                 if values:
                     ours = statistics.median(values)
                     line.update(ours=round(ours, 2), delta=round(ours - value, 2),
@@ -181,9 +204,14 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                     if devices:  # fps is only comparable on the paper's device (FACTS E.4)
                         line["reason"] = "; ".join(x for x in (reason, f"measured on {', '.join(devices)}; "
                                                                f"paper: one {PAPER_FPS_DEVICE}, batch 1") if x)
-                    if synthetic or (devices and not all(PAPER_FPS_DEVICE in d for d in devices)):
+                    if mem_mismatch:
+                        line["reason"] = "; ".join(x for x in (line["reason"], mem_mismatch) if x)
+                    if p["status"] == "inconsistent":  # the paper contradicts this number: shown, not judged
                         line["mark"] = "n/a"
-                    elif abs(ours - value) > _tolerance(params, p["metric"], pstd):
+                        line["reason"] = "; ".join(x for x in (line["reason"], "paper inconsistent: " + p.get("note", "")) if x)
+                    elif synthetic or mem_mismatch or (devices and not all(PAPER_FPS_DEVICE in d for d in devices)):
+                        line["mark"] = "n/a"
+                    elif abs(ours - value) > _tolerance(params, p["metric"], pstd, value):
                         line["mark"] = "outside"
                     else:
                         line["mark"] = "ok"

@@ -66,3 +66,37 @@ def test_smoke_tables_say_so_and_mark_cited_rows(tmp_path):
     assert set(df[(df.row == "MaskFormer R50+6Enc") & (df.metric == "PQ")].status) == {"missing"}
     assert set(df[df.row == "MaskFormer Swin-T"].status) == {"not run"}  # not in this trimmed grid
     assert (tmp_path / "reports" / "tables" / "appendix5.csv").is_file()  # test-server rows: cited / not run
+
+
+def test_training_memory_column_and_the_paper_inconsistent_ade20k_full_number(tmp_path):
+    """App. Table IIb memory: compared (relative tolerance) only when measured as in the paper; Table 2's
+    ADE20K-Full MaskFormer 17.4 (the R101c value on an R50 row) is shown but never marked outside."""
+    params = load_params(write_params(tmp_path, {"table2": slice(6, 9), "appendix2": slice(10, 15)},
+                                      synthetic=False, seeds={"default": 1}, backbone_map={}), environ={})
+    grid = expand(params, "smoke")
+    rows = {(r.table, r.row): r for r in grid.rows}
+    paper_way = {"device": "cuda:0", "measure": "torch.cuda.max_memory_allocated", "ims_per_batch_per_process": 2,
+                 "images_per_pass": 2, "crop_size": [512, 512], "amp": False}
+    cpu_way = dict(paper_way, device="cpu", measure="resource.getrusage(RUSAGE_SELF).ru_maxrss (process peak RSS)")
+    for (table, row), metrics in {
+        ("table2", "MaskFormer ADE20K-Full"): {"val/mIoU": 16.0},
+        ("appendix2", "(b) MaskFormer R50"): {"val/mIoU": 16.0, "perf/train_peak_mem_mb": 6800.0,
+                                              "perf/train_peak_mem_protocol": paper_way},
+        ("appendix2", "(b) MaskFormer R101"): {"val/mIoU": 16.8, "perf/train_peak_mem_mb": 8000.0,
+                                               "perf/train_peak_mem_protocol": paper_way},
+        ("appendix2", "(b) MaskFormer R101c"): {"val/mIoU": 17.4, "perf/train_peak_mem_mb": 900.0,
+                                                "perf/train_peak_mem_protocol": cpu_way},
+    }.items():
+        _write_metrics(grid.evals[rows[(table, row)].eval_ids[0]].run_dir, metrics)
+    build_tables(params=params, reports_dir=tmp_path / "reports", tables=["table2", "appendix2"])
+    t2 = pd.read_csv(tmp_path / "reports" / "tables" / "table2.csv", comment="#", keep_default_na=False, na_values=[""])
+    full = t2[(t2.row == "MaskFormer ADE20K-Full") & (t2.metric == "mIoU")].iloc[0]
+    assert (full.paper, full.ours, full.delta, full.mark) == (17.4, 16.0, -1.4, "n/a")
+    assert "paper inconsistent" in full.reason
+    a2 = pd.read_csv(tmp_path / "reports" / "tables" / "appendix2.csv", comment="#", keep_default_na=False, na_values=[""])
+    mem = a2[a2.metric == "train memory (MB)"].set_index("row")
+    assert mem.loc["(b) MaskFormer R50", "mark"] == "ok"  # +4.1 %, within 10 %
+    assert mem.loc["(b) MaskFormer R101", "mark"] == "outside"  # +16 %
+    r101c = mem.loc["(b) MaskFormer R101c"]
+    assert r101c.mark == "n/a" and "max_memory_allocated" in r101c.reason
+    assert mem.loc["(b) PerPixelBaseline R50", "status"] != "not run"  # the column exists for every (b) row
