@@ -40,7 +40,8 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
     enc_layers: default 6 with pixel_decoder "transformer_encoder" ("+6 Enc", FACTS B.3), 0 with "base".
     size_divisibility: default 32 for maskformer (MASK_FORMER.SIZE_DIVISIBILITY; pass 0 for COCO
     panoptic, FACTS A.0) and the backbone's own (0 ResNet, 32 Swin) for the per-pixel baselines (B.5).
-    pretrained: None | path (.pkl/.pth/.safetensors) | "hub" - backbone initialisation only.
+    pretrained: None | path (.pkl/.pth/.safetensors) | "hub" (the backbone's official ImageNet weights on
+    the timm hub) | "hub:<timm tag>" (e.g. the Swin-B IN-1K rows) - backbone initialisation only.
     """
     # ---- validate everything first (nothing is built on bad input)
     if arch not in ARCHS:

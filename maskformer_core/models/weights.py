@@ -320,7 +320,8 @@ def _hub_state_dict(backbone_name: str, source: str = "hub") -> tuple[dict[str, 
 def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike, backbone_name: str) -> dict[str, list[str]]:
     """Load ImageNet (or full-model) weights into `backbone` in place.
 
-    `source`: a local file, "hub" (the backbone's default timm tag) or "hub:<timm tag>". Only keys absent from ImageNet checkpoints may stay missing
+    `source`: a local file, "hub" (the backbone's default timm tag) or "hub:<timm tag>". Only keys
+    absent from ImageNet checkpoints may stay missing
     (Swin's norm0..3); any other missing key or a shape mismatch raises CheckpointError naming the
     file. Returns {"missing": [...], "unexpected": [...]} (unexpected keys are ignored).
     """
