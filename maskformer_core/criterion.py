@@ -304,7 +304,7 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: dict, targets: list[dict], num_masks: float | None = None) -> dict[str, Tensor]:
         """Loss terms of the batch. ``num_masks``: the mask-loss normaliser; None = the GT masks of this batch
-        averaged over processes (FACTS C). A caller that splits one official per-GPU batch set into
+        averaged over processes (official mask_former/modeling/criterion.py, `num_masks`). A caller that splits one official per-GPU batch set into
         several forward passes (gradient accumulation) passes the value of the whole step instead."""
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(f"SetCriterion: {len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]}")

@@ -292,7 +292,7 @@ class DetrPostProcessor:
 
 
 class PerPixelPostProcessor:
-    """``per_pixel`` (B.5): x4 bilinear upsample of ``sem_seg_logits``, then crop + resize (logits, not probs).
+    """``per_pixel``: x4 bilinear upsample of ``sem_seg_logits``, then crop + resize (logits, not probs).
 
     As in the official heads (`PerPixelBaselineHead.forward` / `PerPixelBaselinePlusHead.forward`:
     ``F.interpolate(x, scale_factor=self.common_stride)``), the logits are upsampled by the common stride 4,
@@ -355,12 +355,12 @@ def _resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
 
 def tta_input_shapes(height: int, width: int, sizes: Sequence[int] | None = None, max_size: int | None = None,
                      scales: Sequence[float] | None = None) -> list[tuple[int, int]]:
-    """(h, w) of each multi-scale pass for a test-size image of ``height`` x ``width`` (D.6).
+    """(h, w) of each multi-scale pass for a test-size image of ``height`` x ``width`` (detectron2 `DatasetMapperTTA`).
 
     ``sizes``: detectron2 `DatasetMapperTTA` (TEST.AUG.MIN_SIZES / MAX_SIZE): ResizeShortestEdge(s, max_size)
     applied to the image the test loader already resized to the single-scale test size.
-    ``scales``: factors of that single-scale image instead (the paper's Mapillary protocol, appendix
-    Table IV: 0.5 / 1.0 / 1.5 of the test size, which MIN_SIZES cannot express for every aspect ratio).
+    ``scales``: factors of that single-scale image instead (the paper's Mapillary protocol, appendix A
+    "Mapillary Vistas": 0.5 / 1.0 / 1.5 of the test size, which MIN_SIZES cannot express for every aspect ratio).
     """
     if scales:
         return [(int(height * float(f) + 0.5), int(width * float(f) + 0.5)) for f in scales]

@@ -131,8 +131,9 @@ class SolverConfig(BaseModel):
     ims_per_batch: int = 16  # TOTAL over all processes (A.0)
     # Images per forward pass on one process (None: the whole per-process batch). Smaller values
     # accumulate gradients over ims_per_batch / (processes x micro_batch) passes, each normalised like one
-    # official GPU (mask losses divided by the step's masks per pass, C): COCO panoptic trains 64 GPUs x 1
-    # image with SIZE_DIVISIBILITY 0 (A.1 #23), so micro_batch 1 means no image is ever padded.
+    # official GPU (mask losses divided by the step's masks per pass, as criterion.py `num_masks`): the
+    # COCO panoptic configs train 64 GPUs x 1 image with MASK_FORMER.SIZE_DIVISIBILITY 0, so micro_batch 1
+    # means no image is ever padded.
     micro_batch: int | None = None
     clip_type: Literal["full_model", "none"] = "full_model"  # A.0 CLIP_TYPE
     clip_value: float = 0.01  # A.0 CLIP_VALUE (L2 norm)
@@ -163,8 +164,8 @@ class TestConfig(BaseModel):
     tta: bool = False  # D.6 multi-scale + flip evaluation in addition to single scale
     tta_sizes: list[int] | None = None  # D.6 MIN_SIZES; None from the metadata
     tta_max_size: int | None = None
-    # Factors of the single-scale test image instead of MIN_SIZES (A.2: Mapillary m.s. = 0.5/1.0/1.5 of the
-    # test size, appendix Table IV); when set, tta_sizes / tta_max_size are not used.
+    # Factors of the single-scale test image instead of MIN_SIZES (paper appendix A, Mapillary Vistas: m.s. =
+    # 0.5/1.0/1.5 of the test size); when set, tta_sizes / tta_max_size are not used.
     tta_scales: list[float] | None = None
     flip: bool | None = None  # D.6 TEST.AUG.FLIP; None from the metadata
     fps_images: int = 20  # images timed for fps (E.4), after the warm-up

@@ -171,7 +171,7 @@ def micro_batch_count(per_process: int, micro_batch: int | None) -> int:
 
 def step_num_masks(targets: list[dict], passes: int, env: dist_utils.DistEnv, device: torch.device) -> float:
     """The mask-loss normaliser of one official GPU when an iteration runs as `passes` forward passes per
-    process: GT masks of the whole step (all processes) / (passes x processes), clamped >= 1 (FACTS C:
+    process: GT masks of the whole step (all processes) / (passes x processes), clamped >= 1 (official criterion.py:
     num_masks = masks all-reduced / world size). Each pass's loss is then divided by `passes`, so the
     summed gradient equals the official mean over GPUs."""
     num = torch.tensor([float(sum(len(t["labels"]) for t in targets if "labels" in t))], device=device)
@@ -368,7 +368,7 @@ class Trainer:
                 items = next(data_iter)
                 self.optimizer.zero_grad(set_to_none=True)
                 # solver.micro_batch: several forward passes per iteration, each one official GPU's batch,
-                # gradients accumulated (COCO panoptic: 1 image per pass, never padded; A.1 #23).
+                # gradients accumulated (COCO panoptic: 1 image per pass, never padded, as on 64 GPUs).
                 chunks = [items[i:i + len(items) // passes] for i in range(0, len(items), len(items) // passes)]
                 num_masks = None
                 if passes > 1:

@@ -194,7 +194,7 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
             evaluators["pan"].process(_to_numpy(item["pan_seg"]), list(item["segments_info"]),
                                       _to_numpy(pan_ids), list(pan_segments))
         if tta and gt_sem is not None:
-            # D.6: DatasetMapperTTA resizes the test loader's (single-scale) image again, not the original
+            # detectron2 DatasetMapperTTA resizes the test loader's (single-scale) image again, not the original
             scores = tta_semantic(model, item["image"].to(device), cfg.test.tta_sizes, bool(cfg.test.flip), tta_pp,
                                   max_size=cfg.test.tta_max_size, out_size=(h, w), factors=cfg.test.tta_scales)
             pred = _to_numpy(scores.argmax(0)).astype(np.int64)

@@ -328,7 +328,7 @@ def resolve_cell(
         "box_head": cell.box_head,
     }
     if recipe.size_divisibility is not None and cell.model == "maskformer":
-        model["size_divisibility"] = recipe.size_divisibility  # A.1 #23: COCO panoptic pads nothing
+        model["size_divisibility"] = recipe.size_divisibility  # coco-panoptic configs: SIZE_DIVISIBILITY 0
     model.update({k2: v for k2, v in profile.model.model_dump().items() if v is not None and k2 != "pretrained"})
     model["pretrained"] = resolve_pretrained(profile.model.pretrained, backbone, cell.pretrain,
                                              where=f"profiles.{profile_name}.model.pretrained ({where})")
@@ -401,7 +401,7 @@ def resolve_cell(
     default_strategy = "per_pixel" if cell.model != "maskformer" else ("general" if cell.dataset in PANOPTIC_DATASETS else "semantic")
     test = {"strategy": cell.inference or default_strategy, "tta": cell.tta}
     if cell.tta:
-        if sizes.get("tta_scales"):  # A.2: factors of the single-scale test size (Mapillary 0.5/1.0/1.5)
+        if sizes.get("tta_scales"):  # paper appendix A: Mapillary 0.5/1.0/1.5 of the test size
             test["tta_scales"] = sizes["tta_scales"]
         else:
             test.update({"tta_sizes": sizes.get("tta_sizes"), "tta_max_size": sizes.get("tta_max_size")})

@@ -86,7 +86,7 @@ class Recipe(BaseModel):
     schedule: Literal["poly", "step"] = "poly"
     steps: list[int] = Field(default_factory=list)
     eval_period: int = Field(0, ge=0)
-    # MASK_FORMER.SIZE_DIVISIBILITY of the config (None: the model default 32; COCO panoptic 0, A.1 #23)
+    # MASK_FORMER.SIZE_DIVISIBILITY of the config (None: the model default 32; coco-panoptic configs 0)
     size_divisibility: int | None = Field(None, ge=0)
     # images per forward pass (solver.micro_batch): the official per-GPU batch where it matters (COCO 1)
     micro_batch: int | None = Field(None, ge=1)
@@ -101,7 +101,7 @@ class InputOverride(BaseModel):
     test_max_size: int | None = Field(None, ge=1)
     tta_sizes: list[int] | None = None
     tta_max_size: int | None = Field(None, ge=1)
-    tta_scales: list[float] | None = None  # factors of the test size (A.2 Mapillary m.s.); replace tta_sizes
+    tta_scales: list[float] | None = None  # factors of the test size (paper appendix A, Mapillary); replace tta_sizes
     size_divisibility: int | None = None
     num_workers: int | None = Field(None, ge=0)
 

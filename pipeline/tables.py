@@ -40,7 +40,7 @@ SMOKE_NOTE = "smoke scale: synthetic data, small models — not comparable to th
 STATS_TOLERANCE = {"params (M)": 0.01, "GFLOPs": 0.06}
 PAPER_FPS_DEVICE = "V100"  # FACTS E.4: one V100, batch 1
 # App. Table IIb "training memory" (MB): per GPU, detectron2's logged max_mem (torch.cuda.max_memory_allocated
-# / 2^20) of the ADE20K-Full configs at 16 images over 8 GPUs = 2 images per GPU (A.0), fp32. Only a run
+# / 2^20) of the ADE20K-Full configs at 16 images over 8 GPUs = 2 images per GPU (SOLVER.IMS_PER_BATCH 16, 8 V100s), fp32. Only a run
 # measured the same way is compared (relative tolerance: params.yaml tables.relative_tolerance).
 PAPER_MEM_PROTOCOL = {"measure": "torch.cuda.max_memory_allocated", "images_per_pass": 2, "amp": False}
 MEM_METRIC = "perf/train_peak_mem_mb"

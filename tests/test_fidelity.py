@@ -44,7 +44,7 @@ def test_swin_b_in1k_cells_load_in1k_weights_and_dagger_cells_in22k(paper):
         assert in1k["model"]["pretrained"] == "hub:swin_base_patch4_window12_384.ms_in1k"
         assert in22k["model"]["pretrained"] == "hub:swin_base_patch4_window12_384.ms_in22k"
     r50, _ = _train_cfg(paper, "table1", "MaskFormer R50")
-    assert r50["model"]["pretrained"] == "hub:resnet50.tv_in1k"  # torchvision R-50 (A.1 "r50", H.4)
+    assert r50["model"]["pretrained"] == "hub:resnet50.tv_in1k"  # torchvision R-50 (MODEL.WEIGHTS R-50.pkl)
 
 
 def test_r101c_cells_take_their_own_local_r103_file(params, paper, tmp_path):
@@ -76,7 +76,7 @@ def test_pretrained_mapping_keys_are_validated():
 def test_coco_cells_pad_nothing_and_run_one_image_per_forward_pass(paper):
     for row in ("MaskFormer R50+6Enc", "MaskFormer Swin-B†"):
         cfg, _ = _train_cfg(paper, "table3", row)
-        assert cfg["model"]["size_divisibility"] == 0  # A.1 #23 MASK_FORMER.SIZE_DIVISIBILITY 0
+        assert cfg["model"]["size_divisibility"] == 0  # coco-panoptic configs: SIZE_DIVISIBILITY 0
         assert cfg["solver"]["ims_per_batch"] == 64 and cfg["solver"]["micro_batch"] == 1  # 64 GPUs x 1 image
     ade, _ = _train_cfg(paper, "table1", "MaskFormer R50")
     assert "size_divisibility" not in ade["model"] and "micro_batch" not in ade["solver"]
@@ -155,7 +155,7 @@ def test_mapillary_ms_scales_are_half_one_and_one_and_a_half_of_the_test_size(pa
     assert test["tta"] and test["tta_scales"] == [0.5, 1.0, 1.5] and "tta_sizes" not in test
     resolved = resolve_defaults(RunConfig.model_validate(ev), get_metadata("mapillary_vistas"))
     assert resolved.test.tta_scales == [0.5, 1.0, 1.5] and resolved.test.tta_sizes is None
-    # a 4:3 image (4000 x 3000): single scale = long side 2048 (A.1 #35: MIN/MAX_SIZE_TEST 2048)
+    # a 4:3 image (4000 x 3000): single scale = long side 2048 (Base-MapillaryVistas-65.yaml MIN/MAX_SIZE_TEST 2048)
     single = shortest_edge_shape(3000, 4000, resolved.data.test_short_size, resolved.data.test_max_size)
     assert single == (1536, 2048)
     shapes = tta_input_shapes(*single, scales=test["tta_scales"])

@@ -239,7 +239,8 @@ HUB_TAGS = {
 HUB_TAGS_BY_PRETRAIN = {
     ("Swin-B", "in1k"): "swin_base_patch4_window12_384.ms_in1k",
 }
-# Pretraining of the official configs per backbone (A.1: the † Swin-B/L start from IN-22K).
+# Pretraining of the official configs per backbone: the † Swin-B/L configs (`*_IN21k_384_*.yaml`) start from
+# MODEL.WEIGHTS swin_{base,large}_patch4_window12_384_22k.pkl, every other backbone from ImageNet-1K.
 DEFAULT_PRETRAIN = {"Swin-B": "in22k", "Swin-L": "in22k"}
 HUB_PREFIX = "hub:"
 
