@@ -103,14 +103,35 @@ def test_accumulated_passes_keep_the_official_mask_loss_normalisation():
         torch.testing.assert_close((per[0][key] + per[1][key]) / 2, full[key])
 
 
-def test_coco_training_pass_sees_each_image_unpadded(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def coco_twin(tmp_path_factory) -> Path:
     from maskformer_core.data.prepare import prepare
     from maskformer_core.data.synth import synthesize
-    from pipeline import engine
+
+    base = tmp_path_factory.mktemp("coco_twin")
+    synthesize("coco_panoptic", base / "raw", num_images=8, num_classes=4, image_size=(40, 56), seed=1)
+    prepare("coco_panoptic", base / "raw", base / "prep", progress=False)
+    return base / "prep"
+
+
+def _coco_config(root: Path, out: Path, micro: int | None, **run):
     from pipeline.config import parse_config
 
-    synthesize("coco_panoptic", tmp_path / "raw", num_images=8, num_classes=4, image_size=(40, 56), seed=1)
-    prepare("coco_panoptic", tmp_path / "raw", tmp_path / "prep", progress=False)
+    return parse_config({
+        "model": {"backbone": "SmokeR18", "hidden_dim": 32, "mask_dim": 32, "conv_dim": 32, "dim_feedforward": 32,
+                  "nheads": 2, "num_queries": 6, "dec_layers": 1, "size_divisibility": 0, "dropout": 0.0},
+        "data": {"dataset": "coco_panoptic", "root": str(root), "short_sizes": [27, 35, 45],
+                 "max_size": 80, "test_short_size": 30, "test_max_size": 60, "num_workers": 0},
+        "solver": {"max_iter": 2, "ims_per_batch": 4, "micro_batch": micro},
+        "test": {"max_images": 1, "fps_images": 0, "fps_warmup": 0},
+        "run": {"output_dir": str(out), "tracking": False, "device": "cpu", "threads": 1, "measure_fps": False,
+                "log_period": 1, **run},
+    })
+
+
+def test_coco_training_pass_sees_each_image_unpadded(coco_twin, tmp_path, monkeypatch):
+    from pipeline import engine
+
     seen = []
     real = engine.prepare_batch
 
@@ -123,16 +144,7 @@ def test_coco_training_pass_sees_each_image_unpadded(tmp_path, monkeypatch):
 
     def run(out, micro):
         seen.clear()
-        cfg = parse_config({
-            "model": {"backbone": "SmokeR18", "hidden_dim": 32, "mask_dim": 32, "conv_dim": 32, "dim_feedforward": 32,
-                      "nheads": 2, "num_queries": 6, "dec_layers": 1, "size_divisibility": 0},
-            "data": {"dataset": "coco_panoptic", "root": str(tmp_path / "prep"), "short_sizes": [27, 35, 45],
-                     "max_size": 80, "test_short_size": 30, "test_max_size": 60, "num_workers": 0},
-            "solver": {"max_iter": 2, "ims_per_batch": 4, "micro_batch": micro},
-            "test": {"max_images": 1, "fps_images": 0, "fps_warmup": 0},
-            "run": {"output_dir": str(out), "tracking": False, "device": "cpu", "threads": 1, "measure_fps": False},
-        })
-        engine.run_cell(cfg)
+        engine.run_cell(_coco_config(coco_twin, out, micro))
         return list(seen)
 
     passes = run(tmp_path / "micro", 1)
@@ -140,6 +152,23 @@ def test_coco_training_pass_sees_each_image_unpadded(tmp_path, monkeypatch):
     assert all(len(sizes) == 1 and shape[-2:] == sizes[0] for shape, sizes in passes)
     joint = run(tmp_path / "joint", None)  # the whole batch in one pass pads to its largest image
     assert len(joint) == 2 and any(any(s != shape[-2:] for s in sizes) for shape, sizes in joint)
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_passes_train_like_one_process_of_four(coco_twin, tmp_path):
+    """The per-pass normalisation holds across processes: 2 gloo processes x 2 one-image passes give the
+    same losses as 1 process x 4 passes (both: 4 official GPUs of one image)."""
+    import json
+
+    from pipeline.engine import run_cell
+
+    losses = {}
+    for name, gpus in (("ddp", 2), ("single", 1)):
+        run_cell(_coco_config(coco_twin, tmp_path / name, 1, num_gpus=gpus))
+        log = (tmp_path / name / "train_log.jsonl").read_text().splitlines()
+        losses[name] = [json.loads(line)["train/total_loss"] for line in log]
+    assert len(losses["single"]) == 2
+    assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-5)
 
 
 # ------------------------------------------------------------------------------ item 3: Mapillary m.s.
