@@ -213,6 +213,14 @@ class RunConfig(BaseModel):
     test: TestConfig = Field(default_factory=TestConfig)
     run: RunSection = Field(default_factory=RunSection)
 
+    @model_validator(mode="after")
+    def _check_micro_batch(self) -> "RunConfig":
+        mb, total, procs = self.solver.micro_batch, self.solver.ims_per_batch, self.run.num_gpus
+        if mb is not None and procs >= 1 and total % procs == 0 and mb < total // procs and (total // procs) % mb:
+            raise ValueError(f"solver.micro_batch={mb} must divide the per-process batch solver.ims_per_batch / "
+                             f"run.num_gpus = {total // procs}")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (tuples become lists): safe for YAML, MLflow and `torch.load(weights_only)`."""
         return json.loads(self.model_dump_json())

@@ -3,7 +3,8 @@
 `run_cell(config)` is what the study layer calls for one grid cell. The training loop follows the
 official recipe (FACTS A.0, C): AdamW with per-parameter groups, per-iteration poly / multi-step
 schedule, full-model gradient clipping at 0.01, fp32, deep supervision through the criterion, total
-batch `solver.ims_per_batch` split over the processes, infinite shuffled sampler.
+batch `solver.ims_per_batch` split over the processes (and, with `solver.micro_batch`, over forward passes
+whose gradients are accumulated, each normalised like one official GPU), infinite shuffled sampler.
 
 Determinism: the n-th training sample is augmented with `default_rng([seed, n])` (data package), the
 sample order depends only on (seed, n) and the torch RNG (dropout, drop path) is re-seeded from

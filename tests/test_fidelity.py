@@ -154,6 +154,11 @@ def test_coco_training_pass_sees_each_image_unpadded(coco_twin, tmp_path, monkey
     assert len(joint) == 2 and any(any(s != shape[-2:] for s in sizes) for shape, sizes in joint)
 
 
+def test_micro_batch_that_does_not_divide_the_per_process_batch_is_refused_at_parse_time(coco_twin, tmp_path):
+    with pytest.raises(UserError, match=r"solver.micro_batch=3 must divide .* = 4"):
+        _coco_config(coco_twin, tmp_path / "x", 3)
+
+
 @pytest.mark.slow
 def test_two_processes_of_two_passes_train_like_one_process_of_four(coco_twin, tmp_path):
     """The per-pass normalisation holds across processes: 2 gloo processes x 2 one-image passes give the
