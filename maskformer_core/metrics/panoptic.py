@@ -104,9 +104,9 @@ _TABLE_BITS = 24  # panoptic PNG ids are 24-bit colours
 
 
 class _IdTable:
-    """A reusable id -> dense segment index table for ids below 2^24 and up to 254 segments: a 16 MiB
-    uint8 array, written in full once (so that no page fault lands on a later image); each image sets
-    the entries of its ids and resets them afterwards."""
+    """A reusable id -> segment code table for ids below 2^24 and up to 253 segments: a 16 MiB uint8
+    array, written in full once (so that no page fault lands on a later image); each image sets the
+    entries of its ids and resets them afterwards."""
 
     def __init__(self) -> None:
         self.table: np.ndarray | None = None
@@ -114,7 +114,7 @@ class _IdTable:
     def __getstate__(self) -> dict:
         return {"table": None}  # scratch space: never pickled (evaluators are gathered across processes)
 
-    def lookup(self, values: np.ndarray, seg_ids: list, void: int) -> np.ndarray:
+    def codes(self, values: np.ndarray, seg_ids: list, void: int) -> np.ndarray:
         if self.table is None:
             self.table = np.empty(1 << _TABLE_BITS, dtype=np.uint8)
             self.table.fill(0)
@@ -124,48 +124,51 @@ class _IdTable:
             if void not in seg_ids:
                 t[void] = s + 1
             t[seg_ids] = np.arange(1, s + 1, dtype=np.uint8)
-            idx = t[values].astype(np.int64)
+            return t[values]
         finally:
             t[void] = 0
             t[seg_ids] = 0
-        idx -= 1
-        idx[idx < 0] = s + 1  # table entry 0: an id no segment lists
-        return idx
 
 
-def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdTable | None = None) -> np.ndarray:
-    """Map ids to dense indices: i for ``seg_ids[i]``, S for ``void``, S + 1 for any other id (flat int64).
+def _segment_codes(ids: np.ndarray, seg_ids: list, void: int, table: _IdTable | None = None) -> np.ndarray:
+    """Codes of flat ids: i + 1 for ``seg_ids[i]``, S + 1 for ``void``, 0 for any other id.
 
     A segment may use the VOID id (DETR writes segment 0); its pixels then belong to the segment. Small
     ids (post-processor outputs 1..N) go through a direct lookup table, ids below 2^24 (PNG colours)
-    through ``table`` when given, others through a binary search in the sorted known ids. DataError for ids outside
-    0..2^32-1.
+    through ``table`` when given, others through a binary search in the sorted known ids. DataError for
+    ids outside 0..2^32-1.
     """
-    seg_ids = [int(i) for i in seg_ids]
     s = len(seg_ids)
-    ids = np.asarray(ids).reshape(-1)
     if not ids.size:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.uint8)
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= 2**32:
         raise DataError(f"segment ids must be in 0..2^32-1, got range {lo}..{hi}")
     top = max(seg_ids + [void])
     if top < 4096:
-        lut = np.full(top + 2, s + 1, dtype=np.int64)
+        lut = np.zeros(top + 2, dtype=np.int64)
         if void not in seg_ids:
-            lut[void] = s
-        lut[seg_ids] = np.arange(s)
+            lut[void] = s + 1
+        lut[seg_ids] = np.arange(1, s + 1)
         return lut[np.minimum(ids, top + 1)]
-    if table is not None and max(hi, top) < 2**_TABLE_BITS and s < 255:
-        return table.lookup(ids, seg_ids, void)
+    if table is not None and max(hi, top) < 2**_TABLE_BITS and s < 254:
+        return table.codes(ids, seg_ids, void)
     known = np.asarray(seg_ids + ([] if void in seg_ids else [void]), dtype=np.int64)
     order = np.argsort(known, kind="stable")
     ordered = known[order]
     pos = np.searchsorted(ordered, ids)
     np.minimum(pos, ordered.size - 1, out=pos)
-    idx = order[pos]
-    idx[ordered[pos] != ids] = s + 1
-    return idx
+    codes = order[pos] + 1
+    codes[ordered[pos] != ids] = 0
+    return codes
+
+
+def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdTable | None = None) -> np.ndarray:
+    """Dense indices of ids (flat int64): i for ``seg_ids[i]``, S for ``void``, S + 1 for any other id."""
+    seg_ids = [int(i) for i in seg_ids]
+    s = len(seg_ids)
+    codes = _segment_codes(np.asarray(ids).reshape(-1), seg_ids, void, table)
+    return np.concatenate([[s + 1], np.arange(s + 1)])[codes]
 
 
 class PQStats:
@@ -344,12 +347,16 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
     if id_mask is not None:
         gt_run = gt_run & id_mask
         pred_run = pred_run & id_mask
-    gi = _dense_index(gt_run, gt_ids, VOID, table)
-    pj = _dense_index(pred_run, pred_ids, VOID, table)
-    hist = np.bincount(gi * (p + 2) + pj, weights=lengths, minlength=(g + 2) * (p + 2))
-    hist = hist.astype(np.int64).reshape(g + 2, p + 2)
+    # joint histogram over codes (0 = unknown id, 1..S = segments, S + 1 = VOID), then rows/columns in the
+    # match_segments order: segments, VOID, unknown
+    gc = _segment_codes(gt_run, gt_ids, VOID, table)
+    pc = _segment_codes(pred_run, pred_ids, VOID, table)
+    key = np.multiply(gc, p + 2, dtype=np.intp)
+    key += pc
+    hist = np.bincount(key, weights=lengths, minlength=(g + 2) * (p + 2)).astype(np.int64).reshape(g + 2, p + 2)
+    hist = hist.take(np.arange(1, g + 3) % (g + 2), axis=0).take(np.arange(1, p + 3) % (p + 2), axis=1)
     if hist[:, p + 1].any():
-        unknown = np.unique(pred_run[pj == p + 1])[:10].tolist()
+        unknown = np.unique(pred_run[pc == 0])[:10].tolist()
         raise DataError(f"{where}: predicted segment(s) {unknown} in the PNG but not in segments_info")
     pred_area = hist[:, :p].sum(axis=0)
     if p and (pred_area == 0).any():
