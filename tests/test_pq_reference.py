@@ -233,6 +233,28 @@ def test_string_image_ids_and_process_pool_match_hotcoco(tmp_path):
     assert pq_compute(*files, engine="numpy", num_workers=2) == pq_compute(*files, engine="numpy", num_workers=1)
 
 
+def test_in_memory_threads_and_pickling_change_no_number():
+    """Large images are run-length encoded in slices on several threads; a slice border splits a run,
+    which changes no count. A pickled evaluator (gathered from another process) merges the same sums."""
+    rng = np.random.default_rng(21)
+    small = [random_image(rng) for _ in range(3)]
+    big = [tuple(np.kron(a, np.ones((16, 16), dtype=a.dtype)) if isinstance(a, np.ndarray) else a for a in im)
+           for im in small]  # 384 x 512 px: above the threading threshold
+    for im in big:
+        for seg in im[1]:
+            seg["area"] *= 256
+    single, threaded = PanopticEvaluator(CATEGORIES, threads=1), PanopticEvaluator(CATEGORIES, threads=3)
+    for im in big:
+        single.process(*im)
+        threaded.process(*im)
+    assert threaded.results() == single.results()
+    assert single.results() != PanopticEvaluator(CATEGORIES).results()
+    import pickle
+    merged = PanopticEvaluator(CATEGORIES)
+    merged.merge(pickle.loads(pickle.dumps(single)))
+    assert merged.results() == single.results()
+
+
 def test_pq_stuff_equals_hotcoco_with_one_stuff_segment_per_class(tmp_path):
     """PQ^St (MaskFormer's tools/evaluate_pq_for_semantic_segmentation.py protocol) follows the same rules:
     written as panoptic files with one stuff segment per class present (id = class + 1; the ignore label
