@@ -533,29 +533,37 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
                 raise DataError(f"panoptic PNG not found: {path} (image id {image_id!r})")
         pairs.append((gt_ann, pred_ann))
     if engine == "hotcoco":
-        return _hotcoco_results(pairs, gt_folder, pred_folder, categories)
+        return _hotcoco_results(pairs, gt_folder, pred_folder, categories, (gt_json_file, pred_json_file))
     return _run_pool(pairs, gt_folder, pred_folder, categories, num_workers).results()
 
 
-def _hotcoco_results(pairs: list, gt_folder: str, pred_folder: str, categories: dict) -> dict:
+def _hotcoco_results(pairs: list, gt_folder: str, pred_folder: str, categories: dict,
+                     json_files: tuple[str, str] | None = None) -> dict:
     """Evaluate checked (gt_ann, pred_ann) pairs with hotcoco's PanopticEval; panopticapi's result dict.
 
-    hotcoco takes integer image ids only, so the images are numbered 0..N-1 in GT order (string ids,
-    as in ADE20K panoptic, work) and its error messages are given the original id and file names.
+    ``json_files``: the checked (GT, prediction) JSON paths, handed to hotcoco as they are when every
+    image id is a non-negative integer. hotcoco takes integer image ids only, so otherwise the images are
+    numbered 0..N-1 in GT order and passed as dicts (string ids, as in ADE20K panoptic, work). Its error
+    messages are given the original image id and file names.
     """
     from hotcoco.panoptic import PanopticEval
 
-    gt = {"categories": list(categories.values()),
-          "annotations": [dict(g, image_id=i) for i, (g, _) in enumerate(pairs)]}
-    pred = {"annotations": [dict(p, image_id=i) for i, (_, p) in enumerate(pairs)]}
+    if json_files is not None and all(type(g["image_id"]) is int and g["image_id"] >= 0 for g, _ in pairs):
+        by_id = {g["image_id"]: (g, p) for g, p in pairs}
+        gt, pred = json_files
+    else:
+        by_id = dict(enumerate(pairs))
+        gt = {"categories": list(categories.values()),
+              "annotations": [dict(g, image_id=i) for i, (g, _) in enumerate(pairs)]}
+        pred = {"annotations": [dict(p, image_id=i) for i, (_, p) in enumerate(pairs)]}
     try:
         ev = PanopticEval(gt, pred, gt_folder=gt_folder, pred_folder=pred_folder)
         ev.evaluate()
     except (ValueError, OSError) as exc:
         message = str(exc)
         m = re.match(r"image (\d+): (.*)", message, re.S)
-        if m and int(m.group(1)) < len(pairs):
-            g, p = pairs[int(m.group(1))]
+        if m and int(m.group(1)) in by_id:
+            g, p = by_id[int(m.group(1))]
             message = (f"image id {g['image_id']!r} (prediction {os.path.join(pred_folder, p['file_name'])}, "
                        f"ground truth {os.path.join(gt_folder, g['file_name'])}): {m.group(2)}")
         raise DataError(message) from None
@@ -653,6 +661,10 @@ class PanopticEvaluator:
         self.categories = {int(c["id"]): dict(c) for c in categories}
         self._work = _Workspace(default_num_workers() if threads is None else threads)
         self.reset()
+
+    @property
+    def threads(self) -> int:
+        return self._work.threads
 
     def reset(self) -> None:
         self.stats = PQStats(self.categories)
