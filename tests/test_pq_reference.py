@@ -50,8 +50,8 @@ def random_image(rng: np.random.Generator, h: int = 24, w: int = 32, colour_pred
     """One GT and prediction pair: (gt ids [H, W] int64, GT segments, pred ids [H, W] int32/uint32, pred segments).
 
     GT: stuff bands, thing rectangles (some crowd, sometimes two crowd segments of one category), VOID
-    rectangles, GT ids random 24-bit colours; some JSON areas larger than the PNG area, and sometimes a
-    listed segment that the PNG does not contain. Prediction: each GT segment moved a few pixels (kept with
+    rectangles, GT ids random 24-bit colours; some JSON areas larger than the PNG area, some missing, and
+    sometimes a listed segment that the PNG does not contain. Prediction: each GT segment moved a few pixels (kept with
     p 0.8, relabelled with p 0.2), spurious segments, unlabeled (0) rectangles, predictions of a crowd
     category over the crowd region; ids 1..N (post-processor style) or random colours.
     """
@@ -76,9 +76,13 @@ def random_image(rng: np.random.Generator, h: int = 24, w: int = 32, colour_pred
         area = int((gt == seg_id).sum())
         if area == 0 and rng.random() < 0.5:
             continue  # a fully overwritten segment, dropped from the JSON; otherwise listed with 0 px
-        if rng.random() < 0.15:
-            area += int(rng.integers(1, 20))  # pre-overwrite area (official ADE20K panoptic JSON)
-        gt_segments.append({"id": seg_id, "category_id": cat, "iscrowd": crowd, "area": area})
+        seg = {"id": seg_id, "category_id": cat, "iscrowd": crowd, "area": area}
+        u = rng.random()
+        if u < 0.15:
+            seg["area"] += int(rng.integers(1, 20))  # pre-overwrite area (official ADE20K panoptic JSON)
+        elif u < 0.25:
+            del seg["area"]  # no JSON area: the PNG area (hotcoco and this project; panopticapi needs it)
+        gt_segments.append(seg)
     pred = np.zeros((h, w), dtype=np.int64)
     pred_boxes = []
     for seg_id, cat, crowd, box in boxes:
@@ -242,7 +246,8 @@ def test_in_memory_threads_and_pickling_change_no_number():
            for im in small]  # 384 x 512 px: above the threading threshold
     for im in big:
         for seg in im[1]:
-            seg["area"] *= 256
+            if "area" in seg:
+                seg["area"] *= 256
     single, threaded = PanopticEvaluator(CATEGORIES, threads=1), PanopticEvaluator(CATEGORIES, threads=3)
     for im in big:
         single.process(*im)

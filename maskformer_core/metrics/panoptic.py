@@ -115,7 +115,8 @@ class _IdTable:
     def __getstate__(self) -> dict:
         return {"table": None}  # scratch space: never pickled (evaluators are gathered across processes)
 
-    def codes(self, values: np.ndarray, seg_ids: list, void: int) -> np.ndarray:
+    def index(self, values: np.ndarray, seg_ids: list, void: int) -> np.ndarray:
+        """uint8 indices of ``values``: i for ``seg_ids[i]``, S for ``void``, S + 1 for any other id."""
         if self.table is None:
             self.table = np.empty(1 << _TABLE_BITS, dtype=np.uint8)
             self.table.fill(0)
@@ -125,10 +126,13 @@ class _IdTable:
             if void not in seg_ids:
                 t[void] = s + 1
             t[seg_ids] = np.arange(1, s + 1, dtype=np.uint8)
-            return t[values]
+            idx = t[values]
         finally:
             t[void] = 0
             t[seg_ids] = 0
+        idx -= 1  # entry 0 (an id no segment lists) wraps to 255 ...
+        np.minimum(idx, s + 1, out=idx)  # ... and becomes S + 1
+        return idx
 
 
 class _Workspace:
@@ -157,45 +161,39 @@ class _Workspace:
         return tuple(np.concatenate(x) for x in zip(*parts))
 
 
-def _segment_codes(ids: np.ndarray, seg_ids: list, void: int, table: _IdTable | None = None) -> np.ndarray:
-    """Codes of flat ids: i + 1 for ``seg_ids[i]``, S + 1 for ``void``, 0 for any other id.
+def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdTable | None = None) -> np.ndarray:
+    """Dense indices of flat ids: i for ``seg_ids[i]``, S for ``void``, S + 1 for any other id.
 
     A segment may use the VOID id (DETR writes segment 0); its pixels then belong to the segment. Small
     ids (post-processor outputs 1..N) go through a direct lookup table, ids below 2^24 (PNG colours)
     through ``table`` when given, others through a binary search in the sorted known ids. DataError for
     ids outside 0..2^32-1.
     """
+    seg_ids = [int(i) for i in seg_ids]
+    ids = np.asarray(ids).reshape(-1)
     s = len(seg_ids)
     if not ids.size:
-        return np.zeros(0, dtype=np.uint8)
+        return np.zeros(0, dtype=np.int64)
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= 2**32:
         raise DataError(f"segment ids must be in 0..2^32-1, got range {lo}..{hi}")
     top = max(seg_ids + [void])
     if top < 4096:
-        lut = np.zeros(top + 2, dtype=np.int64)
+        lut = np.full(top + 2, s + 1, dtype=np.int64)
         if void not in seg_ids:
-            lut[void] = s + 1
-        lut[seg_ids] = np.arange(1, s + 1)
+            lut[void] = s
+        lut[seg_ids] = np.arange(s)
         return lut[np.minimum(ids, top + 1)]
     if table is not None and max(hi, top) < 2**_TABLE_BITS and s < 254:
-        return table.codes(ids, seg_ids, void)
+        return table.index(ids, seg_ids, void)
     known = np.asarray(seg_ids + ([] if void in seg_ids else [void]), dtype=np.int64)
     order = np.argsort(known, kind="stable")
     ordered = known[order]
     pos = np.searchsorted(ordered, ids)
     np.minimum(pos, ordered.size - 1, out=pos)
-    codes = order[pos] + 1
-    codes[ordered[pos] != ids] = 0
-    return codes
-
-
-def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdTable | None = None) -> np.ndarray:
-    """Dense indices of ids (flat int64): i for ``seg_ids[i]``, S for ``void``, S + 1 for any other id."""
-    seg_ids = [int(i) for i in seg_ids]
-    s = len(seg_ids)
-    codes = _segment_codes(np.asarray(ids).reshape(-1), seg_ids, void, table)
-    return np.concatenate([[s + 1], np.arange(s + 1)])[codes]
+    idx = order[pos]
+    idx[ordered[pos] != ids] = s + 1
+    return idx
 
 
 class PQStats:
@@ -376,26 +374,23 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
     if id_mask is not None:
         gt_run = gt_run & id_mask
         pred_run = pred_run & id_mask
-    # joint histogram over codes (0 = unknown id, 1..S = segments, S + 1 = VOID), then rows/columns in the
-    # match_segments order: segments, VOID, unknown
-    gc = _segment_codes(gt_run, gt_ids, VOID, table)
-    pc = _segment_codes(pred_run, pred_ids, VOID, table)
-    key = np.multiply(gc, p + 2, dtype=np.intp)
-    key += pc
+    gi = _dense_index(gt_run, gt_ids, VOID, table)
+    pj = _dense_index(pred_run, pred_ids, VOID, table)
+    key = np.multiply(gi, p + 2, dtype=np.intp)
+    key += pj
     hist = np.bincount(key, weights=lengths, minlength=(g + 2) * (p + 2)).astype(np.int64).reshape(g + 2, p + 2)
-    hist = hist.take(np.arange(1, g + 3) % (g + 2), axis=0).take(np.arange(1, p + 3) % (p + 2), axis=1)
     if hist[:, p + 1].any():
-        unknown = np.unique(pred_run[pc == 0])[:10].tolist()
+        unknown = np.unique(pred_run[pj == p + 1])[:10].tolist()
         raise DataError(f"{where}: predicted segment(s) {unknown} in the PNG but not in segments_info")
     pred_area = hist[:, :p].sum(axis=0)
     if p and (pred_area == 0).any():
         missing = [pred_ids[j] for j in np.flatnonzero(pred_area == 0)]
         raise DataError(f"{where}: predicted segment(s) {missing} in segments_info but not in the PNG")
-    gt_area = hist[:g].sum(axis=1)
-    for i, s in enumerate(gt_segments):
-        if "area" in s:
-            gt_area[i] = s["area"]
-    gt_crowd = np.fromiter((s.get("iscrowd", 0) == 1 for s in gt_segments), dtype=bool, count=g)
+    gt_area = np.array([s.get("area", -1) for s in gt_segments], dtype=np.int64).reshape(g)
+    from_png = gt_area < 0
+    if from_png.any():
+        gt_area[from_png] = hist[:g].sum(axis=1)[from_png]
+    gt_crowd = np.array([s.get("iscrowd", 0) == 1 for s in gt_segments], dtype=bool).reshape(g)
     match_segments(hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area, stats)
 
 
