@@ -222,7 +222,8 @@ class PQStats:
         pos = np.minimum(np.searchsorted(self._sorted, cats), len(self._sorted) - 1)
         bad = self._sorted[pos] != cats
         if bad.any():
-            raise DataError(f"{where}: unknown category_id {int(cats[bad][0])} (not among the {len(self.cat_ids)} categories)")
+            raise DataError(f"{where}: unknown category_id {int(cats[bad][0])} "
+                            f"(not among the {len(self.cat_ids)} categories)")
         return self._order[pos]
 
     def __iadd__(self, other: "PQStats") -> "PQStats":
@@ -467,7 +468,8 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
         try:
             hash(image_id)
         except TypeError:
-            raise DataError(f"{path}: annotation #{k} has an image_id that is not a number or string: {image_id!r}") from None
+            raise DataError(f"{path}: annotation #{k} has an image_id that is not a number or string: "
+                            f"{image_id!r}") from None
         if image_id in out:
             raise DataError(f"{path}: image id {image_id!r} is listed twice in 'annotations'")
         segments = ann["segments_info"]
@@ -479,7 +481,8 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
             raise DataError(f"{path}: image id {image_id!r} lists segment id {dup} twice")
         for seg_id, cat in zip(ids, cats):
             if cat not in categories:
-                raise DataError(f"{path}: image id {image_id!r}, segment with id {seg_id} has unknown category_id {cat}")
+                raise DataError(f"{path}: image id {image_id!r}, segment with id {seg_id} has unknown "
+                                f"category_id {cat}")
         out[image_id] = ann
     return out
 
@@ -665,7 +668,8 @@ class PanopticEvaluator:
         self.stats = PQStats(self.categories)
         self._count = 0
 
-    def process(self, gt_ids, gt_segments: Sequence[dict], pred_ids, pred_segments: Sequence[dict], image_id=None) -> None:
+    def process(self, gt_ids, gt_segments: Sequence[dict], pred_ids, pred_segments: Sequence[dict],
+                image_id=None) -> None:
         where = f"image {image_id!r}" if image_id is not None else f"image #{self._count} of this evaluation"
         _image_pq(_as_id_map(gt_ids, "gt_ids"), gt_segments, _as_id_map(pred_ids, "pred_ids"), pred_segments,
                   self.stats, where, work=self._work)

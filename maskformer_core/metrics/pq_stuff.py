@@ -3,16 +3,16 @@
 Reimplements MaskFormer's ``tools/evaluate_pq_for_semantic_segmentation.py`` protocol (commit e0996f9):
 per image the GT segments are the classes present in the GT label map (id = category = class), the
 predicted segments the classes present in the prediction, all categories are stuff (isthing 0), and
-panopticapi's matching rules are applied with VOID = ignore label, through ``metrics.panoptic.match_segments``
+panopticapi's matching rules are applied with VOID = ignore label through ``metrics.panoptic.match_segments``
 (the one copy of the rules, shared with pq_compute's numpy engine and PanopticEvaluator; the tests hold
-it to hotcoco with each class written as one stuff segment). "All" and "Stuff" are therefore identical. Predicted values outside 0..K-1 (e.g. the ignore label
-written for ``general_semantic`` VOID pixels) are "no prediction": they belong to no predicted segment.
+it to hotcoco with each class written as one stuff segment). "All" and "Stuff" are therefore identical.
+Predicted values outside 0..K-1 (e.g. the ignore label written for ``general_semantic`` VOID pixels)
+are "no prediction": they belong to no predicted segment.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from maskformer_core.errors import DataError
 from maskformer_core.metrics.panoptic import PQStats, match_segments, pq_summary
 from maskformer_core.metrics.semantic import dense_label_pair
 
