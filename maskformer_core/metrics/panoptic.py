@@ -5,7 +5,8 @@ facebookresearch/MaskFormer calls through detectron2's ``COCOPanopticEvaluator``
 Kirillov et al.). Its rules are implemented once, in ``match_segments``, and shared by the in-memory
 evaluator, the numpy file engine and PQ^St (``pq_stuff.py``):
 
-- ids come from PNGs with id = R + 256 G + 256^2 B; 0 = VOID unless a segment lists it;
+- ids come from PNGs with id = R + 256 G + 256^2 B; 0 = VOID (a predicted segment that lists id 0 owns
+  those pixels, as in hotcoco; panopticapi rejects such a prediction; a GT segment may not use it);
 - a (GT, prediction) pair of the same category with a non-crowd GT is a true positive when IoU > 0.5,
   where the union leaves out the prediction's overlap with VOID; GT areas come from the GT JSON ``area``
   field when present (panopticapi reads only that), else from the PNG;
@@ -23,8 +24,9 @@ faster than any numpy PNG path (``benchmarks/pq_benchmark.py``). ``engine="numpy
 with this module's reader and rules instead (a process pool); the tests hold both to hotcoco.
 
 In-memory (training): the GT and predicted id maps are run-length encoded jointly in one pass over the
-pixels; the run values are mapped to dense segment indices and the GT x prediction intersections are
-one weighted ``np.bincount``; everything after the first pass works on the runs (a few thousand).
+pixels (slices of a large image on ``threads`` threads); the run values are mapped to dense segment
+indices and the GT x prediction intersections are one weighted ``np.bincount``; everything after the
+first pass works on the runs (a few thousand).
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
 {category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (a group
@@ -105,9 +107,9 @@ _TABLE_BITS = 24  # panoptic PNG ids are 24-bit colours
 
 
 class _IdTable:
-    """A reusable id -> segment code table for ids below 2^24 and up to 253 segments: a 16 MiB uint8
+    """A reusable id -> segment index table for ids below 2^24 and up to 253 segments: a 16 MiB uint8
     array, written in full once (so that no page fault lands on a later image); each image sets the
-    entries of its ids and resets them afterwards."""
+    entries of its ids (index + 1; 0 = not a segment of this image) and resets them afterwards."""
 
     def __init__(self) -> None:
         self.table: np.ndarray | None = None
