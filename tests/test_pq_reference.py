@@ -50,8 +50,8 @@ def random_image(rng: np.random.Generator, h: int = 24, w: int = 32, colour_pred
     """One GT and prediction pair: (gt ids [H, W] int64, GT segments, pred ids [H, W] int32/uint32, pred segments).
 
     GT: stuff bands, thing rectangles (some crowd, sometimes two crowd segments of one category), VOID
-    rectangles, GT ids random 24-bit colours; some JSON areas larger than the PNG area, some missing, and
-    sometimes a listed segment that the PNG does not contain. Prediction: each GT segment moved a few pixels (kept with
+    rectangles, GT ids random 24-bit colours; some JSON areas larger than the PNG area, some missing,
+    sometimes a listed segment that the PNG does not contain or PNG pixels whose id the JSON does not list. Prediction: each GT segment moved a few pixels (kept with
     p 0.8, relabelled with p 0.2), spurious segments, unlabeled (0) rectangles, predictions of a crowd
     category over the crowd region; ids 1..N (post-processor style) or random colours.
     """
@@ -76,6 +76,8 @@ def random_image(rng: np.random.Generator, h: int = 24, w: int = 32, colour_pred
         area = int((gt == seg_id).sum())
         if area == 0 and rng.random() < 0.5:
             continue  # a fully overwritten segment, dropped from the JSON; otherwise listed with 0 px
+        if area and rng.random() < 0.05:
+            continue  # pixels whose id the JSON does not list: ignored (panopticapi's gt_segms lookup)
         seg = {"id": seg_id, "category_id": cat, "iscrowd": crowd, "area": area}
         u = rng.random()
         if u < 0.15:
