@@ -166,7 +166,7 @@ def assert_counts(ev: PanopticEvaluator, ref: dict) -> None:
         assert iou == pytest.approx(r["iou"], abs=TOL), cat
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n_images=st.integers(1, 4), colour_pred_ids=st.booleans())
 def test_pq_equals_hotcoco_files_and_in_memory(seed, n_images, colour_pred_ids):
     rng = np.random.default_rng(seed)
