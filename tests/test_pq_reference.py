@@ -244,12 +244,12 @@ def test_in_memory_threads_and_pickling_change_no_number():
     which changes no count. A pickled evaluator (gathered from another process) merges the same sums."""
     rng = np.random.default_rng(21)
     small = [random_image(rng) for _ in range(3)]
-    big = [tuple(np.kron(a, np.ones((16, 16), dtype=a.dtype)) if isinstance(a, np.ndarray) else a for a in im)
-           for im in small]  # 384 x 512 px: above the threading threshold
+    big = [tuple(np.kron(a, np.ones((32, 32), dtype=a.dtype)) if isinstance(a, np.ndarray) else a for a in im)
+           for im in small]  # 768 x 1024 px: 6 slices of 2^17 pixels, so 3 threads
     for im in big:
         for seg in im[1]:
             if "area" in seg:
-                seg["area"] *= 256
+                seg["area"] *= 1024
     single, threaded = PanopticEvaluator(CATEGORIES, threads=1), PanopticEvaluator(CATEGORIES, threads=3)
     for im in big:
         single.process(*im)

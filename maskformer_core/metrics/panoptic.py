@@ -152,8 +152,9 @@ class _Workspace:
     def joint_runs(self, gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``_runs`` of the flat maps; with k threads, of k contiguous slices (a slice border only splits a
         run in two, which changes no count)."""
-        n, k = gt.size, self.threads
-        if k == 1 or n < 1 << 17:
+        n = gt.size
+        k = min(self.threads, n >> 17)  # slices of at least 2^17 pixels: smaller ones cost more than they save
+        if k <= 1:
             return _runs(gt, pred)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="pq-runs")
@@ -640,8 +641,8 @@ class PanopticEvaluator:
     Args:
         categories: list of ``{"id", "isthing", ("name")}`` (or a dict id -> such dict); segment
             ``category_id`` values in GT and predictions use these ids.
-        threads: threads that share the pass over the pixels of a large image (default: the usable
-            cores); the results do not depend on it.
+        threads: at most this many threads share the pass over the pixels of an image, one per 2^17
+            pixels (default: the usable cores); the results do not depend on it.
 
     ``process(gt_ids, gt_segments, pred_ids, pred_segments, image_id=None)``: id maps ``[H, W]`` int
     (or ``[H, W, 3]`` uint8 colours) with 0 = VOID; GT segments ``{"id", "category_id", "iscrowd",
