@@ -547,7 +547,11 @@ def _hotcoco_results(pairs: list, gt_folder: str, pred_folder: str, categories: 
     numbered 0..N-1 in GT order and passed as dicts (string ids, as in ADE20K panoptic, work). Its error
     messages are given the original image id and file names.
     """
-    from hotcoco.panoptic import PanopticEval
+    try:
+        from hotcoco.panoptic import PanopticEval
+    except ImportError:
+        raise ImportError("pq_compute(engine='hotcoco') needs the hotcoco package (a dependency of this project: "
+                          "pip install 'hotcoco>=1.3,<2'); engine='numpy' works without it") from None
 
     if json_files is not None and all(type(g["image_id"]) is int and g["image_id"] >= 0 for g, _ in pairs):
         by_id = {g["image_id"]: (g, p) for g, p in pairs}
