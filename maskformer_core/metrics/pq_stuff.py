@@ -1,4 +1,4 @@
-"""PQ^St for semantic datasets: every class is one stuff segment, VOID = the ignore label (paper Sec. 4.1).
+"""PQ^St for semantic datasets: every class is one stuff segment, VOID = the ignore label (paper Sec. 4, "Evaluation metrics").
 
 Reimplements MaskFormer's ``tools/evaluate_pq_for_semantic_segmentation.py`` protocol (commit e0996f9):
 per image the GT segments are the classes present in the GT label map (id = category = class), the
