@@ -51,9 +51,10 @@ def random_image(rng: np.random.Generator, h: int = 24, w: int = 32, colour_pred
 
     GT: stuff bands, thing rectangles (some crowd, sometimes two crowd segments of one category), VOID
     rectangles, GT ids random 24-bit colours; some JSON areas larger than the PNG area, some missing,
-    sometimes a listed segment that the PNG does not contain or PNG pixels whose id the JSON does not list. Prediction: each GT segment moved a few pixels (kept with
-    p 0.8, relabelled with p 0.2), spurious segments, unlabeled (0) rectangles, predictions of a crowd
-    category over the crowd region; ids 1..N (post-processor style) or random colours.
+    sometimes a listed segment that the PNG does not contain or PNG pixels whose id the JSON does not
+    list. Prediction: each GT segment moved a few pixels (kept with p 0.8, relabelled with p 0.2),
+    spurious segments, unlabeled (0) rectangles, predictions of a crowd category over the crowd region;
+    ids 1..N (post-processor style) or random colours.
     """
     gt = np.zeros((h, w), dtype=np.int64)
     colours = iter((rng.choice(2**24 - 1, size=64, replace=False) + 1).tolist())
@@ -198,9 +199,9 @@ def boundary_image():
                      [0, 0, 3, 3, 3, 3, 4, 4, 4, 4],
                      [5, 5, 5, 5, 5, 5, 6, 6, 6, 6],
                      [0, 0, 0, 0, 0, 0, 6, 6, 6, 6]], dtype=np.int32)
-    gt_segments = [{"id": 11, "category_id": 1, "iscrowd": 0, "area": 4}, {"id": 12, "category_id": 2, "iscrowd": 0, "area": 6},
-                   {"id": 13, "category_id": 100, "iscrowd": 0, "area": 6}, {"id": 14, "category_id": 5, "iscrowd": 1, "area": 5},
-                   {"id": 15, "category_id": 5, "iscrowd": 1, "area": 5}, {"id": 16, "category_id": 101, "iscrowd": 0, "area": 10}]
+    gt_segments = [{"id": i, "category_id": c, "iscrowd": crowd, "area": a}
+                   for i, c, crowd, a in ((11, 1, 0, 4), (12, 2, 0, 6), (13, 100, 0, 6), (14, 5, 1, 5), (15, 5, 1, 5),
+                                          (16, 101, 0, 10))]
     pred_segments = [{"id": 1, "category_id": 1}, {"id": 2, "category_id": 2}, {"id": 3, "category_id": 3},
                      {"id": 4, "category_id": 100}, {"id": 5, "category_id": 5}, {"id": 6, "category_id": 101}]
     return gt, gt_segments, pred, pred_segments
@@ -345,8 +346,9 @@ def test_png_json_mismatch_names_image_and_files(tmp_path, engine, ids):
     data = json.loads(Path(files[1]).read_text())
     dropped = data["annotations"][1]["segments_info"].pop()
     Path(files[1]).write_text(json.dumps(data))
-    with pytest.raises(DataError, match=rf"image id {ids[1]!r} \(prediction .*{ids[1]}.png, ground truth .*{ids[1]}.png\): "
-                                        rf"predicted segment\S* \[?{dropped['id']}\]? .*in the PNG but not in segments_info"):
+    where = rf"image id {ids[1]!r} \(prediction .*{ids[1]}.png, ground truth .*{ids[1]}.png\): "
+    with pytest.raises(DataError, match=where + rf"predicted segment\S* \[?{dropped['id']}\]? .*in the PNG but not in "
+                                                rf"segments_info"):
         pq_compute(*files, engine=engine, num_workers=1)
     data["annotations"][1]["segments_info"].append(dropped)
     data["annotations"][0]["segments_info"].append({"id": 999_999, "category_id": THINGS[0]})

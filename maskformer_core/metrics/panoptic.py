@@ -1,9 +1,9 @@
 """Panoptic quality (PQ/SQ/RQ): ``pq_compute`` for COCO panoptic files and the in-memory ``PanopticEvaluator``.
 
 The protocol is the COCO panoptic API's (cocodataset/panopticapi ``panopticapi/evaluation.py``, which
-facebookresearch/MaskFormer calls through detectron2's ``COCOPanopticEvaluator``; paper Sec. 4 "Evaluation metrics", PQ of
-Kirillov et al.). Its rules are implemented once, in ``match_segments``, and shared by the in-memory
-evaluator, the numpy file engine and PQ^St (``pq_stuff.py``):
+facebookresearch/MaskFormer calls through detectron2's ``COCOPanopticEvaluator``; paper Sec. 4,
+"Evaluation metrics": PQ of Kirillov et al.). Its rules are implemented once, in ``match_segments``,
+and shared by the in-memory evaluator, the numpy file engine and PQ^St (``pq_stuff.py``):
 
 - ids come from PNGs with id = R + 256 G + 256^2 B; 0 = VOID (a predicted segment that lists id 0 owns
   those pixels, as in hotcoco; panopticapi rejects such a prediction; a GT segment may not use it);

@@ -1,4 +1,6 @@
-"""PQ^St for semantic datasets: every class is one stuff segment, VOID = the ignore label (paper Sec. 4, "Evaluation metrics").
+"""PQ^St for semantic datasets: every class is one stuff segment, VOID = the ignore label.
+
+Paper Sec. 4, "Evaluation metrics" (PQ^St: all classes treated as stuff).
 
 Reimplements MaskFormer's ``tools/evaluate_pq_for_semantic_segmentation.py`` protocol (commit e0996f9):
 per image the GT segments are the classes present in the GT label map (id = category = class), the
