@@ -238,6 +238,15 @@ def test_string_image_ids_and_process_pool_match_hotcoco(tmp_path):
     assert_same(pq_compute(*files), ref)
     assert_same(pq_compute(*files, engine="numpy", num_workers=2), ref)
     assert pq_compute(*files, engine="numpy", num_workers=2) == pq_compute(*files, engine="numpy", num_workers=1)
+    # a prediction JSON that also holds other images (ignored, as in panopticapi), one with a string id
+    data = json.loads(Path(files[1]).read_text())
+    data["annotations"].append(dict(data["annotations"][0], image_id="not_in_gt"))
+    (tmp_path / "extra.json").write_text(json.dumps(data))
+    ints = write_folder(tmp_path / "int2", images, list(range(5)))
+    (tmp_path / "int2" / "extra.json").write_text(json.dumps(
+        {"annotations": json.loads(Path(ints[1]).read_text())["annotations"] + [data["annotations"][-1]]}))
+    assert_same(pq_compute(files[0], str(tmp_path / "extra.json"), files[2], files[3]), ref)
+    assert_same(pq_compute(ints[0], str(tmp_path / "int2" / "extra.json"), ints[2], ints[3]), ref)
 
 
 def test_in_memory_threads_and_pickling_change_no_number():

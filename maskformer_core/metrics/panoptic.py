@@ -534,7 +534,9 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
                 raise DataError(f"panoptic PNG not found: {path} (image id {image_id!r})")
         pairs.append((gt_ann, pred_ann))
     if engine == "hotcoco":
-        return _hotcoco_results(pairs, gt_folder, pred_folder, categories, (gt_json_file, pred_json_file))
+        plain_ids = all(type(i) is int and i >= 0 for ids in (gt_anns, pred_anns) for i in ids)
+        return _hotcoco_results(pairs, gt_folder, pred_folder, categories,
+                                (gt_json_file, pred_json_file) if plain_ids else None)
     return _run_pool(pairs, gt_folder, pred_folder, categories, num_workers).results()
 
 
@@ -542,10 +544,10 @@ def _hotcoco_results(pairs: list, gt_folder: str, pred_folder: str, categories: 
                      json_files: tuple[str, str] | None = None) -> dict:
     """Evaluate checked (gt_ann, pred_ann) pairs with hotcoco's PanopticEval; panopticapi's result dict.
 
-    ``json_files``: the checked (GT, prediction) JSON paths, handed to hotcoco as they are when every
-    image id is a non-negative integer. hotcoco takes integer image ids only, so otherwise the images are
-    numbered 0..N-1 in GT order and passed as dicts (string ids, as in ADE20K panoptic, work). Its error
-    messages are given the original image id and file names.
+    ``json_files``: the checked (GT, prediction) JSON paths, handed to hotcoco as they are (every image id
+    in both is a non-negative integer). hotcoco takes integer image ids only, so without them the images
+    are numbered 0..N-1 in GT order and passed as dicts (string ids, as in ADE20K panoptic, work). Its
+    error messages are given the original image id and file names.
     """
     try:
         from hotcoco.panoptic import PanopticEval
@@ -553,7 +555,7 @@ def _hotcoco_results(pairs: list, gt_folder: str, pred_folder: str, categories: 
         raise ImportError("pq_compute(engine='hotcoco') needs the hotcoco package (a dependency of this project: "
                           "pip install 'hotcoco>=1.3,<2'); engine='numpy' works without it") from None
 
-    if json_files is not None and all(type(g["image_id"]) is int and g["image_id"] >= 0 for g, _ in pairs):
+    if json_files is not None:
         by_id = {g["image_id"]: (g, p) for g, p in pairs}
         gt, pred = json_files
     else:
