@@ -172,7 +172,7 @@ def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdT
     through ``table`` when given, others through a binary search in the sorted known ids. DataError for
     ids outside 0..2^32-1.
     """
-    seg_ids = [int(i) for i in seg_ids]
+    seg_ids = list(seg_ids)
     ids = np.asarray(ids).reshape(-1)
     s = len(seg_ids)
     if not ids.size:
@@ -209,31 +209,27 @@ class PQStats:
     def __init__(self, categories: dict) -> None:
         self.categories = categories
         self.cat_ids = np.asarray(list(categories), dtype=np.int64)
-        self._order = np.argsort(self.cat_ids, kind="stable")
-        self._sorted = self.cat_ids[self._order]
+        self.position = {cat: k for k, cat in enumerate(categories)}
         c = len(self.cat_ids)
         self.iou = np.zeros(c, dtype=np.float64)
-        self.tp = np.zeros(c, dtype=np.int64)
-        self.fp = np.zeros(c, dtype=np.int64)
-        self.fn = np.zeros(c, dtype=np.int64)
+        self.counts = np.zeros((3, c), dtype=np.int64)  # rows: TP, FP, FN
+        self.tp, self.fp, self.fn = self.counts
 
-    def index(self, cat_ids: Sequence[int], where: str) -> np.ndarray:
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.tp, self.fp, self.fn = self.counts  # views again after unpickling
+
+    def index(self, cat_ids: Iterable, where: str) -> np.ndarray:
         """Dense positions of ``cat_ids``; DataError naming ``where`` and the first unknown category id."""
-        cats = np.asarray(cat_ids, dtype=np.int64)
-        if not cats.size:
-            return cats
-        pos = np.minimum(np.searchsorted(self._sorted, cats), len(self._sorted) - 1)
-        bad = self._sorted[pos] != cats
-        if bad.any():
-            raise DataError(f"{where}: unknown category_id {int(cats[bad][0])} "
-                            f"(not among the {len(self.cat_ids)} categories)")
-        return self._order[pos]
+        try:
+            return np.array([self.position[c] for c in cat_ids], dtype=np.intp)
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{where}: unknown category_id {exc.args[0]!r} "
+                            f"(not among the {len(self.cat_ids)} categories)") from None
 
     def __iadd__(self, other: "PQStats") -> "PQStats":
         self.iou += other.iou
-        self.tp += other.tp
-        self.fp += other.fp
-        self.fn += other.fn
+        self.counts += other.counts
         return self
 
     @property
@@ -291,34 +287,35 @@ def match_segments(hist: np.ndarray, gt_cat: np.ndarray, gt_crowd: np.ndarray, g
     c = len(stats.cat_ids)
     inter = hist[:g, :p]
     pred_void = hist[g, :p]
-    gt_matched = np.zeros(g, dtype=bool)
-    pred_matched = np.zeros(p, dtype=bool)
+    gt_unmatched = ~gt_crowd  # crowd segments are never matched and never false negatives
+    pred_unmatched = np.ones(p, dtype=bool)
+    tp_cat = gt_cat[:0]
     if g and p:
-        gi, pj = np.nonzero((inter > 0) & (gt_cat[:, None] == pred_cat[None, :]) & ~gt_crowd[:, None])
+        cand = gt_cat[:, None] == pred_cat[None, :]
+        cand &= inter > 0
+        cand[gt_crowd] = False
+        gi, pj = cand.nonzero()
         if gi.size:
             both = inter[gi, pj]
             iou = both / (pred_area[pj] + gt_area[gi] - both - pred_void[pj])
             ok = iou > 0.5
             gi, pj, iou = gi[ok], pj[ok], iou[ok]
-            gt_matched[gi] = True
-            pred_matched[pj] = True
-            stats.iou += np.bincount(gt_cat[gi], weights=iou, minlength=c)
-            stats.tp += np.bincount(gt_cat[gi], minlength=c)
-    stats.fn += np.bincount(gt_cat[~gt_matched & ~gt_crowd], minlength=c)
-    if not p:
-        return
-    ignored = pred_void.astype(np.int64)
-    crowd = np.flatnonzero(gt_crowd)
-    if crowd.size:
+            gt_unmatched[gi] = False
+            pred_unmatched[pj] = False
+            tp_cat = gt_cat[gi]
+            stats.iou += np.bincount(tp_cat, weights=iou, minlength=c)
+    ignored = pred_void
+    if p and gt_crowd.any():
         # the last crowd segment of each category (reverse, then the first occurrence per category)
-        rev = crowd[::-1]
+        rev = np.flatnonzero(gt_crowd)[::-1]
         crowd_cats, first = np.unique(gt_cat[rev], return_index=True)
         crowd_row = rev[first]
         k = np.minimum(np.searchsorted(crowd_cats, pred_cat), crowd_cats.size - 1)
-        has = crowd_cats[k] == pred_cat
-        ignored += np.where(has, hist[crowd_row[k], np.arange(p)], 0)
-    fp = ~pred_matched & ~(ignored / pred_area > 0.5)
-    stats.fp += np.bincount(pred_cat[fp], minlength=c)
+        ignored = ignored + np.where(crowd_cats[k] == pred_cat, hist[crowd_row[k], np.arange(p)], 0)
+    # ignored / area > 0.5 in integers (exact: both are pixel counts)
+    fp_cat = pred_cat[pred_unmatched & (2 * ignored <= pred_area)]
+    stats.counts += np.bincount(np.concatenate([tp_cat, fp_cat + c, gt_cat[gt_unmatched] + 2 * c]),
+                                minlength=3 * c).reshape(3, c)
 
 
 def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -341,14 +338,18 @@ def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return gt[starts], pred[starts], lengths
 
 
-def _segment_fields(segments: Sequence[dict], where: str, what: str) -> tuple[list, list]:
-    """(ids, category ids) of a segments list; DataError naming ``where`` for a missing key."""
+def _segment_fields(segments: Sequence[dict], where: str, what: str, gt: bool) -> tuple:
+    """One pass over a segments list: (ids, category ids[, crowd flags, JSON areas or -1]); DataError
+    naming ``where`` for a missing key or a non-integer id."""
     try:
-        return [int(s["id"]) for s in segments], [int(s["category_id"]) for s in segments]
+        if gt:
+            rows = [(int(s["id"]), s["category_id"], s.get("iscrowd", 0) == 1, s.get("area", -1)) for s in segments]
+            return tuple(list(col) for col in zip(*rows)) if rows else ([], [], [], [])
+        return [int(s["id"]) for s in segments], [s["category_id"] for s in segments]
     except KeyError as exc:
         raise DataError(f"{where}: a {what} segment has no {exc.args[0]!r} key") from None
     except (TypeError, ValueError) as exc:
-        raise DataError(f"{where}: a {what} segment has a non-integer id or category_id ({exc})") from None
+        raise DataError(f"{where}: a {what} segment has a non-integer id ({exc})") from None
 
 
 def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndarray, pred_segments: Sequence[dict],
@@ -361,8 +362,8 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
     """
     if gt_map.shape != pred_map.shape:
         raise DataError(f"{where}: prediction size {pred_map.shape} differs from ground-truth size {gt_map.shape}")
-    gt_ids, gt_cats = _segment_fields(gt_segments, where, "ground-truth")
-    pred_ids, pred_cats = _segment_fields(pred_segments, where, "predicted")
+    gt_ids, gt_cats, gt_crowd, gt_area = _segment_fields(gt_segments, where, "ground-truth", gt=True)
+    pred_ids, pred_cats = _segment_fields(pred_segments, where, "predicted", gt=False)
     for ids, what in ((gt_ids, "ground-truth"), (pred_ids, "prediction")):
         if len(set(ids)) != len(ids):
             dup = [i for i, k in Counter(ids).items() if k > 1]
@@ -390,16 +391,16 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
     if p and (pred_area == 0).any():
         missing = [pred_ids[j] for j in np.flatnonzero(pred_area == 0)]
         raise DataError(f"{where}: predicted segment(s) {missing} in segments_info but not in the PNG")
-    gt_area = np.array([s.get("area", -1) for s in gt_segments], dtype=np.int64).reshape(g)
-    from_png = gt_area < 0
+    gt_area = np.array(gt_area, dtype=np.int64).reshape(g)
+    from_png = gt_area < 0  # no JSON area: the PNG's
     if from_png.any():
         gt_area[from_png] = hist[:g].sum(axis=1)[from_png]
-    gt_crowd = np.array([s.get("iscrowd", 0) == 1 for s in gt_segments], dtype=bool).reshape(g)
+    gt_crowd = np.array(gt_crowd, dtype=bool).reshape(g)
     match_segments(hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area, stats)
 
 
 def _pq_worker(args) -> list[tuple]:
-    """Per-image statistics ``(iou, tp, fp, fn)`` arrays of a chunk of (gt_ann, pred_ann) pairs, in order."""
+    """Per-image statistics ``(iou, counts)`` arrays of a chunk of (gt_ann, pred_ann) pairs, in order."""
     pairs, gt_folder, pred_folder, categories = args
     out = []
     work = _Workspace()
@@ -414,7 +415,7 @@ def _pq_worker(args) -> list[tuple]:
             raise DataError(f"{where}: prediction size {pred_size} differs from ground-truth size {gt_size}")
         _image_pq(gt_words, gt_ann["segments_info"], pred_words, pred_ann["segments_info"], stats, where,
                   id_mask=np.uint32(0xFFFFFF), work=work)
-        out.append((stats.iou, stats.tp, stats.fp, stats.fn))
+        out.append((stats.iou, stats.counts))
     return out
 
 
@@ -478,7 +479,7 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
         segments = ann["segments_info"]
         if not isinstance(segments, list):
             raise DataError(f"{path}: image id {image_id!r}: 'segments_info' is not a list")
-        ids, cats = _segment_fields(segments, f"{path}: image id {image_id!r}", "listed")
+        ids, cats = _segment_fields(segments, f"{path}: image id {image_id!r}", "listed", gt=False)
         dup = _first_duplicate(ids)
         if dup is not None:
             raise DataError(f"{path}: image id {image_id!r} lists segment id {dup} twice")
@@ -606,11 +607,9 @@ def _run_pool(pairs: list, gt_folder: str, pred_folder: str, categories: dict, n
         with multiprocessing.get_context(method).Pool(processes=workers) as pool:
             per_image = pool.map(_pq_worker, [(c, gt_folder, pred_folder, categories) for c in chunks], chunksize=1)
     for chunk in per_image:
-        for iou, tp, fp, fn in chunk:
+        for iou, counts in chunk:
             total.iou += iou
-            total.tp += tp
-            total.fp += fp
-            total.fn += fn
+            total.counts += counts
     return total
 
 
