@@ -376,3 +376,24 @@ def test_unknown_ground_truth_category_is_rejected(tmp_path):
         pq_compute(*files)
     with pytest.raises(ValueError, match="engine"):
         pq_compute(*files, engine="panopticapi")
+
+
+def test_benchmark_script_runs_and_all_paths_agree(tmp_path):
+    """benchmarks/pq_benchmark.py on 3 images: exit 0 only when every path equals hotcoco (timings are
+    not checked here)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pq_benchmark.py"
+    out = subprocess.run([sys.executable, str(script), "--images", "3", "--repeats", "1", "--workers", "1",
+                          "--data-dir", str(tmp_path / "bench")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "every path equal to hotcoco to 1e-9: True; numpy engine == in-memory bit for bit: True" in out.stdout
+    for row in ("hotcoco pq_compute (files)", "pq_compute (files; checks + hotcoco)", "in-memory PanopticEvaluator"):
+        assert row in out.stdout
+    # a folder the script did not generate is refused, not deleted
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    out = subprocess.run([sys.executable, str(script), "--images", "3", "--data-dir", str(tmp_path / "mine")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and (tmp_path / "mine" / "keep.txt").exists()
