@@ -9,7 +9,7 @@ temp dir and prints one table, all paths timed in the same run (best of N, inter
   goal: no slower than hotcoco) and its ``engine="numpy"`` (own PNG reader and rules, process pool);
 - the in-memory ``PanopticEvaluator`` used during training (GT id maps as the data loader gives them,
   int64; predictions as the post-processor gives them, int32; no PNG round trip; goal: >= 5x faster than
-  hotcoco's file-based evaluation);
+  hotcoco's file-based evaluation), and the same with uint32 GT maps (half the bytes to read);
 - for context: merely decoding the PNGs (OpenCV, same processes) and detectron2's way (write every
   prediction as PNG + JSON, then ``pq_compute`` the files).
 
@@ -223,6 +223,7 @@ def main() -> int:
                for a in gt_json["annotations"]]
         preds = [(a["image_id"], (read_panoptic_png(str(root / "pred" / a["file_name"])).astype(np.int32), a["segments_info"]))
                  for a in pred_json["annotations"]]
+        gts32 = [(g.astype(np.uint32), segs) for g, segs in gts]
         files = (str(root / "gt.json"), str(root / "pred.json"), str(root / "gt"), str(root / "pred"))
         decode_floor(root, workers)  # warm the page cache
         hotcoco_files(root)  # and hotcoco's thread pool
@@ -231,6 +232,7 @@ def main() -> int:
             "pq_compute (files; checks + hotcoco)": lambda: pq_compute(*files),
             "pq_compute engine=numpy (files)": lambda: pq_compute(*files, num_workers=workers, engine="numpy"),
             "in-memory PanopticEvaluator": lambda: in_memory(gts, preds),
+            "  same, GT maps uint32 (PNG ids need 24 bits)": lambda: in_memory(gts32, preds),
             "decode PNGs only (OpenCV)": lambda: decode_floor(root, workers),
             "detectron2-style: write PNG+JSON, pq_compute": lambda: detectron2_style(root, preds, workers),
         }

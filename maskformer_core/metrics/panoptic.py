@@ -107,9 +107,9 @@ _TABLE_BITS = 24  # panoptic PNG ids are 24-bit colours
 
 
 class _IdTable:
-    """A reusable id -> segment index table for ids below 2^24 and up to 253 segments: a 16 MiB uint8
-    array, written in full once (so that no page fault lands on a later image); each image sets the
-    entries of its ids (index + 1; 0 = not a segment of this image) and resets them afterwards."""
+    """A reusable id -> segment index table for ids below 2^24 and up to 253 segments: a zeroed 16 MiB
+    uint8 array (the OS provides only the pages of the ids written, so a short evaluation stays cheap);
+    each image sets the entries of its ids (index + 1; 0 = not a segment of this image) and resets them."""
 
     def __init__(self) -> None:
         self.table: np.ndarray | None = None
@@ -120,8 +120,7 @@ class _IdTable:
     def index(self, values: np.ndarray, seg_ids: list, void: int) -> np.ndarray:
         """uint8 indices of ``values``: i for ``seg_ids[i]``, S for ``void``, S + 1 for any other id."""
         if self.table is None:
-            self.table = np.empty(1 << _TABLE_BITS, dtype=np.uint8)
-            self.table.fill(0)
+            self.table = np.zeros(1 << _TABLE_BITS, dtype=np.uint8)
         t = self.table
         s = len(seg_ids)
         try:
