@@ -133,8 +133,8 @@ def test_pq_compute_hand_made_folder(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda j, d: j["annotations"][0]["segments_info"].pop(), "present in the PNG and not in the JSON"),
-    (lambda j, d: j["annotations"][1]["segments_info"].append({"id": 77, "category_id": 10}), "present in the JSON and not in the PNG"),
+    (lambda j, d: j["annotations"][0]["segments_info"].pop(), "in the PNG but not in segments_info"),
+    (lambda j, d: j["annotations"][1]["segments_info"].append({"id": 77, "category_id": 10}), "in segments_info but not in the (PNG|mask)"),
     (lambda j, d: j["annotations"][0]["segments_info"][0].update(category_id=99), "unknown category_id 99"),
     (lambda j, d: os.remove(d / "c.png"), "not found"),
     (lambda j, d: j["annotations"].pop(), "no prediction for the image with id 'c'"),

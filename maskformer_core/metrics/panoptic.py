@@ -1,28 +1,46 @@
-"""Panoptic quality (PQ/SQ/RQ): a fast drop-in for the COCO panoptic API ``pq_compute`` plus an in-memory
-evaluator (FACTS E.2; cocodataset/panopticapi ``panopticapi/evaluation.py``).
+"""Panoptic quality (PQ/SQ/RQ): ``pq_compute`` for COCO panoptic files and the in-memory ``PanopticEvaluator``.
 
-Matching rules (identical to panopticapi): ids come from PNGs with id = R + 256 G + 256^2 B, 0 = VOID; a
-(GT, prediction) pair of the same category with a non-crowd GT is a true positive when IoU > 0.5, where
-the union leaves out the prediction's overlap with VOID; unmatched non-crowd GT segments are false
-negatives; an unmatched prediction is a false positive unless more than half of it lies on VOID plus the
-crowd region of its category (the last crowd segment of a category in the JSON wins). GT areas come
-from the GT JSON ``area`` field (as in panopticapi) when present, else from the PNG.
+The protocol is the COCO panoptic API's (cocodataset/panopticapi ``panopticapi/evaluation.py``, which
+facebookresearch/MaskFormer calls through detectron2's ``COCOPanopticEvaluator``; paper Sec. 4,
+"Evaluation metrics": PQ of Kirillov et al.). Its rules are implemented once, in ``match_segments``,
+and shared by the in-memory evaluator, the numpy file engine and PQ^St (``pq_stuff.py``):
 
-Speed: PNGs are decoded with OpenCV straight into 32-bit words; instead of ``np.unique`` over 64-bit
-combined ids (a sort of every pixel), the GT and prediction maps are run-length encoded jointly in one
-pass, the few thousand run values are mapped to dense segment indices through a tiny collision-free
-lookup table (id mod m), and the GT x prediction intersections are one weighted ``np.bincount``;
-images are spread over a process pool (one process per core).
+- ids come from PNGs with id = R + 256 G + 256^2 B; 0 = VOID (a predicted segment that lists id 0 owns
+  those pixels, as in hotcoco; panopticapi rejects such a prediction; a GT segment may not use it);
+- a (GT, prediction) pair of the same category with a non-crowd GT is a true positive when IoU > 0.5,
+  where the union leaves out the prediction's overlap with VOID; GT areas come from the GT JSON ``area``
+  field when present (panopticapi reads only that), else from the PNG;
+- unmatched non-crowd GT segments are false negatives; an unmatched prediction is a false positive
+  unless more than half of it lies on VOID plus the crowd region of its category (the last crowd
+  segment of a category in the JSON wins, as panopticapi's dict overwrite does);
+- per category PQ = sum IoU / (TP + FP/2 + FN/2), SQ = sum IoU / TP, RQ = TP / (TP + FP/2 + FN/2);
+  All/Things/Stuff average over the categories with TP + FP + FN > 0 (``n``).
+
+``pq_compute`` (files): both JSONs are read and checked here first (an image, a segment id within an
+image or a category listed twice; unknown categories; a GT image without prediction; missing PNGs), each
+error naming the file and the value. The PNG work is then delegated to hotcoco (``engine="hotcoco"``,
+the default; Rust, ``hotcoco.panoptic.PanopticEval``), which implements panopticapi's pq_compute and is
+faster than any numpy PNG path (``benchmarks/pq_benchmark.py``). ``engine="numpy"`` evaluates the files
+with this module's reader and rules instead (a process pool); the tests hold both to hotcoco.
+
+In-memory (training): the GT and predicted id maps are run-length encoded jointly in one pass over the
+pixels (slices of a large image on ``threads`` threads); the run values are mapped to dense segment
+indices and the GT x prediction intersections are one weighted ``np.bincount``; everything after the
+first pass works on the runs (a few thousand).
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
-{category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (no
-category with TP + FP + FN > 0 in a group), we return 0.0 with n = 0.
+{category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (a group
+without any category with TP + FP + FN > 0) the group is 0.0 with n = 0; a category with TP + FP + FN = 0
+is 0.0 in ``per_class`` (panopticapi's value; hotcoco's -1 sentinel is mapped to it).
 """
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
 
 import cv2
@@ -33,6 +51,7 @@ from maskformer_core.errors import DataError
 
 VOID = 0
 OFFSET = 256 * 256 * 256  # panopticapi's id offset; ids are 24-bit colours
+ENGINES = ("hotcoco", "numpy")
 
 
 def rgb2id(color: np.ndarray) -> np.ndarray:
@@ -84,65 +103,150 @@ def read_panoptic_png(path: str) -> np.ndarray:
     return (words & np.uint32(0xFFFFFF)).reshape(size)
 
 
-def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int) -> np.ndarray:
-    """Map an id map to dense indices: i for ``seg_ids[i]``, S for ``void``, S + 1 for any other id.
+_TABLE_BITS = 24  # panoptic PNG ids are 24-bit colours
 
-    Uses a lookup table indexed by ``id mod m`` with m chosen so that the known ids do not collide,
-    then checks the stored id to send unknown ids to S + 1. O(pixels), no sorting.
+
+class _IdTable:
+    """A reusable id -> segment index table for ids below 2^24 and up to 253 segments: a zeroed 16 MiB
+    uint8 array (the OS provides only the pages of the ids written, so a short evaluation stays cheap);
+    each image sets the entries of its ids (index + 1; 0 = not a segment of this image) and resets them."""
+
+    def __init__(self) -> None:
+        self.table: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {"table": None}  # scratch space: never pickled (evaluators are gathered across processes)
+
+    def index(self, values: np.ndarray, seg_ids: list, void: int) -> np.ndarray:
+        """uint8 indices of ``values``: i for ``seg_ids[i]``, S for ``void``, S + 1 for any other id."""
+        if self.table is None:
+            self.table = np.zeros(1 << _TABLE_BITS, dtype=np.uint8)
+        t = self.table
+        s = len(seg_ids)
+        try:
+            if void not in seg_ids:
+                t[void] = s + 1
+            t[seg_ids] = np.arange(1, s + 1, dtype=np.uint8)
+            idx = t[values]
+        finally:
+            t[void] = 0
+            t[seg_ids] = 0
+        idx -= 1  # entry 0 (an id no segment lists) wraps to 255 ...
+        np.minimum(idx, s + 1, out=idx)  # ... and becomes S + 1
+        return idx
+
+
+class _Workspace:
+    """Per-evaluator scratch: the id table and, with ``threads`` > 1, a thread pool that run-length encodes
+    slices of an image in parallel (numpy releases the GIL in those loops). Never pickled."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = max(1, int(threads))
+        self.table = _IdTable()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict:
+        return {"threads": self.threads, "table": _IdTable(), "_pool": None}
+
+    def joint_runs(self, gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_runs`` of the flat maps; with k threads, of k contiguous slices (a slice border only splits a
+        run in two, which changes no count)."""
+        n = gt.size
+        k = min(self.threads, n >> 17)  # slices of at least 2^17 pixels: smaller ones cost more than they save
+        if k <= 1:
+            return _runs(gt, pred)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="pq-runs")
+        cuts = [n * i // k for i in range(k + 1)]
+        futures = [self._pool.submit(_runs, gt[a:b], pred[a:b]) for a, b in zip(cuts[1:-1], cuts[2:])]
+        parts = [_runs(gt[:cuts[1]], pred[:cuts[1]])] + [f.result() for f in futures]
+        return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdTable | None = None) -> np.ndarray:
+    """Dense indices of flat ids: i for ``seg_ids[i]``, S for ``void``, S + 1 for any other id.
+
+    A segment may use the VOID id (DETR writes segment 0); its pixels then belong to the segment. Small
+    ids (post-processor outputs 1..N) go through a direct lookup table, ids below 2^24 (PNG colours)
+    through ``table`` when given, others through a binary search in the sorted known ids. DataError for
+    ids outside 0..2^32-1.
     """
     seg_ids = list(seg_ids)
+    ids = np.asarray(ids).reshape(-1)
     s = len(seg_ids)
-    # A segment may use the VOID id (DETR writes segment 0); its pixels then belong to the segment.
+    if not ids.size:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= 2**32:
+        raise DataError(f"segment ids must be in 0..2^32-1, got range {lo}..{hi}")
+    top = max(seg_ids + [void])
+    if top < 4096:
+        lut = np.full(top + 2, s + 1, dtype=np.int64)
+        if void not in seg_ids:
+            lut[void] = s
+        lut[seg_ids] = np.arange(s)
+        return lut[np.minimum(ids, top + 1)]
+    if table is not None and max(hi, top) < 2**_TABLE_BITS and s < 254:
+        return table.index(ids, seg_ids, void)
     known = np.asarray(seg_ids + ([] if void in seg_ids else [void]), dtype=np.int64)
-    n = known.size
-    ids = ids.ravel()
-    if ids.dtype != np.uint32:
-        if ids.size and (ids.min() < 0 or ids.max() >= 2**32):
-            raise DataError(f"segment ids must be in 0..2^32-1, got range {ids.min()}..{ids.max()}")
-        ids = ids.astype(np.uint32)
-    m = max(2, n * n)
-    while len(set((known % m).tolist())) != n:
-        m += 1
-    slots = known % m
-    lut_idx = np.full(m, s + 1, dtype=np.int64)
-    lut_idx[slots] = np.arange(n)
-    lut_val = (np.arange(m, dtype=np.int64) + 1) % (2**32)  # never equal to an id hashing to that slot
-    lut_val[slots] = known
-    r = ids % np.uint32(m)
-    idx = lut_idx[r]
-    idx[lut_val.astype(np.uint32)[r] != ids] = s + 1
+    order = np.argsort(known, kind="stable")
+    ordered = known[order]
+    pos = np.searchsorted(ordered, ids)
+    np.minimum(pos, ordered.size - 1, out=pos)
+    idx = order[pos]
+    idx[ordered[pos] != ids] = s + 1
     return idx
 
 
 class PQStats:
-    """Per-category accumulators ``{category_id: [iou_sum, tp, fp, fn]}`` (panopticapi's PQStat)."""
+    """Per-category sums over a fixed category list (panopticapi's PQStat): ``iou``, ``tp``, ``fp``, ``fn``.
 
-    def __init__(self) -> None:
-        self.per_cat: dict[int, list] = {}
+    ``categories``: ``{id: {"isthing", ...}}`` in output order; ``index(ids)`` maps category ids to the
+    dense positions that ``match_segments`` accumulates into.
+    """
 
-    def _get(self, cat: int) -> list:
-        if cat not in self.per_cat:
-            self.per_cat[cat] = [0.0, 0, 0, 0]
-        return self.per_cat[cat]
+    def __init__(self, categories: dict) -> None:
+        self.categories = categories
+        self.cat_ids = np.asarray(list(categories), dtype=np.int64)
+        self.position = {cat: k for k, cat in enumerate(categories)}
+        c = len(self.cat_ids)
+        self.iou = np.zeros(c, dtype=np.float64)
+        self.counts = np.zeros((3, c), dtype=np.int64)  # rows: TP, FP, FN
+        self.tp, self.fp, self.fn = self.counts
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.tp, self.fp, self.fn = self.counts  # views again after unpickling
+
+    def index(self, cat_ids: Iterable, where: str) -> np.ndarray:
+        """Dense positions of ``cat_ids``; DataError naming ``where`` and the first unknown category id."""
+        try:
+            return np.array([self.position[c] for c in cat_ids], dtype=np.intp)
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{where}: unknown category_id {exc.args[0]!r} "
+                            f"(not among the {len(self.cat_ids)} categories)") from None
 
     def __iadd__(self, other: "PQStats") -> "PQStats":
-        for cat, (iou, tp, fp, fn) in other.per_cat.items():
-            acc = self._get(cat)
-            acc[0] += iou
-            acc[1] += tp
-            acc[2] += fp
-            acc[3] += fn
+        self.iou += other.iou
+        self.counts += other.counts
         return self
 
-    def average(self, categories: dict, isthing: bool | None) -> tuple[dict, dict]:
-        """(``{"pq","sq","rq","n"}``, per-class dict) over ``categories`` filtered by isthing."""
+    @property
+    def per_cat(self) -> dict[int, list]:
+        """``{category_id: [iou_sum, tp, fp, fn]}`` for the categories seen (TP + FP + FN > 0)."""
+        seen = np.flatnonzero(self.tp + self.fp + self.fn)
+        return {int(self.cat_ids[k]): [float(self.iou[k]), int(self.tp[k]), int(self.fp[k]), int(self.fn[k])]
+                for k in seen}
+
+    def average(self, isthing: bool | None) -> tuple[dict, dict]:
+        """(``{"pq","sq","rq","n"}``, per-class dict) over the categories filtered by isthing."""
         pq = sq = rq = 0.0
         n = 0
         per_class: dict = {}
-        for cat_id, info in categories.items():
+        for k, (cat_id, info) in enumerate(self.categories.items()):
             if isthing is not None and (info.get("isthing", 0) == 1) != isthing:
                 continue
-            iou, tp, fp, fn = self.per_cat.get(cat_id, [0.0, 0, 0, 0])
+            iou, tp, fp, fn = float(self.iou[k]), int(self.tp[k]), int(self.fp[k]), int(self.fn[k])
             if tp + fp + fn == 0:
                 per_class[cat_id] = {"pq": 0.0, "sq": 0.0, "rq": 0.0}
                 continue
@@ -158,68 +262,59 @@ class PQStats:
             return {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}, per_class
         return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": n}, per_class
 
-    def results(self, categories: dict) -> dict:
-        """panopticapi's result dict for ``categories`` ({id: {"isthing", ...}})."""
+    def results(self) -> dict:
+        """panopticapi's result dict (All, per_class, Things, Stuff)."""
         out: dict = {}
         for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
-            out[name], per_class = self.average(categories, isthing)
+            out[name], per_class = self.average(isthing)
             if name == "All":
                 out["per_class"] = per_class
         return out
 
 
-def match_segments(hist: np.ndarray, gt_ids: Sequence[int], gt_cats: Sequence[int], gt_crowd: Sequence[bool],
-                   gt_areas: np.ndarray, pred_ids: Sequence[int], pred_cats: Sequence[int], pred_areas: np.ndarray,
-                   stats: PQStats) -> None:
-    """panopticapi's per-image matching from a joint histogram, accumulated into ``stats``.
+def match_segments(hist: np.ndarray, gt_cat: np.ndarray, gt_crowd: np.ndarray, gt_area: np.ndarray,
+                   pred_cat: np.ndarray, pred_area: np.ndarray, stats: PQStats) -> None:
+    """panopticapi's per-image matching from a joint histogram, added to ``stats`` (the one copy of the rules).
 
     Args:
         hist: ``[G + 2, P + 2]`` int pixel counts; rows = GT segments (JSON order), GT VOID (row G) and
             GT ids absent from the JSON (row G + 1); columns = predicted segments, VOID, unknown.
-        gt_*: per GT segment id, category, crowd flag, area; pred_*: per predicted segment.
+        gt_cat, pred_cat: dense category positions in ``stats`` (``stats.index``); gt_crowd: bool [G];
+        gt_area, pred_area: int [G], [P] (GT areas from the JSON where given).
     """
-    g, p = len(gt_ids), len(pred_ids)
+    g, p = len(gt_cat), len(pred_cat)
+    c = len(stats.cat_ids)
     inter = hist[:g, :p]
     pred_void = hist[g, :p]
-    gt_cats_a = np.asarray(gt_cats, dtype=np.int64)
-    pred_cats_a = np.asarray(pred_cats, dtype=np.int64)
-    crowd = np.asarray(gt_crowd, dtype=bool)
-    gt_matched = np.zeros(g, dtype=bool)
-    pred_matched = np.zeros(p, dtype=bool)
+    gt_unmatched = ~gt_crowd  # crowd segments are never matched and never false negatives
+    pred_unmatched = np.ones(p, dtype=bool)
+    tp_cat = gt_cat[:0]
     if g and p:
-        cand = (inter > 0) & ~crowd[:, None] & (gt_cats_a[:, None] == pred_cats_a[None, :])
-        gi, pj = np.nonzero(cand)
+        cand = gt_cat[:, None] == pred_cat[None, :]
+        cand &= inter > 0
+        cand[gt_crowd] = False
+        gi, pj = cand.nonzero()
         if gi.size:
-            union = pred_areas[pj] + gt_areas[gi] - inter[gi, pj] - pred_void[pj]
-            iou = inter[gi, pj] / union
+            both = inter[gi, pj]
+            iou = both / (pred_area[pj] + gt_area[gi] - both - pred_void[pj])
             ok = iou > 0.5
             gi, pj, iou = gi[ok], pj[ok], iou[ok]
-            # Accumulate in panopticapi's order (sorted by GT id, then prediction id) so float sums match.
-            order = np.lexsort((np.asarray(pred_ids, dtype=np.int64)[pj], np.asarray(gt_ids, dtype=np.int64)[gi]))
-            for k in order:
-                acc = stats._get(int(gt_cats_a[gi[k]]))
-                acc[1] += 1
-                acc[0] += float(iou[k])
-            gt_matched[gi] = True
-            pred_matched[pj] = True
-    crowd_row: dict[int, int] = {}
-    for i in range(g):
-        if gt_matched[i]:
-            continue
-        if crowd[i]:
-            crowd_row[int(gt_cats_a[i])] = i  # the last crowd segment of a category wins
-            continue
-        stats._get(int(gt_cats_a[i]))[3] += 1
-    for j in range(p):
-        if pred_matched[j]:
-            continue
-        cat = int(pred_cats_a[j])
-        ignored = int(pred_void[j])
-        if cat in crowd_row:
-            ignored += int(hist[crowd_row[cat], j])
-        if ignored / pred_areas[j] > 0.5:
-            continue
-        stats._get(cat)[2] += 1
+            gt_unmatched[gi] = False
+            pred_unmatched[pj] = False
+            tp_cat = gt_cat[gi]
+            stats.iou += np.bincount(tp_cat, weights=iou, minlength=c)
+    ignored = pred_void
+    if p and gt_crowd.any():
+        # the last crowd segment of each category (reverse, then the first occurrence per category)
+        rev = np.flatnonzero(gt_crowd)[::-1]
+        crowd_cats, first = np.unique(gt_cat[rev], return_index=True)
+        crowd_row = rev[first]
+        k = np.minimum(np.searchsorted(crowd_cats, pred_cat), crowd_cats.size - 1)
+        ignored = ignored + np.where(crowd_cats[k] == pred_cat, hist[crowd_row[k], np.arange(p)], 0)
+    # ignored / area > 0.5 in integers (exact: both are pixel counts)
+    fp_cat = pred_cat[pred_unmatched & (2 * ignored <= pred_area)]
+    stats.counts += np.bincount(np.concatenate([tp_cat, fp_cat + c, gt_cat[gt_unmatched] + 2 * c]),
+                                minlength=3 * c).reshape(3, c)
 
 
 def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,15 +329,31 @@ def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     change = np.empty(n, dtype=bool)
     change[0] = True
     np.not_equal(gt[1:], gt[:-1], out=change[1:])
-    change[1:] |= pred[1:] != pred[:-1]
+    np.logical_or(change[1:], np.not_equal(pred[1:], pred[:-1]), out=change[1:])
     starts = np.flatnonzero(change)
-    lengths = np.diff(starts, append=n)
+    lengths = np.empty(starts.size, dtype=np.int64)
+    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+    lengths[-1] = n - starts[-1]
     return gt[starts], pred[starts], lengths
 
 
+def _segment_fields(segments: Sequence[dict], where: str, what: str, gt: bool) -> tuple:
+    """One pass over a segments list: (ids, category ids[, crowd flags, JSON areas or -1]); DataError
+    naming ``where`` for a missing key or a non-integer id."""
+    try:
+        if gt:
+            rows = [(int(s["id"]), s["category_id"], s.get("iscrowd", 0) == 1, s.get("area", -1)) for s in segments]
+            return tuple(list(col) for col in zip(*rows)) if rows else ([], [], [], [])
+        return [int(s["id"]) for s in segments], [s["category_id"] for s in segments]
+    except KeyError as exc:
+        raise DataError(f"{where}: a {what} segment has no {exc.args[0]!r} key") from None
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: a {what} segment has a non-integer id ({exc})") from None
+
+
 def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndarray, pred_segments: Sequence[dict],
-              categories: dict | set, where: str, stats: PQStats, id_mask=None) -> None:
-    """Check one image's prediction against its segments list and accumulate its PQ statistics.
+              stats: PQStats, where: str, id_mask=None, work: _Workspace | None = None) -> None:
+    """Check one image's prediction against its segments lists and add its PQ statistics to ``stats``.
 
     ``gt_map``/``pred_map``: integer id maps of the same shape (or flat arrays of equal size);
     ``id_mask``: applied to the run values (0xFFFFFF for raw RGBX words); ``where`` names the image
@@ -250,53 +361,60 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
     """
     if gt_map.shape != pred_map.shape:
         raise DataError(f"{where}: prediction size {pred_map.shape} differs from ground-truth size {gt_map.shape}")
-    pred_ids = [int(s["id"]) for s in pred_segments]
-    if len(set(pred_ids)) != len(pred_ids):
-        raise DataError(f"{where}: duplicate segment ids in the prediction JSON: {pred_ids}")
-    gt_ids = [int(s["id"]) for s in gt_segments]
-    if len(set(gt_ids)) != len(gt_ids) or VOID in gt_ids:
-        raise DataError(f"{where}: ground-truth segment ids must be unique and non-zero (0 = VOID), got {gt_ids}")
-    for s in pred_segments:
-        if s["category_id"] not in categories:
-            raise DataError(f"{where}: segment with id {s['id']} has unknown category_id {s['category_id']}")
+    gt_ids, gt_cats, gt_crowd, gt_area = _segment_fields(gt_segments, where, "ground-truth", gt=True)
+    pred_ids, pred_cats = _segment_fields(pred_segments, where, "predicted", gt=False)
+    for ids, what in ((gt_ids, "ground-truth"), (pred_ids, "prediction")):
+        if len(set(ids)) != len(ids):
+            dup = [i for i, k in Counter(ids).items() if k > 1]
+            raise DataError(f"{where}: the {what} segments list segment id {dup[0]} twice")
+    if VOID in gt_ids:
+        raise DataError(f"{where}: ground-truth segment id 0 is VOID (0 = unlabeled), not a segment")
+    gt_cat = stats.index(gt_cats, f"{where}, ground truth")
+    pred_cat = stats.index(pred_cats, f"{where}, prediction")
     g, p = len(gt_ids), len(pred_ids)
-    gt_run, pred_run, lengths = _runs(np.asarray(gt_map).reshape(-1), np.asarray(pred_map).reshape(-1))
+    gt_flat, pred_flat = np.asarray(gt_map).reshape(-1), np.asarray(pred_map).reshape(-1)
+    gt_run, pred_run, lengths = _runs(gt_flat, pred_flat) if work is None else work.joint_runs(gt_flat, pred_flat)
+    table = None if work is None else work.table
     if id_mask is not None:
         gt_run = gt_run & id_mask
         pred_run = pred_run & id_mask
-    gi = _dense_index(gt_run, gt_ids, VOID)
-    pj = _dense_index(pred_run, pred_ids, VOID)
-    hist = np.bincount(gi * (p + 2) + pj, weights=lengths, minlength=(g + 2) * (p + 2))
-    hist = hist.astype(np.int64).reshape(g + 2, p + 2)
+    gi = _dense_index(gt_run, gt_ids, VOID, table)
+    pj = _dense_index(pred_run, pred_ids, VOID, table)
+    key = np.multiply(gi, p + 2, dtype=np.intp)
+    key += pj
+    hist = np.bincount(key, weights=lengths, minlength=(g + 2) * (p + 2)).astype(np.int64).reshape(g + 2, p + 2)
     if hist[:, p + 1].any():
         unknown = np.unique(pred_run[pj == p + 1])[:10].tolist()
-        raise DataError(f"{where}: segment(s) with id {unknown} present in the PNG and not in the JSON")
-    pred_areas = hist[:, :p].sum(axis=0)
-    if p and (pred_areas == 0).any():
-        missing = [pred_ids[j] for j in np.nonzero(pred_areas == 0)[0]]
-        raise DataError(f"{where}: segment(s) with id {missing} present in the JSON and not in the PNG")
-    gt_png_areas = hist[:g, :].sum(axis=1)
-    gt_areas = np.array([s["area"] if "area" in s else gt_png_areas[i] for i, s in enumerate(gt_segments)], dtype=np.int64)
-    match_segments(hist, gt_ids, [s["category_id"] for s in gt_segments], [s.get("iscrowd", 0) == 1 for s in gt_segments],
-                   gt_areas, pred_ids, [s["category_id"] for s in pred_segments], pred_areas, stats)
+        raise DataError(f"{where}: predicted segment(s) {unknown} in the PNG but not in segments_info")
+    pred_area = hist[:, :p].sum(axis=0)
+    if p and (pred_area == 0).any():
+        missing = [pred_ids[j] for j in np.flatnonzero(pred_area == 0)]
+        raise DataError(f"{where}: predicted segment(s) {missing} in segments_info but not in the PNG")
+    gt_area = np.array(gt_area, dtype=np.int64).reshape(g)
+    from_png = gt_area < 0  # no JSON area: the PNG's
+    if from_png.any():
+        gt_area[from_png] = hist[:g].sum(axis=1)[from_png]
+    gt_crowd = np.array(gt_crowd, dtype=bool).reshape(g)
+    match_segments(hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area, stats)
 
 
-def _pq_worker(args) -> list[PQStats]:
-    """Per-image statistics of a chunk of (gt_ann, pred_ann) pairs, in order."""
+def _pq_worker(args) -> list[tuple]:
+    """Per-image statistics ``(iou, counts)`` arrays of a chunk of (gt_ann, pred_ann) pairs, in order."""
     pairs, gt_folder, pred_folder, categories = args
     out = []
+    work = _Workspace()
     for gt_ann, pred_ann in pairs:
         gt_path = os.path.join(gt_folder, gt_ann["file_name"])
         pred_path = os.path.join(pred_folder, pred_ann["file_name"])
         where = f"image id {gt_ann['image_id']!r} (prediction {pred_path}, ground truth {gt_path})"
-        stats = PQStats()
+        stats = PQStats(categories)
         gt_words, gt_size = _decode_rgbx(gt_path)
         pred_words, pred_size = _decode_rgbx(pred_path)
         if gt_size != pred_size:
             raise DataError(f"{where}: prediction size {pred_size} differs from ground-truth size {gt_size}")
-        _image_pq(gt_words, gt_ann["segments_info"], pred_words, pred_ann["segments_info"], categories, where, stats,
-                  id_mask=np.uint32(0xFFFFFF))
-        out.append(stats)
+        _image_pq(gt_words, gt_ann["segments_info"], pred_words, pred_ann["segments_info"], stats, where,
+                  id_mask=np.uint32(0xFFFFFF), work=work)
+        out.append((stats.iou, stats.counts))
     return out
 
 
@@ -308,9 +426,68 @@ def _load_json(path: str, what: str) -> dict:
         raise DataError(f"{what} JSON not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{what} JSON {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "annotations" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise DataError(f"{what} JSON {path} has no 'annotations' list")
     return data
+
+
+def _first_duplicate(values: Iterable):
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
+def read_categories(data: dict, path: str, required: bool = True) -> dict:
+    """``{id: category}`` of a panoptic JSON in file order; DataError naming the file for a missing list,
+    a category without ``id`` or a category id listed twice."""
+    if "categories" not in data:
+        if required:
+            raise DataError(f"ground-truth JSON {path} has no 'categories' list")
+        return {}
+    cats = data["categories"]
+    if not isinstance(cats, list) or not all(isinstance(c, dict) and "id" in c for c in cats):
+        raise DataError(f"{path}: 'categories' must be a list of objects with an 'id'")
+    dup = _first_duplicate(c["id"] for c in cats)
+    if dup is not None:
+        raise DataError(f"{path}: category id {dup!r} is listed twice in 'categories'")
+    return {c["id"]: c for c in cats}
+
+
+def read_annotations(data: dict, path: str, categories: dict) -> dict:
+    """``{image_id: annotation}`` of a panoptic JSON in file order, checked: DataError naming the file and
+    the value for an image listed twice, a segment id listed twice within an image, a missing key or a
+    segment whose category_id is not among ``categories``."""
+    out: dict = {}
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise DataError(f"{path}: annotation #{k} is not an object")
+        for key in ("image_id", "file_name", "segments_info"):
+            if key not in ann:
+                raise DataError(f"{path}: annotation #{k} has no {key!r} key")
+        image_id = ann["image_id"]
+        try:
+            hash(image_id)
+        except TypeError:
+            raise DataError(f"{path}: annotation #{k} has an image_id that is not a number or string: "
+                            f"{image_id!r}") from None
+        if image_id in out:
+            raise DataError(f"{path}: image id {image_id!r} is listed twice in 'annotations'")
+        segments = ann["segments_info"]
+        if not isinstance(segments, list):
+            raise DataError(f"{path}: image id {image_id!r}: 'segments_info' is not a list")
+        ids, cats = _segment_fields(segments, f"{path}: image id {image_id!r}", "listed", gt=False)
+        dup = _first_duplicate(ids)
+        if dup is not None:
+            raise DataError(f"{path}: image id {image_id!r} lists segment id {dup} twice")
+        for seg_id, cat in zip(ids, cats):
+            if cat not in categories:
+                raise DataError(f"{path}: image id {image_id!r}, segment with id {seg_id} has unknown "
+                                f"category_id {cat}")
+        out[image_id] = ann
+    return out
 
 
 def default_num_workers() -> int:
@@ -322,41 +499,96 @@ def default_num_workers() -> int:
 
 
 def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = None, pred_folder: str | None = None,
-               *, num_workers: int | None = None) -> dict:
+               *, num_workers: int | None = None, engine: str = "hotcoco") -> dict:
     """PQ of a prediction folder + JSON against the GT (drop-in for ``panopticapi.evaluation.pq_compute``).
 
     Folders default to the JSON path without ``.json``, as in panopticapi. Every GT image needs a
-    prediction (matched by ``image_id``). Raises DataError naming the file / image / segment for
-    missing files, unknown categories and PNG/JSON mismatches. Returns panopticapi's result dict.
+    prediction (matched by ``image_id``, a number or a string); predictions of other images are ignored.
+    Both JSONs are checked before any PNG is read (see ``read_categories`` / ``read_annotations``);
+    PNG/JSON mismatches raise DataError naming the image and files. ``engine``: ``hotcoco`` (default;
+    its own thread pool, one thread per core, ``RAYON_NUM_THREADS`` limits it) or ``numpy`` (this
+    module's reader and rules on ``num_workers`` processes, default: the usable cores). Returns
+    panopticapi's result dict.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"pq_compute: engine must be one of {ENGINES}, got {engine!r}")
     gt_json = _load_json(gt_json_file, "ground-truth")
     pred_json = _load_json(pred_json_file, "prediction")
     gt_folder = gt_json_file.replace(".json", "") if gt_folder is None else gt_folder
     pred_folder = pred_json_file.replace(".json", "") if pred_folder is None else pred_folder
-    if "categories" not in gt_json:
-        raise DataError(f"ground-truth JSON {gt_json_file} has no 'categories' list")
-    categories = {el["id"]: el for el in gt_json["categories"]}
+    categories = read_categories(gt_json, gt_json_file)
+    read_categories(pred_json, pred_json_file, required=False)
+    gt_anns = read_annotations(gt_json, gt_json_file, categories)
+    pred_anns = read_annotations(pred_json, pred_json_file, categories)
     for folder, what in ((gt_folder, "ground-truth"), (pred_folder, "prediction")):
         if not os.path.isdir(folder):
             raise DataError(f"{what} segmentation folder {folder} does not exist")
-    pred_by_image = {el["image_id"]: el for el in pred_json["annotations"]}
     pairs = []
-    for gt_ann in gt_json["annotations"]:
-        image_id = gt_ann["image_id"]
-        if image_id not in pred_by_image:
+    for image_id, gt_ann in gt_anns.items():
+        if image_id not in pred_anns:
             raise DataError(f"{pred_json_file}: no prediction for the image with id {image_id!r}")
-        pred_ann = pred_by_image[image_id]
-        for s in pred_ann.get("segments_info", []):
-            if s.get("category_id") not in categories:
-                raise DataError(f"{pred_json_file}: image id {image_id!r}, segment with id {s.get('id')} has unknown "
-                                f"category_id {s.get('category_id')}")
+        pred_ann = pred_anns[image_id]
         for ann, folder in ((gt_ann, gt_folder), (pred_ann, pred_folder)):
             path = os.path.join(folder, ann["file_name"])
             if not os.path.isfile(path):
                 raise DataError(f"panoptic PNG not found: {path} (image id {image_id!r})")
         pairs.append((gt_ann, pred_ann))
-    stats = _run_pool(pairs, gt_folder, pred_folder, categories, num_workers)
-    return stats.results(categories)
+    if engine == "hotcoco":
+        plain_ids = all(type(i) is int and i >= 0 for ids in (gt_anns, pred_anns) for i in ids)
+        return _hotcoco_results(pairs, gt_folder, pred_folder, categories,
+                                (gt_json_file, pred_json_file) if plain_ids else None)
+    return _run_pool(pairs, gt_folder, pred_folder, categories, num_workers).results()
+
+
+def _hotcoco_results(pairs: list, gt_folder: str, pred_folder: str, categories: dict,
+                     json_files: tuple[str, str] | None = None) -> dict:
+    """Evaluate checked (gt_ann, pred_ann) pairs with hotcoco's PanopticEval; panopticapi's result dict.
+
+    ``json_files``: the checked (GT, prediction) JSON paths, handed to hotcoco as they are (every image id
+    in both is a non-negative integer). hotcoco takes integer image ids only, so without them the images
+    are numbered 0..N-1 in GT order and passed as dicts (string ids, as in ADE20K panoptic, work). Its
+    error messages are given the original image id and file names.
+    """
+    try:
+        from hotcoco.panoptic import PanopticEval
+    except ImportError:
+        raise ImportError("pq_compute(engine='hotcoco') needs the hotcoco package (a dependency of this project: "
+                          "pip install 'hotcoco>=1.3,<2'); engine='numpy' works without it") from None
+
+    if json_files is not None:
+        by_id = {g["image_id"]: (g, p) for g, p in pairs}
+        gt, pred = json_files
+    else:
+        by_id = dict(enumerate(pairs))
+        gt = {"categories": list(categories.values()),
+              "annotations": [dict(g, image_id=i) for i, (g, _) in enumerate(pairs)]}
+        pred = {"annotations": [dict(p, image_id=i) for i, (_, p) in enumerate(pairs)]}
+    try:
+        ev = PanopticEval(gt, pred, gt_folder=gt_folder, pred_folder=pred_folder)
+        ev.evaluate()
+    except (ValueError, OSError) as exc:
+        message = str(exc)
+        m = re.match(r"image (\d+): (.*)", message, re.S)
+        if m and int(m.group(1)) in by_id:
+            g, p = by_id[int(m.group(1))]
+            message = (f"image id {g['image_id']!r} (prediction {os.path.join(pred_folder, p['file_name'])}, "
+                       f"ground truth {os.path.join(gt_folder, g['file_name'])}): {m.group(2)}")
+        raise DataError(message) from None
+    res = ev.results()
+    out: dict = {}
+    for name in ("All", "Things", "Stuff"):
+        r = res[name]
+        n = int(r["n"])
+        out[name] = ({"pq": float(r["pq"]), "sq": float(r["sq"]), "rq": float(r["rq"]), "n": n} if n
+                     else {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0})
+        if name == "All":
+            out["per_class"] = {}
+            for cat_id in categories:
+                c = res["per_class"].get(cat_id)
+                seen = c is not None and c["tp"] + c["fp"] + c["fn"] > 0
+                out["per_class"][cat_id] = ({"pq": float(c["pq"]), "sq": float(c["sq"]), "rq": float(c["rq"])} if seen
+                                            else {"pq": 0.0, "sq": 0.0, "rq": 0.0})
+    return out
 
 
 def _run_pool(pairs: list, gt_folder: str, pred_folder: str, categories: dict, num_workers: int | None) -> PQStats:
@@ -366,7 +598,7 @@ def _run_pool(pairs: list, gt_folder: str, pred_folder: str, categories: dict, n
     chunks = [list(c) for c in _split(pairs, workers)]
     # Per-image statistics are added in image order, so the float sums (and thus the results) do not
     # depend on the number of processes and equal PanopticEvaluator's bit for bit.
-    total = PQStats()
+    total = PQStats(categories)
     if workers == 1:
         per_image = [_pq_worker((pairs, gt_folder, pred_folder, categories))]
     else:
@@ -374,8 +606,9 @@ def _run_pool(pairs: list, gt_folder: str, pred_folder: str, categories: dict, n
         with multiprocessing.get_context(method).Pool(processes=workers) as pool:
             per_image = pool.map(_pq_worker, [(c, gt_folder, pred_folder, categories) for c in chunks], chunksize=1)
     for chunk in per_image:
-        for stats in chunk:
-            total += stats
+        for iou, counts in chunk:
+            total.iou += iou
+            total.counts += counts
     return total
 
 
@@ -412,6 +645,8 @@ class PanopticEvaluator:
     Args:
         categories: list of ``{"id", "isthing", ("name")}`` (or a dict id -> such dict); segment
             ``category_id`` values in GT and predictions use these ids.
+        threads: at most this many threads share the pass over the pixels of an image, one per 2^17
+            pixels (default: the usable cores); the results do not depend on it.
 
     ``process(gt_ids, gt_segments, pred_ids, pred_segments, image_id=None)``: id maps ``[H, W]`` int
     (or ``[H, W, 3]`` uint8 colours) with 0 = VOID; GT segments ``{"id", "category_id", "iscrowd",
@@ -420,24 +655,31 @@ class PanopticEvaluator:
     (x100); ``results()`` -> panopticapi's dict (fractions, with ``per_class``).
     """
 
-    def __init__(self, categories):
+    def __init__(self, categories, threads: int | None = None):
         if isinstance(categories, dict):
             categories = list(categories.values())
-        self.categories = {int(c["id"]): dict(c) for c in categories}
-        if not self.categories:
+        if not categories:
             raise ValueError("PanopticEvaluator needs at least one category")
+        dup = _first_duplicate(int(c["id"]) for c in categories)
+        if dup is not None:
+            raise ValueError(f"PanopticEvaluator: category id {dup} is listed twice")
+        self.categories = {int(c["id"]): dict(c) for c in categories}
+        self._work = _Workspace(default_num_workers() if threads is None else threads)
         self.reset()
 
+    @property
+    def threads(self) -> int:
+        return self._work.threads
+
     def reset(self) -> None:
-        self.stats = PQStats()
+        self.stats = PQStats(self.categories)
         self._count = 0
 
-    def process(self, gt_ids, gt_segments: Sequence[dict], pred_ids, pred_segments: Sequence[dict], image_id=None) -> None:
+    def process(self, gt_ids, gt_segments: Sequence[dict], pred_ids, pred_segments: Sequence[dict],
+                image_id=None) -> None:
         where = f"image {image_id!r}" if image_id is not None else f"image #{self._count} of this evaluation"
-        local = PQStats()  # per-image sums first, as pq_compute does
-        _image_pq(_as_id_map(gt_ids, "gt_ids"), list(gt_segments), _as_id_map(pred_ids, "pred_ids"), list(pred_segments),
-                  self.categories, where, local)
-        self.stats += local
+        _image_pq(_as_id_map(gt_ids, "gt_ids"), gt_segments, _as_id_map(pred_ids, "pred_ids"), pred_segments,
+                  self.stats, where, work=self._work)
         self._count += 1
 
     def merge(self, other: "PanopticEvaluator") -> None:
@@ -445,7 +687,7 @@ class PanopticEvaluator:
         self.stats += other.stats
 
     def results(self) -> dict:
-        return self.stats.results(self.categories)
+        return self.stats.results()
 
     def evaluate(self) -> dict[str, float]:
         return pq_summary(self.results())

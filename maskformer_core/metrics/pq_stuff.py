@@ -1,17 +1,20 @@
-"""PQ^St for semantic datasets: every class is one stuff segment, VOID = the ignore label (FACTS E.3).
+"""PQ^St for semantic datasets: every class is one stuff segment, VOID = the ignore label.
+
+Paper Sec. 4, "Evaluation metrics" (PQ^St: all classes treated as stuff).
 
 Reimplements MaskFormer's ``tools/evaluate_pq_for_semantic_segmentation.py`` protocol (commit e0996f9):
 per image the GT segments are the classes present in the GT label map (id = category = class), the
 predicted segments the classes present in the prediction, all categories are stuff (isthing 0), and
-panopticapi's matching rules (``metrics.panoptic.match_segments``) are applied with VOID = ignore label.
-"All" and "Stuff" are therefore identical. Predicted values outside 0..K-1 (e.g. the ignore label
-written for ``general_semantic`` VOID pixels) are "no prediction": they belong to no predicted segment.
+panopticapi's matching rules are applied with VOID = ignore label through ``metrics.panoptic.match_segments``
+(the one copy of the rules, shared with pq_compute's numpy engine and PanopticEvaluator; the tests hold
+it to hotcoco with each class written as one stuff segment). "All" and "Stuff" are therefore identical.
+Predicted values outside 0..K-1 (e.g. the ignore label written for ``general_semantic`` VOID pixels)
+are "no prediction": they belong to no predicted segment.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from maskformer_core.errors import DataError
 from maskformer_core.metrics.panoptic import PQStats, match_segments, pq_summary
 from maskformer_core.metrics.semantic import dense_label_pair
 
@@ -27,7 +30,7 @@ class PQStuffEvaluator:
         self.reset()
 
     def reset(self) -> None:
-        self.stats = PQStats()
+        self.stats = PQStats(self.categories)  # dense category position = class id
 
     def process(self, pred, gt) -> None:
         k = self.num_classes
@@ -41,18 +44,14 @@ class PQStuffEvaluator:
         g, p = len(gt_present), len(pred_present)
         hist = np.zeros((g + 2, p + 2), dtype=np.int64)
         hist[: g + 1, : p + 1] = full[np.ix_(rows, cols)]
-        gt_ids = gt_present.tolist()
-        pred_ids = pred_present.tolist()
-        local = PQStats()
-        match_segments(hist, gt_ids, gt_ids, [False] * g, full[gt_present].sum(axis=1), pred_ids, pred_ids,
-                       full[:, pred_present].sum(axis=0), local)
-        self.stats += local
+        match_segments(hist, gt_present, np.zeros(g, dtype=bool), full[gt_present].sum(axis=1), pred_present,
+                       full[:, pred_present].sum(axis=0), self.stats)
 
     def merge(self, other: "PQStuffEvaluator") -> None:
         self.stats += other.stats
 
     def results(self) -> dict:
-        return self.stats.results(self.categories)
+        return self.stats.results()
 
     def evaluate(self) -> dict[str, float]:
         s = pq_summary(self.results())

@@ -1,8 +1,9 @@
 """`python -m pipeline evaluate-panoptic|evaluate-semantic`: metrics of prediction files against GT files.
 
 evaluate-panoptic: COCO panoptic format (JSON + PNG folders, id = R + 256 G + 256^2 B), PQ/SQ/RQ via
-``maskformer_core.metrics.pq_compute``. evaluate-semantic: folders of label-map PNGs (or 16-bit TIFF
-for ADE20K-Full) matched by file stem; mIoU / fwIoU / mACC / pACC (2021 formula) and optionally PQ^St.
+``maskformer_core.metrics.pq_compute`` (JSON checks, then the PNG work in hotcoco, or with --engine numpy
+in maskformer_core). evaluate-semantic: folders of label-map PNGs (or 16-bit TIFF for ADE20K-Full)
+matched by file stem; mIoU / fwIoU / mACC / pACC (2021 formula) and optionally PQ^St.
 Both print a table and, with --out, write the metrics as JSON atomically (temp file + rename).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from maskformer_core.metrics import PQStuffEvaluator, SemSegEvaluator, pq_compute, pq_summary
-from maskformer_core.metrics.panoptic import default_num_workers
+from maskformer_core.metrics.panoptic import ENGINES, default_num_workers
 from pipeline.errors import UserError
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
@@ -31,7 +32,10 @@ def register(subparsers) -> None:
     pan.add_argument("--gt-folder", required=True, help="folder of ground-truth panoptic PNGs")
     pan.add_argument("--pred-json", required=True, help="prediction panoptic JSON")
     pan.add_argument("--pred-folder", required=True, help="folder of prediction panoptic PNGs")
-    pan.add_argument("--workers", type=int, default=None, help="processes (default: the usable cores)")
+    pan.add_argument("--engine", choices=ENGINES, default="hotcoco",
+                     help="hotcoco (default: Rust, one thread per core, RAYON_NUM_THREADS limits it) or numpy "
+                          "(this project's PNG reader and rules on --workers processes); same numbers")
+    pan.add_argument("--workers", type=int, default=None, help="processes of --engine numpy (default: the usable cores)")
     pan.add_argument("--out", help="write the metrics here as JSON")
     pan.set_defaults(func=run_panoptic)
 
@@ -84,7 +88,8 @@ def run_panoptic(args) -> int:
     _require(args.gt_folder, "dir", "--gt-folder")
     _require(args.pred_folder, "dir", "--pred-folder")
     _check_out(args.out)
-    results = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, num_workers=args.workers)
+    results = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, num_workers=args.workers,
+                         engine=args.engine)
     print(f"{'':10s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s} {'N':>5s}")
     print("-" * 38)
     for name in ("All", "Things", "Stuff"):
