@@ -49,10 +49,17 @@ def _load_pt(path: Path) -> dict[str, Any]:
 
 
 def _normalise(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Arch keys with build_model's defaults filled (enc_layers, swin_window)."""
+    """Arch keys with build_model's own defaults filled (its signature; enc_layers, swin_window per backbone)."""
+    import inspect
+
+    from maskformer_core.models import build_model
     from maskformer_core.models.backbones.swin import SWIN_CONFIGS
 
-    out = {k: kwargs.get(k) for k in ARCH_KEYS}
+    defaults = {n: p.default for n, p in inspect.signature(build_model).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    out = {k: kwargs.get(k, defaults.get(k)) for k in ARCH_KEYS}
+    if out["num_queries"] is None:
+        out["num_queries"] = 100  # build_model's default for maskformer (A.0)
     if out["enc_layers"] is None:
         out["enc_layers"] = 6 if out["pixel_decoder"] == "transformer_encoder" else 0
     if out["swin_window"] is None and out["backbone"] in SWIN_CONFIGS:
