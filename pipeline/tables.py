@@ -39,7 +39,15 @@ SMOKE_NOTE = "smoke scale: synthetic data, small models — not comparable to th
 # whole millions; FLOPs depend on the counting convention (FACTS H.3: all vs last-layer mask einsums).
 STATS_TOLERANCE = {"params (M)": 0.01, "GFLOPs": 0.06}
 PAPER_FPS_DEVICE = "V100"  # FACTS E.4: one V100, batch 1
-COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source"]
+COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source",
+           "provenance"]
+TRAINED = "trained here"
+
+
+def _provenance(cell_metrics: list[dict[str, Any]]) -> str:
+    """"released checkpoint, evaluated here" (metrics.json `provenance`, `zoo` profile) or "trained here"."""
+    found = {str(m.get("provenance", TRAINED)) for m in cell_metrics if m}
+    return "; ".join(sorted(found))
 
 
 def load_paper_numbers(path: str | os.PathLike = PAPER_NUMBERS) -> list[dict[str, str]]:
@@ -150,6 +158,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
         line = {
             "row": p["row"], "metric": p["metric"], "paper": value, "paper_std": pstd, "ours": None,
             "ours_std": None, "seeds": 0, "delta": None, "mark": "", "status": "", "reason": "", "source": p["source"],
+            "provenance": "",
         }
         seen.add((p["row"], p["metric"]))
         if p["status"] == "cited":
@@ -172,7 +181,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                     if isinstance(m.get(metric_key), (int, float)):
                         values.append(float(m[metric_key]))
                 status, reason = _cell_status(grid, r.eval_ids)
-                line.update(status=status, reason=reason, seeds=len(values))
+                line.update(status=status, reason=reason, seeds=len(values), provenance=_provenance(cell_metrics))
                 devices = _fps_devices(cell_metrics) if _base_metric(p["metric"]) == "fps" else []
                 if values:
                     ours = statistics.median(values)
@@ -206,7 +215,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                               "ours": round(statistics.median(values), 2) if values else None,
                               "ours_std": round(statistics.stdev(values), 2) if len(values) > 1 else None,
                               "seeds": len(values), "delta": None, "mark": "", "status": status, "reason": reason,
-                              "source": "grid only"})
+                              "source": "grid only", "provenance": _provenance(cell_metrics)})
     return pd.DataFrame(lines, columns=COLUMNS)
 
 
@@ -217,6 +226,8 @@ def caption(params: Params, grid: Grid, table: str) -> str:
     text = f"{table}: {title} | profile {grid.profile} | seeds {seeds} | git {git_commit()}"
     if prof.synthetic:
         text += f" | {SMOKE_NOTE}"
+    if prof.released:
+        text += " | released checkpoints, evaluated here (not trained)"
     return text
 
 

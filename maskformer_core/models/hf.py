@@ -179,7 +179,9 @@ def build_kwargs_to_hf_config(kwargs: Mapping[str, Any], id2label: Mapping[int, 
     return {"model_type": "maskformer", "architectures": ["MaskFormerForInstanceSegmentation"],
             "id2label": {str(i): labels[i] for i in range(k)}, "label2id": {labels[i]: i for i in range(k)},
             "fpn_feature_size": int(kwargs.get("conv_dim", 256)), "mask_feature_size": int(kwargs.get("mask_dim", 256)),
-            "no_object_weight": 0.1, "use_auxiliary_loss": bool(kwargs.get("deep_supervision", True)),
+            # use_auxiliary_loss False as in HF's converted facebook/maskformer-* configs: with True, HF's
+            # forward needs output_hidden_states=True (transformers 5.24 fails without it); inference ignores it
+            "no_object_weight": 0.1, "use_auxiliary_loss": False,
             "backbone_config": bb, "decoder_config": dec}
 
 
