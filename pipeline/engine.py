@@ -494,7 +494,12 @@ def run_cell(config: RunConfig, *, hooks: Iterable[Callable[[int], None]] = (), 
     - `hooks`: callables `hook(iteration)` run after every iteration (tests, progress).
     """
     if config.model.weights is not None:  # evaluation-only cell: a released checkpoint (the `zoo` profile)
-        return evaluate_cell(config, checkpoint=config.model.weights)
+        try:
+            return evaluate_cell(config, checkpoint=config.model.weights)
+        except CheckpointError as exc:  # file missing / corrupt / of another model: the cell's failure marker
+            Path(config.run.output_dir).mkdir(parents=True, exist_ok=True)
+            write_status(Path(config.run.output_dir), "failed", reason=str(exc))
+            raise
     env = dist_utils.detect()
     if env.world_size == 1 and config.run.num_gpus > 1:
         check_data(config, validate=("train", "val"))  # bad data is reported before any process is launched

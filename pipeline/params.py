@@ -142,6 +142,7 @@ class ProfileRun(BaseModel):
     log_period: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] | None = None
     threads: int | None = Field(None, ge=1)
+    tracking: bool | None = None  # MLflow on/off for every cell (None: the run config's default, on)
 
 
 class Profile(BaseModel):

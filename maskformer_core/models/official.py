@@ -75,12 +75,16 @@ def infer_official_kwargs(sd: Mapping[str, torch.Tensor], source: str = "checkpo
         deep = "backbone.stem.conv3.weight" in sd
         blocks = _count(sd, r"backbone\.res4\.(\d+)\.")
         bottleneck = "backbone.res2.0.conv3.weight" in sd
-        if not bottleneck:
-            raise CheckpointError(f"{source}: ResNet without bottleneck blocks (the smoke ResNet has no released checkpoints)")
-        kwargs["backbone"] = {(False, 6): "R50", (False, 23): "R101", (True, 23): "R101c"}.get((deep, blocks))
+        if not bottleneck and "backbone.stem.conv1.norm.running_mean" not in sd:
+            # GroupNorm BasicBlocks: the smoke extra (never a paper model; CI's converted random checkpoints)
+            kwargs["backbone"] = "SmokeR18"
+        elif not bottleneck:
+            raise CheckpointError(f"{source}: ResNet with FrozenBN basic blocks is no backbone of this project")
+        else:
+            kwargs["backbone"] = {(False, 6): "R50", (False, 23): "R101", (True, 23): "R101c"}.get((deep, blocks))
         if kwargs["backbone"] is None:
             raise CheckpointError(f"{source}: ResNet with {blocks} res4 blocks and {'deep' if deep else 'basic'} stem is not R50/R101/R101c")
-        res5 = int(sd["backbone.res5.0.conv3.weight"].shape[0])
+        res5 = int(sd["backbone.res5.0.conv3.weight" if bottleneck else "backbone.res5.1.conv2.weight"].shape[0])
     else:
         raise CheckpointError(f"{source}: no backbone.patch_embed / backbone.stem weights: unknown backbone")
     # ---- pixel decoder
