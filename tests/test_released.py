@@ -185,3 +185,4 @@ def test_hf_import_refuses_weights_that_do_not_fit(tmp_path):
     save_file(sd, str(f))
     with pytest.raises(CheckpointError, match="class_predictor.bias"):
         from_hf_pretrained(tmp_path / "hf")
+
