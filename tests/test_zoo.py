@@ -111,3 +111,42 @@ def test_zoo_profile_on_twins_with_converted_random_checkpoints(tmp_path, monkey
     r101_lines = table[table.row == "MaskFormer R101"]
     assert set(r101_lines.status) == {"failed"} and all(r101["url"] in r for r in r101_lines.reason)
     assert "released checkpoints, evaluated here" in caption(plan.params, plan.grid, "table1")
+
+
+def test_convert_and_evaluate_cli_on_every_format(tmp_path, capsys):
+    """`convert` between the formats and `evaluate --checkpoint X --dataset D` on each: same weights, same
+    metrics; an existing output is refused (exit 2, nothing overwritten)."""
+    import json
+
+    torch.set_num_threads(1)
+    synthesize("ade20k", tmp_path / "raw", num_images=6, num_classes=4, image_size=(48, 64), seed=5)
+    prepare("ade20k", tmp_path / "raw", tmp_path / "ade20k", progress=False)
+    kwargs = dict(backbone="SmokeSwin", num_classes=4, hidden_dim=64, mask_dim=64, conv_dim=64, nheads=4,
+                  dim_feedforward=128, dec_layers=2, num_queries=10)
+    torch.manual_seed(0)
+    model = build_model(**kwargs)
+    # a training checkpoint of this project (model + resolved config), as the engine writes final.pt
+    cfg = RunConfig.model_validate({"model": {k: v for k, v in kwargs.items()}, "data": {"dataset": "ade20k"}})
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "iteration": 7}, tmp_path / "final.pt")
+    assert cli_main(["convert", str(tmp_path / "final.pt"), "--to", "hf", str(tmp_path / "hf")]) == 0
+    assert cli_main(["convert", str(tmp_path / "final.pt"), "--to", "detectron2", str(tmp_path / "m.pkl")]) == 0
+    assert cli_main(["convert", "--from", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "from_hf.pt")]) == 0
+    before = (tmp_path / "from_hf.pt").read_bytes()
+    assert cli_main(["convert", "--from", "detectron2", str(tmp_path / "m.pkl"), "--out", str(tmp_path / "from_hf.pt")]) == 2
+    assert (tmp_path / "from_hf.pt").read_bytes() == before
+    assert cli_main(["convert", "--from", "hf", str(tmp_path / "m.pkl"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "is a detectron2 checkpoint, not hf" in capsys.readouterr().err
+    converted = torch.load(tmp_path / "from_hf.pt", weights_only=True)
+    assert all(torch.equal(v, converted["model"][k]) for k, v in model.state_dict().items())
+
+    results = {}
+    for name in ("from_hf.pt", "hf", "m.pkl"):
+        out = tmp_path / "runs" / name
+        argv = ["evaluate", "--checkpoint", str(tmp_path / name), "--dataset", "ade20k", "--data-root", str(tmp_path / "ade20k"),
+                "--output-dir", str(out), "--set", "run.tracking=false", "--set", "run.device=cpu",
+                "--set", "test.fps_images=0", "--set", "model.nheads=4"]  # a .pkl does not record the heads
+        assert cli_main(argv) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["provenance"] == PROVENANCE and metrics["released"]["format"] in ("converted", "hf", "detectron2")
+        results[name] = metrics["val/mIoU"]
+    assert len(set(results.values())) == 1, results
