@@ -131,9 +131,9 @@ def test_export_to_hf_round_trip(tmp_path):
         save_hf_pretrained(ours, kwargs, tmp_path / "out")
 
 
-@pytest.mark.parametrize("extra", [dict(backbone="R50", pixel_decoder="transformer_encoder", enc_layers=2,
+@pytest.mark.parametrize("extra", [dict(backbone="SmokeR18", pixel_decoder="transformer_encoder", enc_layers=2,
                                         transformer_in_feature="transformer_encoder"),
-                                   dict(backbone="SmokeSwin", swin_window=7)], ids=["R50+enc", "swin-window7"])
+                                   dict(backbone="SmokeSwin", swin_window=7)], ids=["R18+enc", "swin-window7"])
 def test_detectron2_pkl_round_trip(tmp_path, extra):
     """Our model written under the official key names as a detectron2 .pkl, read back through the restricted
     unpickler: same options (inferred from the shapes) and bit-identical outputs."""
@@ -186,3 +186,27 @@ def test_hf_import_refuses_weights_that_do_not_fit(tmp_path):
     with pytest.raises(CheckpointError, match="class_predictor.bias"):
         from_hf_pretrained(tmp_path / "hf")
 
+
+
+def test_hf_import_reads_pytorch_model_bin(tmp_path):
+    """Older HF folders hold pytorch_model.bin instead of model.safetensors: read with weights_only."""
+    from safetensors.torch import load_file
+
+    hf_model = _hf_model("SmokeSwin")
+    hf_model.save_pretrained(tmp_path / "hf")
+    st = tmp_path / "hf" / "model.safetensors"
+    torch.save(load_file(str(st)), tmp_path / "hf" / "pytorch_model.bin")
+    st.unlink()
+    ours = from_hf_pretrained(tmp_path / "hf")
+    d_logits, d_masks = _max_diffs(hf_model, ours, torch.randn(1, 3, 64, 64))
+    assert d_logits < TOL and d_masks < TOL
+
+
+@pytest.mark.parametrize("backbone", ["R50", "R101c"])
+def test_official_options_of_paper_resnets_are_read_from_the_shapes(backbone):
+    """R50 (basic stem, 6 res4 blocks) and R101c (DeepLab stem, 23 blocks) with the "+6 Enc" decoder fed
+    by the encoder (the COCO panoptic configs, FACTS A.1 #23) and a box head (Table 5)."""
+    kwargs = dict(SMALL, num_classes=3, nheads=8, backbone=backbone, pixel_decoder="transformer_encoder", enc_layers=6,
+                  transformer_in_feature="transformer_encoder", box_head=True)
+    inferred = infer_official_kwargs(build_model(**kwargs).state_dict())
+    assert {k: inferred[k] for k in kwargs} == kwargs
