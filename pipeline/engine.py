@@ -673,11 +673,13 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
     digest = path.with_name(path.name + ".sha256")
     if digest.exists() and not ckpt.verify(path):
         raise CheckpointError(f"{path} does not match its {digest.name}: truncated or corrupt")
-    if cfg.model.weights is not None or released.is_released(path):
-        # HF folder / official .pkl / converted .pt: its model options must equal the config's
+    state = None
+    if cfg.model.weights is None and not path.is_dir() and path.suffix.lower() != ".pkl":
+        state = ckpt.load_file(path)
+    if state is None or "released" in state:
+        # HF folder / official .pkl / converted .pt / `model.weights`: its model options must equal the config's
         state = released.state_for_config(path, cfg.model.build_kwargs(meta.num_classes), cfg.run.tags)
     else:
-        state = ckpt.load_file(path)
         ckpt.check_config(state, cfg.to_dict(), path)
     env = dist_utils.DistEnv()
     device = dist_utils.select_device(cfg.run.device, env)

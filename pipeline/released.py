@@ -160,7 +160,7 @@ def missing_message(path: Path, tags: Mapping[str, str]) -> str:
     if tags.get("released_url"):
         where.append(f"download {tags['released_url']}")
     if tags.get("released_hf_id"):
-        where.append(f"or convert the HF model {tags['released_hf_id']} (huggingface-cli download "
+        where.append(f"or convert the HF model {tags['released_hf_id']} (hf download "
                      f"{tags['released_hf_id']} --local-dir DIR; python -m pipeline convert --from hf DIR --out FILE.pt) "
                      f"and point the params entry at FILE.pt")
     get = "; ".join(where) if where else "no download location is recorded for it"
@@ -204,10 +204,3 @@ def state_for_config(path: str | os.PathLike, kwargs: Mapping[str, Any], tags: M
             prov[key[len("released_"):]] = tags[key]
     return {"model": sd, "iteration": 0, "released": prov}
 
-
-def is_released(path: str | os.PathLike) -> bool:
-    """True for anything that is not a training checkpoint of this project (HF folder, .pkl, converted .pt)."""
-    path = Path(path)
-    if path.is_dir() or path.suffix.lower() == ".pkl":
-        return True
-    return path.is_file() and detect_format(path) == "converted"
