@@ -33,6 +33,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _class_names(prov: dict, num_classes: int) -> dict[int, str] | None:
+    """id2label for an HF export: the source's own (HF), else the trained dataset's class names (F) when K fits."""
+    if prov.get("id2label"):
+        return {int(k): v for k, v in prov["id2label"].items()}
+    dataset = prov.get("trained_config_dataset")
+    if dataset:
+        from maskformer_core.data import get_metadata
+
+        names = list(get_metadata(dataset).class_names)
+        if len(names) == num_classes:
+            return dict(enumerate(names))
+    return None  # class_0 .. class_{K-1}
+
+
 def run(args) -> int:
     from maskformer_core.models import build_model
     from pipeline.released import load_any, write_converted
@@ -56,8 +70,7 @@ def run(args) -> int:
         if args.to[0] == "hf":
             from maskformer_core.models.hf import save_hf_pretrained
 
-            labels = prov.get("id2label")
-            save_hf_pretrained(model, kwargs, dest, id2label={int(k): v for k, v in labels.items()} if labels else None)
+            save_hf_pretrained(model, kwargs, dest, id2label=_class_names(prov, int(kwargs["num_classes"])))
         else:
             from maskformer_core.models.official import save_official_pkl
 
