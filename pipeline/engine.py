@@ -678,7 +678,8 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
         state = ckpt.load_file(path)
     if state is None or "released" in state:
         # HF folder / official .pkl / converted .pt / `model.weights`: its model options must equal the config's
-        state = released.state_for_config(path, cfg.model.build_kwargs(meta.num_classes), cfg.run.tags)
+        state = released.state_for_config(path, cfg.model.build_kwargs(meta.num_classes), cfg.run.tags,
+                                          dataset_classes=meta.num_classes)
     else:
         ckpt.check_config(state, cfg.to_dict(), path)
     env = dist_utils.DistEnv()

@@ -184,16 +184,20 @@ def check_integrity(path: Path, tags: Mapping[str, str]) -> None:
             raise CheckpointError(f"{path}: sha256 differs from the published {sha}")
 
 
-def state_for_config(path: str | os.PathLike, kwargs: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+def state_for_config(path: str | os.PathLike, kwargs: Mapping[str, Any], tags: Mapping[str, str] | None = None,
+                     dataset_classes: int | None = None) -> dict[str, Any]:
     """A released checkpoint as `{"model": state dict, "iteration": 0, "released": provenance}` for a run
-    whose build_model kwargs are `kwargs`; CheckpointError names the options that differ, or (file
-    missing) where to get the file and where to put it."""
+    whose build_model kwargs are `kwargs` on a dataset of `dataset_classes` classes; CheckpointError names
+    the options that differ, or (file missing) where to get the file and where to put it."""
     path = Path(path)
     tags = dict(tags or {})
     if not path.exists():
         raise CheckpointError(missing_message(path, tags))
     check_integrity(path, tags)
     ck_kwargs, sd, prov = load_any(path, nheads=int(kwargs.get("nheads", 8)))
+    if dataset_classes is not None and int(ck_kwargs["num_classes"]) != int(dataset_classes):
+        raise CheckpointError(f"{path} predicts {ck_kwargs['num_classes']} classes, the dataset has {dataset_classes} "
+                              f"(a checkpoint of another dataset?)")
     a, b = _normalise(ck_kwargs), _normalise(kwargs)
     differ = [k for k in ARCH_KEYS if a[k] != b[k]]
     if differ:

@@ -150,3 +150,9 @@ def test_convert_and_evaluate_cli_on_every_format(tmp_path, capsys):
         assert metrics["provenance"] == PROVENANCE and metrics["released"]["format"] in ("converted", "hf", "detectron2")
         results[name] = metrics["val/mIoU"]
     assert len(set(results.values())) == 1, results
+    synthesize("cityscapes", tmp_path / "raw_cs", num_images=4, num_classes=3, image_size=(48, 64), seed=5)
+    prepare("cityscapes", tmp_path / "raw_cs", tmp_path / "cityscapes", progress=False)
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--checkpoint", str(tmp_path / "hf"), "--dataset", "cityscapes", "--data-root",
+                     str(tmp_path / "cityscapes"), "--output-dir", str(tmp_path / "runs" / "cs"), "--set", "run.tracking=false"]) == 2
+    assert "predicts 4 classes, the dataset has 3" in capsys.readouterr().err
