@@ -39,15 +39,7 @@ SMOKE_NOTE = "smoke scale: synthetic data, small models — not comparable to th
 # whole millions; FLOPs depend on the counting convention (FACTS H.3: all vs last-layer mask einsums).
 STATS_TOLERANCE = {"params (M)": 0.01, "GFLOPs": 0.06}
 PAPER_FPS_DEVICE = "V100"  # FACTS E.4: one V100, batch 1
-COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source",
-           "provenance"]
-TRAINED = "trained here"
-
-
-def _provenance(cell_metrics: list[dict[str, Any]]) -> str:
-    """"released checkpoint, evaluated here" (metrics.json `provenance`, `zoo` profile) or "trained here"."""
-    found = {str(m.get("provenance", TRAINED)) for m in cell_metrics if m}
-    return "; ".join(sorted(found))
+COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source"]
 
 
 def load_paper_numbers(path: str | os.PathLike = PAPER_NUMBERS) -> list[dict[str, str]]:
@@ -136,6 +128,17 @@ def _fps_devices(metrics: list[dict[str, Any]]) -> list[str]:
             proto = m.get("perf/fps_protocol")
             out.append(str(proto.get("device", "unknown")) if isinstance(proto, dict) else "unknown")
     return list(dict.fromkeys(out))
+
+
+# Where a row's numbers come from: "trained here", or "released checkpoint, evaluated here" (metrics.json
+# `provenance`, written for the `zoo` profile's released checkpoints; pipeline/released.py).
+COLUMNS = [*COLUMNS, "provenance"]
+TRAINED = "trained here"
+
+
+def _provenance(cell_metrics: list[dict[str, Any]]) -> str:
+    found = {str(m.get("provenance", TRAINED)) for m in cell_metrics if m}
+    return "; ".join(sorted(found))
 
 
 def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, str]],
