@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "pipeline.commands.data",
     "pipeline.commands.train",
     "pipeline.commands.evaluate",
+    "pipeline.commands.convert",
     "pipeline.commands.grid",
     "pipeline.commands.study",
     "pipeline.commands.tables",

@@ -58,10 +58,13 @@ class ModelConfig(BaseModel):
     drop_path: float | None = None  # B.2: 0.3 for Swin
     size_divisibility: int | None = None  # B.1: None -> 32 (MASK_FORMER.SIZE_DIVISIBILITY); 0 for COCO panoptic
     enforce_input_proj: bool = False  # A.0 ENFORCE_INPUT_PROJ (True in the COCO Swin configs)
+    # Evaluation-only cell: the full-model weights to evaluate instead of training (a released checkpoint:
+    # HF folder, official .pkl or a `convert`ed .pt; pipeline/released.py). None: train.
+    weights: str | None = None
 
     def build_kwargs(self, num_classes: int) -> dict[str, Any]:
         """The kwargs for `build_model`, with K filled in and unset per-backbone options left out."""
-        kwargs = self.model_dump()
+        kwargs = self.model_dump(exclude={"weights"})
         kwargs["num_classes"] = self.num_classes if self.num_classes is not None else num_classes
         if kwargs["num_queries"] is None:
             kwargs["num_queries"] = kwargs["num_classes"]

@@ -35,6 +35,7 @@ from torch import nn
 from maskformer_core.errors import CheckpointError, DataError
 from pipeline import checkpoint as ckpt
 from pipeline import distributed as dist_utils
+from pipeline import released
 from pipeline.config import RunConfig, atomic_write_text, dump_config, resolve_defaults
 from pipeline.errors import TrainingDiverged, UserError
 from pipeline.tracking import Tracker, resolve_tracking_uri
@@ -533,6 +534,13 @@ def run_cell(config: RunConfig, *, hooks: Iterable[Callable[[int], None]] = (), 
       continue; CLI exit code 75). MLflow is always closed with FINISHED / FAILED / KILLED.
     - `hooks`: callables `hook(iteration)` run after every iteration (tests, progress).
     """
+    if config.model.weights is not None:  # evaluation-only cell: a released checkpoint (the `zoo` profile)
+        try:
+            return evaluate_cell(config, checkpoint=config.model.weights)
+        except CheckpointError as exc:  # file missing / corrupt / of another model: the cell's failure marker
+            Path(config.run.output_dir).mkdir(parents=True, exist_ok=True)
+            write_status(Path(config.run.output_dir), "failed", reason=str(exc))
+            raise
     env = dist_utils.detect()
     if env.world_size == 1 and config.run.num_gpus > 1:
         check_data(config, validate=("train", "val"))  # bad data is reported before any process is launched
@@ -708,8 +716,15 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
     digest = path.with_name(path.name + ".sha256")
     if digest.exists() and not ckpt.verify(path):
         raise CheckpointError(f"{path} does not match its {digest.name}: truncated or corrupt")
-    state = ckpt.load_file(path)
-    ckpt.check_config(state, cfg.to_dict(), path)
+    state = None
+    if cfg.model.weights is None and not path.is_dir() and path.suffix.lower() != ".pkl":
+        state = ckpt.load_file(path)
+    if state is None or "released" in state:
+        # HF folder / official .pkl / converted .pt / `model.weights`: its model options must equal the config's
+        state = released.state_for_config(path, cfg.model.build_kwargs(meta.num_classes), cfg.run.tags,
+                                          dataset_classes=meta.num_classes)
+    else:
+        ckpt.check_config(state, cfg.to_dict(), path)
     env = dist_utils.DistEnv()
     device = dist_utils.select_device(cfg.run.device, env)
     configure_determinism(cfg, device)
@@ -736,6 +751,9 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
             write_status(output_dir, "running", mlflow_run_id=run_id, **info)
         metrics = evaluate(model, cfg, meta, device, tta=tta, records=val_records)
         metrics["train/iterations"] = int(state.get("iteration", 0))
+        if "released" in state:  # tables mark these rows apart from trained ones
+            metrics["provenance"] = released.PROVENANCE
+            metrics["released"] = state["released"]
         write_json_atomic(out_path, metrics)
         tracker.log_final(metrics, int(state.get("iteration", 0)))
         tracker.log_artifacts([out_path] + ([output_dir / CONFIG_FILE] if own_folder else []))

@@ -491,19 +491,42 @@ def expand(
         grid = params.grid[table]
         for i, cell in enumerate(grid.cells):
             where = _path(table, i)
+            entry = next((r for r in params.released if r.fits(table, cell)), None)
+            if prof.released and entry is None:
+                continue  # evaluation-only profile: rows without a released checkpoint are not in it
             if cell.dataset not in versions:
                 versions[cell.dataset] = data_version(data_root(prof, cell.dataset))
             n = cell.seeds or prof.num_seeds(cell.dataset)
             ids = []
             for seed in range(n):
                 tcfg, ecfg, tid, eid = resolve_cell(params, profile, cell, seed, where=where, data_versions=versions)
+                if prof.released:
+                    tcfg, tid = released_unit(params, prof, entry, ecfg, eid)
+                    eid = tid
                 if tid not in train:
-                    train[tid] = TrainUnit(tid, tcfg, estimate_gpu_hours(params, tcfg, cell.backbone))
+                    hours = params.time_model.eval_hours if prof.released else estimate_gpu_hours(params, tcfg, cell.backbone)
+                    train[tid] = TrainUnit(tid, tcfg, hours)
                 if eid not in evals:
                     evals[eid] = EvalUnit(eid, tid, tcfg if eid == tid else ecfg)
                 ids.append(eid)
             rows.append(GridRow(table, i, cell.row, dict(cell.columns or grid.columns), cell, ids))
     return Grid(profile, rows, train, evals)
+
+
+def released_unit(params: Params, prof: Profile, entry: Any, ecfg: dict[str, Any], eid: str) -> tuple[dict[str, Any], str]:
+    """An evaluation-only unit of a `released` profile: the cell's evaluation config with `model.weights`
+    = <checkpoint_root>/<file> (no backbone pretraining: the released file holds every weight) and the
+    file's sources as run tags (the offline message and the tables read them). Its id adds the entry's
+    digest, so pointing the entry at another file re-runs the cell."""
+    cfg = json.loads(json.dumps(ecfg))
+    cfg["model"]["weights"] = str(Path(prof.checkpoint_root) / entry.file)
+    cfg["model"]["pretrained"] = None
+    tags = {f"released_{k}": str(v) for k, v in entry.model_dump().items()
+            if k in ("url", "hf_id", "md5_prefix", "sha256", "config", "file") and v is not None}
+    uid = f"{eid}-rel{_digest(entry.model_dump(), 6)}"
+    cfg["run"].update(output_dir=str(Path(cfg["run"]["output_dir"]).with_name(uid)), run_name=uid,
+                      eval_period=0, tags=dict(cfg["run"]["tags"], cell_id=uid, train_id=uid, **tags))
+    return cfg, uid
 
 
 def find_cell(grid: Grid, cell_id: str) -> TrainUnit | EvalUnit:

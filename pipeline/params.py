@@ -163,6 +163,7 @@ class ProfileRun(BaseModel):
     log_period: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] | None = None
     threads: int | None = Field(None, ge=1)
+    tracking: bool | None = None  # MLflow on/off for every cell (None: the run config's default, on)
 
 
 class Profile(BaseModel):
@@ -179,6 +180,10 @@ class Profile(BaseModel):
     run: ProfileRun = Field(default_factory=ProfileRun)
     executor: Literal["local", "slurm"] = "local"
     max_concurrent: int = Field(2, ge=1, le=1024)
+    # Evaluation-only profile (`zoo`): only cells with a `released:` checkpoint, each evaluated from
+    # <checkpoint_root>/<file> instead of trained (pipeline/released.py).
+    released: bool = False
+    checkpoint_root: str = "checkpoints/released"
 
     @field_validator("seeds")
     @classmethod
@@ -299,6 +304,44 @@ class Cell(BaseModel):
         return v
 
 
+class ReleasedCheckpoint(BaseModel):
+    """One released MaskFormer checkpoint (facebookresearch/MaskFormer MODEL_ZOO.md) and the grid cells it
+    fills: cells with the same dataset, backbone, pixel decoder and pretraining (None: the official one)."""
+
+    model_config = _STRICT
+    dataset: str
+    backbone: str
+    pixel_decoder: Literal["base", "+6Enc"] = "base"
+    pretrain: Literal["in1k", "in22k"] | None = None
+    tables: list[str] = Field(min_length=1)  # the tables whose rows it fills
+    file: str  # local name under the profile's checkpoint_root (a .pkl, an HF folder or a converted .pt)
+    config: str  # the official config file it was trained with
+    url: str | None = None  # download location (MODEL_ZOO.md)
+    hf_id: str | None = None  # the same weights converted by HF (facebook/maskformer-*)
+    md5_prefix: str | None = Field(None, pattern=r"^[0-9a-f]{6,32}$")  # MODEL_ZOO.md: the file name carries it
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # not published for MaskFormer's files
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return Cell._dataset(v)
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        if v not in PAPER_BACKBONES:
+            raise ValueError(f"unknown paper backbone {v!r}; expected one of {', '.join(PAPER_BACKBONES)}")
+        return v
+
+    def fits(self, table: str, cell: "Cell") -> bool:
+        """The cell is a row of one of `tables` with the released model: its dataset, backbone, pixel decoder
+        and pretraining, and the official decoder (Q 100, 6 layers, self-attention, bipartite, no box head; A.0)."""
+        official = (cell.model == "maskformer" and cell.queries in (None, 100) and cell.dec_layers == 6
+                    and cell.self_attention and cell.matching in (None, "bipartite") and not cell.box_head)
+        return (table in self.tables and official and cell.dataset == self.dataset and cell.backbone == self.backbone
+                and cell.pixel_decoder == self.pixel_decoder and cell.pretrain == self.pretrain)
+
+
 class TableGrid(BaseModel):
     model_config = _STRICT
     title: str
@@ -321,6 +364,18 @@ class Params(BaseModel):
     time_model: TimeModel
     tables: TablesParams = Field(default_factory=TablesParams)
     grid: dict[str, TableGrid] = Field(min_length=1)
+    released: list[ReleasedCheckpoint] = Field(default_factory=list)  # evaluated by `released` profiles (zoo)
+
+    @field_validator("released")
+    @classmethod
+    def _unique_released(cls, v: list[ReleasedCheckpoint]) -> list[ReleasedCheckpoint]:
+        seen: dict[tuple, int] = {}
+        for i, r in enumerate(v):
+            key = (r.dataset, r.backbone, r.pixel_decoder, r.pretrain)
+            if key in seen:
+                raise ValueError(f"entries {seen[key]} and {i} are both for {key}: one checkpoint per cell")
+            seen[key] = i
+        return v
 
     @field_validator("recipes", "input_overrides")
     @classmethod

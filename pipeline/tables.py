@@ -152,6 +152,17 @@ def _fps_devices(metrics: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+# Where a row's numbers come from: "trained here", or "released checkpoint, evaluated here" (metrics.json
+# `provenance`, written for the `zoo` profile's released checkpoints; pipeline/released.py).
+COLUMNS = [*COLUMNS, "provenance"]
+TRAINED = "trained here"
+
+
+def _provenance(cell_metrics: list[dict[str, Any]]) -> str:
+    found = {str(m.get("provenance", TRAINED)) for m in cell_metrics if m}
+    return "; ".join(sorted(found))
+
+
 def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, str]],
                 model_stats: dict | None = None) -> pd.DataFrame:
     """One table as a long DataFrame (one line per paper number and metric), in COLUMNS order.
@@ -172,6 +183,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
         line = {
             "row": p["row"], "metric": p["metric"], "paper": value, "paper_std": pstd, "ours": None,
             "ours_std": None, "seeds": 0, "delta": None, "mark": "", "status": "", "reason": "", "source": p["source"],
+            "provenance": "",
         }
         seen.add((p["row"], p["metric"]))
         if p["status"] == "cited":
@@ -194,7 +206,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                     if isinstance(m.get(metric_key), (int, float)):
                         values.append(float(m[metric_key]))
                 status, reason = _cell_status(grid, r.eval_ids)
-                line.update(status=status, reason=reason, seeds=len(values))
+                line.update(status=status, reason=reason, seeds=len(values), provenance=_provenance(cell_metrics))
                 devices = _fps_devices(cell_metrics) if _base_metric(p["metric"]) == "fps" else []
                 mem_mismatch = _memory_protocol_mismatch(cell_metrics) if metric_key == MEM_METRIC else ""
                 if values:
@@ -234,7 +246,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                               "ours": round(statistics.median(values), 2) if values else None,
                               "ours_std": round(statistics.stdev(values), 2) if len(values) > 1 else None,
                               "seeds": len(values), "delta": None, "mark": "", "status": status, "reason": reason,
-                              "source": "grid only"})
+                              "source": "grid only", "provenance": _provenance(cell_metrics)})
     return pd.DataFrame(lines, columns=COLUMNS)
 
 
@@ -245,6 +257,8 @@ def caption(params: Params, grid: Grid, table: str) -> str:
     text = f"{table}: {title} | profile {grid.profile} | seeds {seeds} | git {git_commit()}"
     if prof.synthetic:
         text += f" | {SMOKE_NOTE}"
+    if prof.released:
+        text += " | released checkpoints, evaluated here (not trained)"
     return text
 
 

@@ -34,8 +34,12 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(unit.config, sort_keys=False), end="")
         return 0
     grid = expand(params, args.profile, args.table)
-    print(f"profile {grid.profile}: {len(grid.rows)} table cells -> {len(grid.train)} training runs "
-          f"+ {sum(e.is_variant for e in grid.evals.values())} evaluation-only variants")
+    if params.profiles[grid.profile].released:  # `zoo`: every unit evaluates a released checkpoint
+        print(f"profile {grid.profile}: {len(grid.rows)} table cells -> {len(grid.train)} evaluations of "
+              f"released checkpoints (no training; files under {params.profiles[grid.profile].checkpoint_root})")
+    else:
+        print(f"profile {grid.profile}: {len(grid.rows)} table cells -> {len(grid.train)} training runs "
+              f"+ {sum(e.is_variant for e in grid.evals.values())} evaluation-only variants")
     print(f"{'table':<10} {'row':<34} {'seeds':>5} {'status':<8} {'GPU-h':>8}  cell")
     for row in grid.rows:
         first = grid.evals[row.eval_ids[0]]

@@ -11,11 +11,14 @@ from pipeline.errors import UserError
 EXIT_PREEMPTED = 75  # mirrors pipeline.engine.EXIT_PREEMPTED (kept import-light for `--help`)
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
+def add_config_args(p: argparse.ArgumentParser, dataset_source: bool = False) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="resolved run config YAML (sections model/loss/data/solver/test/run)")
     src.add_argument("--experiment", metavar="CELL_ID",
                      help="a grid cell id (or unique prefix) from params.yaml, see `python -m pipeline grid list`")
+    if dataset_source:
+        src.add_argument("--dataset", help="evaluate --checkpoint (HF folder, detectron2 .pkl or converted .pt) on this "
+                                           "dataset; the model options come from the checkpoint")
     p.add_argument("--profile", help="params.yaml profile for --experiment (default: study.profile)")
     p.add_argument("--params", default="params.yaml", help="params file for --experiment (default params.yaml)")
     p.add_argument("--output-dir", help="override run.output_dir")
@@ -43,14 +46,20 @@ def resolve_experiment(name: str, profile: str | None, params_path: str) -> dict
 
 
 def config_from_args(args) -> RunConfig:
-    import yaml
-
     if args.config:
         raw = load_config(args.config).to_dict()
         source = args.config
     else:
         raw = resolve_experiment(args.experiment, args.profile, args.params)
         source = f"cell {args.experiment}"
+    apply_overrides(raw, args)
+    return parse_config(raw, source=source)
+
+
+def apply_overrides(raw: dict, args) -> None:
+    """`--set SECTION.KEY=VALUE` (YAML-parsed) and `--output-dir` applied to a raw config dict in place."""
+    import yaml
+
     for item in args.set:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise UserError(f"--set {item!r}: expected SECTION.KEY=VALUE")
@@ -64,7 +73,6 @@ def config_from_args(args) -> RunConfig:
         node[leaf] = yaml.safe_load(value)
     if args.output_dir:
         raw.setdefault("run", {})["output_dir"] = args.output_dir
-    return parse_config(raw, source=source)
 
 
 def run(args) -> int:
