@@ -4,6 +4,9 @@
 config, the engine's run-folder contract) preceded by a pause of FAULT_CELL_SLEEP seconds, so a
 `dvc repro` can be interrupted while cells are in flight. Every call appends the cell's folder name
 to the file named by FAULT_CALLS_LOG, so a test can count how often each cell really ran.
+
+A cell whose folder name contains FAULT_BLOCK waits until the file FAULT_RELEASE exists (at most
+BLOCK_LIMIT_S, then it fails): a test can then interrupt a study that provably has an unfinished cell.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from pathlib import Path
 
 from tests.study_cells import config_cell
 
+BLOCK_LIMIT_S = 600.0
+
 
 def slow_cell(config) -> dict:
     log = os.environ.get("FAULT_CALLS_LOG")
@@ -22,4 +27,12 @@ def slow_cell(config) -> dict:
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.write(Path(config.run.output_dir).name + "\n")
     time.sleep(float(os.environ.get("FAULT_CELL_SLEEP", "0")))
+    block = os.environ.get("FAULT_BLOCK")
+    if block and block in Path(config.run.output_dir).name:
+        release = Path(os.environ["FAULT_RELEASE"])
+        deadline = time.monotonic() + BLOCK_LIMIT_S
+        while not release.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"blocked cell never released ({release} missing after {BLOCK_LIMIT_S} s)")
+            time.sleep(0.1)
     return config_cell(config)
