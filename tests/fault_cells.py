@@ -7,11 +7,15 @@ to the file named by FAULT_CALLS_LOG, so a test can count how often each cell re
 
 A cell whose folder name contains FAULT_BLOCK waits until the file FAULT_RELEASE exists (at most
 BLOCK_LIMIT_S, then it fails): a test can then interrupt a study that provably has an unfinished cell.
+While it waits it stops on SIGTERM as the engine does (status `interrupted`, an exception ends the job;
+submitit's own handler only logs SIGTERM).
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -30,6 +34,14 @@ def slow_cell(config) -> dict:
     block = os.environ.get("FAULT_BLOCK")
     if block and block in Path(config.run.output_dir).name:
         release = Path(os.environ["FAULT_RELEASE"])
+        out = Path(config.run.output_dir)
+
+        def stop(signum, frame):
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "status.json").write_text(json.dumps({"status": "interrupted", "reason": "SIGTERM while blocked"}))
+            raise RuntimeError("blocked cell stopped by SIGTERM")
+
+        signal.signal(signal.SIGTERM, stop)
         deadline = time.monotonic() + BLOCK_LIMIT_S
         while not release.exists():
             if time.monotonic() > deadline:
