@@ -222,8 +222,9 @@ def apply(mutant: Mutant, root: Path) -> str | None:
 
 def run_tests(root: Path, selection: tuple[str, ...]) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=str(root), TQDM_DISABLE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    # --basetemp inside the copy: pytest's rotation of /tmp/pytest-of-<user> must not touch other sessions.
     cmd = [sys.executable, "-m", "pytest", *selection, "-x", "-q", "-rf", "-p", "no:cacheprovider",
-           "-m", "not services and not browser"]
+           "-m", "not services and not browser", f"--basetemp={root / '.pytest-tmp'}"]
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=TEST_TIMEOUT_S)
     except subprocess.TimeoutExpired:
