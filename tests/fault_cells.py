@@ -25,23 +25,25 @@ BLOCK_LIMIT_S = 600.0
 
 
 def slow_cell(config) -> dict:
-    log = os.environ.get("FAULT_CALLS_LOG")
-    if log:
-        with open(log, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            fh.write(Path(config.run.output_dir).name + "\n")
-    time.sleep(float(os.environ.get("FAULT_CELL_SLEEP", "0")))
+    out = Path(config.run.output_dir)
     block = os.environ.get("FAULT_BLOCK")
-    if block and block in Path(config.run.output_dir).name:
-        release = Path(os.environ["FAULT_RELEASE"])
-        out = Path(config.run.output_dir)
-
+    blocked = bool(block) and block in out.name
+    if blocked:
+        # Installed before the call is logged: a test that sees the call may stop the cell at once.
         def stop(signum, frame):
             out.mkdir(parents=True, exist_ok=True)
             (out / "status.json").write_text(json.dumps({"status": "interrupted", "reason": "SIGTERM while blocked"}))
             raise RuntimeError("blocked cell stopped by SIGTERM")
 
         signal.signal(signal.SIGTERM, stop)
+    log = os.environ.get("FAULT_CALLS_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write(out.name + "\n")
+    time.sleep(float(os.environ.get("FAULT_CELL_SLEEP", "0")))
+    if blocked:
+        release = Path(os.environ["FAULT_RELEASE"])
         deadline = time.monotonic() + BLOCK_LIMIT_S
         while not release.exists():
             if time.monotonic() > deadline:
