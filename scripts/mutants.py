@@ -123,9 +123,9 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_criterion.py",),
            "no-object weight ignored"),
     Mutant("criterion-dice-no-smoothing", "maskformer_core/criterion.py",
-           "return 1 - (numerator + 1) / (denominator + 1)", "return 1 - numerator / denominator",
+           "numerator = 2 * s.mul_(tf).sum(1) + 1", "numerator = 2 * s.mul_(tf).sum(1)",
            ("tests/test_criterion.py",),
-           "dice loss without +1 smoothing"),
+           "dice loss (the fused training path) without +1 smoothing in the numerator"),
     Mutant("criterion-giou-not-normalised", "maskformer_core/criterion.py",
            '"loss_giou": (1 - giou).sum() / num_masks}', '"loss_giou": (1 - giou).sum()}',
            (f"{REF}::test_box_losses_by_hand",),
@@ -187,7 +187,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "finished cells run again"),
     Mutant("study-done-without-metrics", "pipeline/study.py",
            "if state == \"done\" and not (run_dir / METRICS_FILE).is_file():", "if False:",
-           ("tests/test_status.py", "tests/test_study.py"),
+           ("tests/test_study.py::test_done_status_without_metrics_is_run_again",),
            "a done status without metrics.json counts as done"),
 )
 

@@ -61,6 +61,21 @@ def test_unchanged_cells_are_skipped_and_changed_cells_rerun(tmp_path):
         "semantic ADE20K": {"mIoU": 40.0, "PQSt": 20.0}}}
 
 
+def test_done_status_without_metrics_is_run_again(tmp_path):
+    """A folder whose status.json says done but has no metrics.json (a crash between the two writes) is
+    not a result: that cell runs again, the others are skipped."""
+    params_path = write_params(tmp_path)
+    first = _run_all(plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=tmp_path / "reports"))
+    assert all(o["status"] == "done" for o in first.values())
+    plan = plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=tmp_path / "reports")
+    broken = plan.train_ids()[0]
+    run_dir = Path(plan.grid.train[broken].run_dir)
+    (run_dir / "metrics.json").unlink()
+    again = _run_all(plan)
+    assert [uid for uid, o in again.items() if not o["skipped"]] == [broken]
+    assert _calls(run_dir) == 2 and (run_dir / "metrics.json").is_file()
+
+
 def test_variant_of_a_failed_training_is_not_run(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDY_TEST_FAIL", "ade20k-mf")
     plan = plan_study(params_path=write_params(tmp_path), cell_fn=STAND_IN, reports_dir=tmp_path / "reports")
