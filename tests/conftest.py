@@ -11,7 +11,11 @@ Fixtures
   for the test (monkeypatched, restored afterwards).
 - ``run_cli``: ``run_cli(*args, cwd=..., env=..., timeout=...)`` runs ``python -m pipeline ARGS`` in a
   subprocess and returns the ``CompletedProcess`` (text stdout/stderr).
-- ``chromium``: path of the headless Chromium binary (skip / fail like ``services``).
+- ``chromium``: path of the headless Chromium binary (skip / fail like ``services``); a test that uses it
+  is marked ``browser`` automatically.
+
+Hypothesis runs derandomised (profile ``ci``: the examples follow from the test's code, so a CI failure
+reproduces); ``HYPOTHESIS_PROFILE=explore`` draws fresh random examples locally.
 """
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO / "scripts" / "services.env"
@@ -137,7 +146,11 @@ def chromium() -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that use the live services carry the ``services`` marker (so ``-m 'not services'`` works)."""
+    """Tests that use the live services carry the ``services`` marker, Chromium tests the ``browser`` marker
+    (so ``-m 'not services and not browser'`` works)."""
     for item in items:
-        if {"services", "services_env"} & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if {"services", "services_env"} & names:
             item.add_marker(pytest.mark.services)
+        if "chromium" in names:
+            item.add_marker(pytest.mark.browser)

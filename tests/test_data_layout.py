@@ -86,6 +86,9 @@ def _dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
 def repo_copy(tmp_path: Path) -> Path:
     """The pipeline files of this repository in a fresh git + DVC repo, without data or runs."""
     if not Path(DVC).exists():
+        # dvc is a project dependency: CI (REQUIRE_SERVICES=1, scripts/test.sh) must not skip silently.
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(f"dvc not installed at {DVC} (REQUIRE_SERVICES=1)")
         pytest.skip(f"dvc not installed at {DVC}")
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -3,8 +3,8 @@
 Every test drives the real command line in subprocesses (`python -m pipeline train --config ...`) on
 a synthetic ADE20K twin with the SmokeR18 smoke model, and compares against an uninterrupted run:
 final weights, the training log (without wall-clock times) and the evaluation metrics (without
-timings) must be identical. Kill points are random; the seed is printed in every failure message
-and can be fixed with FAULT_SEED=<int>.
+timings) must be identical. Kill points are drawn from a fixed seed (FAULT_SEED, default 0, so a CI
+failure reproduces); the seed is printed in every failure message and FAULT_SEED=<int> tries others.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from pipeline import services
 pytestmark = pytest.mark.faults
 
 REPO = Path(__file__).resolve().parents[1]
-SEED = int(os.environ.get("FAULT_SEED", time.time_ns() % 100_000))
+# Fault points are drawn from a fixed seed (a run is reproducible); FAULT_SEED=<n> explores others.
+SEED = int(os.environ.get("FAULT_SEED", "0"))
 MAX_ITER = 24
 CKPT_PERIOD = 4
 EXIT_PREEMPTED = 75  # pipeline.engine.EXIT_PREEMPTED (EX_TEMPFAIL)

@@ -87,35 +87,50 @@ def test_failing_cell_is_retried_then_reported_and_study_finishes(tmp_path):
     assert states[failing[0]]["state"] == "failed" and "injected failure" in states[failing[0]]["reason"]
 
 
+BLOCK = "-q1000-"  # table6 "Q1000 ADE20K": blocks until released (tests.fault_cells)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM],
                          ids=["SIGINT", "SIGTERM"])
 def test_interrupted_dvc_repro_resumes_without_redoing_cells(tmp_path, sig):
-    repo, env = _clone(tmp_path / "repo", ["table6"], cell_sleep=1.5, only_dataset="ade20k")  # 7 cells
+    repo, env = _clone(tmp_path / "repo", ["table6"], cell_sleep=0.5, only_dataset="ade20k")  # 7 cells
+    release = tmp_path / "release"
+    env.update(FAULT_BLOCK=BLOCK, FAULT_RELEASE=str(release))
     dvc = str(REPO / ".venv" / "bin" / "dvc")
     proc = subprocess.Popen([dvc, "repro", "study"], cwd=repo, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 600
     try:
-        while len(_done(repo)) < 2:
+        # Precondition, not timing: the blocked cell has started and cannot finish before `release`
+        # exists, so the interrupt lands on a study with an unfinished cell.
+        while len(_done(repo)) < 2 or not any(BLOCK in c for c in _calls(repo)):
             assert proc.poll() is None, f"dvc repro ended early:\n{proc.stdout.read()[-3000:]}"
-            assert time.monotonic() < deadline, "study too slow to reach 2 finished cells"
+            assert time.monotonic() < deadline, "study too slow to reach 2 finished cells and the blocked one"
             time.sleep(0.2)
+        blocked = [c for c in _calls(repo) if BLOCK in c]
+        assert len(blocked) == 1 and blocked[0] not in _done(repo)
         # To dvc's process group, as a terminal's Ctrl-C (SIGINT) or a batch scheduler (SIGTERM) does:
         # dvc itself ignores SIGINT while its stage command runs and leaves the handling to the stage.
         os.killpg(proc.pid, sig)
-        out, _ = proc.communicate(timeout=120)
+        try:
+            out, _ = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            pytest.fail("dvc repro did not stop within 180 s of the interrupt")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode != 0, out[-3000:]
-    # Not asserted: that cells were left undone. The study lets its queued cells finish after Ctrl-C
-    # (Prefect's thread pool drains its queue before the process exits); seen in CI with 7 of 7 done.
-    # What must hold either way: dvc exits non-zero, and the re-run redoes nothing finished.
     time.sleep(3)  # let any cell process orphaned by the interruption finish or die
     calls_before = _calls(repo)
     done_before = _done(repo)
+    assert blocked[0] not in done_before  # the study really was left unfinished
+    states = {c["cell_id"]: c["state"] for c in json.loads(subprocess.run(
+        [sys.executable, "-m", "pipeline", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True,
+        timeout=300, check=True).stdout)}
+    assert states[blocked[0]] != "done" and len(states) == 7, states
 
+    release.touch()
     rerun = subprocess.run([dvc, "repro", "study"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
     after = json.loads(subprocess.run(
@@ -125,6 +140,7 @@ def test_interrupted_dvc_repro_resumes_without_redoing_cells(tmp_path, sig):
     calls_after = _calls(repo)
     for cell in done_before:
         assert calls_after[cell] == calls_before[cell], f"{cell} was redone"
+    assert calls_after[blocked[0]] == calls_before[blocked[0]] + 1  # the unfinished cell ran again
     assert all(calls_after[c["cell_id"]] >= 1 for c in after)
     # A further `dvc repro` has nothing to do.
     again = subprocess.run([dvc, "repro", "study"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)

@@ -1,6 +1,6 @@
 """Metrics: hand-computed mIoU family (2021 formula), PQ on a hand-made panoptic folder (crowd, VOID,
-no predictions, empty GT), PQ^St, error cases, and properties (PQ = SQ * RQ, mIoU in [0, 100], the
-vectorised PQ equals a direct loop implementation of the panopticapi rules)."""
+no predictions, empty GT), PQ^St, error cases, and properties (mIoU in [0, 100]; per-class PQ, SQ, RQ of
+PQ^St and PQ equal direct loop implementations of the panopticapi rules)."""
 from __future__ import annotations
 
 import json
@@ -49,9 +49,36 @@ def test_semseg_2021_formula_and_no_prediction():
         SemSegEvaluator(2, 255).process(np.zeros(3, int), np.zeros(2, int))
 
 
+def _pq_stuff_reference(pred: np.ndarray, gt: np.ndarray, k: int, ignore: int = 255) -> dict[int, dict]:
+    """One image of PQ^St by the panopticapi rules, class by class: segment = the pixels of the class; a
+    match needs IoU > 0.5 with pred-on-VOID pixels taken out of the union; an unmatched prediction mostly
+    (> 0.5) on VOID is no false positive. Returns {class: {"pq", "sq", "rq"}} for classes with any count."""
+    out = {}
+    void = gt == ignore
+    for c in range(k):
+        g, p = gt == c, pred == c
+        if not g.any() and not p.any():
+            continue
+        inter = int((g & p).sum())
+        union = int(g.sum() + p.sum() - inter - (p & void).sum())
+        iou = inter / union if union else 0.0
+        tp = fp = fn = 0
+        if g.any() and p.any() and iou > 0.5:
+            tp = 1
+        else:
+            fn = int(g.any())
+            fp = int(p.any() and (p & void).sum() / p.sum() <= 0.5)
+        if tp + fp + fn == 0:
+            continue
+        sq = iou if tp else 0.0
+        rq = tp / (tp + 0.5 * fp + 0.5 * fn)
+        out[c] = {"pq": sq * rq, "sq": sq, "rq": rq}
+    return out
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 5))
-def test_miou_in_range_and_pq_is_sq_times_rq(seed, k):
+def test_miou_in_range_and_pq_stuff_equals_a_direct_count(seed, k):
     rng = np.random.default_rng(seed)
     gt = rng.integers(0, k + 1, size=(6, 7))
     gt[gt == k] = 255
@@ -64,8 +91,11 @@ def test_miou_in_range_and_pq_is_sq_times_rq(seed, k):
             assert 0.0 <= r[key] <= 100.0
     pqs = PQStuffEvaluator(k, 255)
     pqs.process(pred, gt)
-    for c in pqs.results()["per_class"].values():
-        assert c["pq"] == pytest.approx(c["sq"] * c["rq"])
+    ref = _pq_stuff_reference(pred, gt, k)
+    per_class = pqs.results()["per_class"]
+    for c in range(k):
+        expected = ref.get(c, {"pq": 0.0, "sq": 0.0, "rq": 0.0})
+        assert per_class.get(c, {"pq": 0.0, "sq": 0.0, "rq": 0.0}) == pytest.approx(expected), c
 
 
 def test_pq_stuff_hand_computed():
@@ -221,5 +251,7 @@ def test_vectorised_pq_equals_reference(seed):
     assert set(ref) == set(got)
     for c in ref:
         assert got[c][1:] == ref[c][1:] and got[c][0] == pytest.approx(ref[c][0])
-    for c in ev.results()["per_class"].values():
-        assert c["pq"] == pytest.approx(c["sq"] * c["rq"])
+    per_class = ev.results()["per_class"]
+    for c, (iou, tp, fp, fn) in ref.items():  # the panopticapi formulas on the reference counts
+        denom = tp + 0.5 * fp + 0.5 * fn
+        assert per_class[c] == pytest.approx({"pq": iou / denom, "sq": iou / tp if tp else 0.0, "rq": tp / denom})

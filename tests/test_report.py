@@ -72,7 +72,35 @@ def test_tables_are_parsed_with_marks(study):
     assert table.caption.startswith("table6: Number of queries (R50)")
 
 
-def test_report_html_and_figures(study):
+def _images_load(page: str, folder: Path) -> list[str]:
+    """The `src` of every <img> of `page`; each must be a file under `folder` that decodes as an image."""
+    srcs = re.findall(r"<img[^>]*\ssrc=\"([^\"]+)\"", page.replace("'", '"'))
+    for src in srcs:
+        path = folder / src
+        assert path.is_file(), src
+        with Image.open(path) as im:
+            im.load()  # decodes the whole file, not only the header
+            assert im.width > 100 and im.height > 100, (src, im.size)
+    return srcs
+
+
+def _plotted(fig) -> list[dict]:
+    """Per axes: the (x, y) of every line and the heights of every bar."""
+    return [{"lines": [(list(map(float, ln.get_xdata())), list(map(float, ln.get_ydata()))) for ln in ax.get_lines()],
+             "bars": [float(p.get_height()) for p in ax.patches]} for ax in fig.axes]
+
+
+def test_report_html_and_figures(study, monkeypatch):
+    from pipeline import report
+
+    plotted = {}
+    real_save = report._save
+
+    def spy(fig, out):
+        plotted[out.name] = _plotted(fig)
+        real_save(fig, out)
+
+    monkeypatch.setattr(report, "_save", spy)
     out = build_report("smoke", runs_root=study / "runs", tables_dir=study / "reports" / "tables",
                        out_dir=study / "reports", params_path=None, repo=study)
     page = out.read_text()
@@ -87,6 +115,17 @@ def test_report_html_and_figures(study):
     for name in figs:
         assert f"figures/{name}" in page
         assert _png_std(study / "reports" / "figures" / name) > 5.0  # a drawn plot, not a blank canvas
+    assert sorted(_images_load(page, out.parent)) == [f"figures/{n}" for n in figs]
+    # The data drawn, from the run folders written above:
+    # Table 6 plot: the two done MaskFormer cells (per-pixel and failed ones left out), mIoU and PQ^St vs Q.
+    q = plotted["queries.png"]
+    assert q[0]["lines"] == [([20.0, 100.0], [20.0, 31.5])] and q[1]["lines"] == [([20.0, 100.0], [15.0, 26.5])]
+    cats = plotted["query_categories.png"][0]["lines"]
+    assert [ys for _, ys in cats] == [sorted([float((i * 7) % 4) for i in range(n)], reverse=True) for n in (20, 100)]
+    # Per-class IoU: the Q=100 MaskFormer cell, then the per-pixel baseline, class by class.
+    assert plotted["per_class_iou_ade20k.png"][0]["bars"] == [31.5, 36.5, 41.5, 46.5, 25.0, 30.0, 35.0, 40.0]
+    curves = [ax["lines"] for ax in plotted["training_curves_1.png"] if ax["lines"]]
+    assert len(curves) == 4 and all(c == [([10.0, 20.0, 30.0, 40.0], [5.0 / it * 10 for it in (10, 20, 30, 40)])] for c in curves)
     # The failed cell is listed with its reason; no temporary files are left behind.
     assert "RuntimeError: boom" in page
     assert not list((study / "reports").rglob("*.tmp"))
@@ -124,3 +163,4 @@ def test_report_renders_in_chromium(study, chromium, tmp_path):
     assert _png_std(shot) > 10.0  # text, tables and plots: far from a blank page
     assert 'data-table="table6"' in dom and "Q20 ADE20K" in dom
     assert dom.count("<img") == 4
+    _images_load(dom, out.parent)  # every image the browser was given exists and decodes

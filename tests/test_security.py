@@ -235,8 +235,8 @@ def _cell_config(out: Path, name: str) -> dict:
 
 @pytest.mark.parametrize("kind,nasty", [
     ("local", NASTY), ("local", NASTY_NEWLINE),
-    pytest.param("slurm", NASTY, marks=pytest.mark.slow),
-    pytest.param("slurm", NASTY_NEWLINE, marks=pytest.mark.slow),
+    pytest.param("slurm", NASTY, marks=[pytest.mark.slow, pytest.mark.services]),
+    pytest.param("slurm", NASTY_NEWLINE, marks=[pytest.mark.slow, pytest.mark.services]),
 ], ids=["local", "local-newline", "slurm", "slurm-newline"])
 def test_cell_named_with_shell_metacharacters_does_nothing_bad(tmp_path, kind, nasty, request, monkeypatch):
     """A cell whose name and folder carry shell syntax runs as data, through submitit, with no side effects."""

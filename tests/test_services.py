@@ -79,6 +79,29 @@ def test_tracking_server_fronts_sqlite_and_stops(tmp_path):
     assert services.read_pid(server.pid_file) is None
 
 
+def _start_mlflow_ui(cwd: Path, env: dict, attempts: int = 3) -> tuple[subprocess.Popen, str]:
+    """`mlflow ui` on a free port; a port taken between `free_port()` and the server's bind (another
+    process on this machine) makes the server exit: then try again on another port."""
+    for _ in range(attempts):
+        port = services.free_port()
+        proc = subprocess.Popen([str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", "sqlite:///mlruns/mlflow.db",
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and not services.healthy(base + "/health"):
+            if time.monotonic() > deadline:
+                services._signal_group(proc.pid, 15)
+                proc.wait(timeout=30)
+                pytest.fail("mlflow ui did not answer within 180 s")
+            time.sleep(0.5)
+        time.sleep(1.0)
+        if proc.poll() is None:  # still running: the server that answered is ours
+            return proc, base
+    pytest.fail(f"mlflow ui exited on start {attempts} times (ports taken?)")
+
+
 @pytest.mark.slow
 def test_mlflow_ui_as_documented_lists_runs(tmp_path, chromium):
     """`mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` (README / pipeline.tracking docs) on
@@ -86,19 +109,9 @@ def test_mlflow_ui_as_documented_lists_runs(tmp_path, chromium):
     db = tmp_path / "mlruns" / "mlflow.db"
     db.parent.mkdir()
     exp_id, run_id = _make_store_with_run(db, "documented-ui-run")
-    port = services.free_port()
     env = services.Server("mlflow", tmp_path).environment()
-    proc = subprocess.Popen([str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", "sqlite:///mlruns/mlflow.db",
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = _start_mlflow_ui(tmp_path, env)
     try:
-        deadline = time.monotonic() + 180
-        while not services.healthy(base + "/health"):
-            assert proc.poll() is None, "mlflow ui exited"
-            assert time.monotonic() < deadline, "mlflow ui did not answer"
-            time.sleep(0.5)
         found = _post(base + "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})
         assert [r["info"]["run_id"] for r in found["runs"]] == [run_id]
         with urllib.request.urlopen(base + "/", timeout=30) as resp:  # noqa: S310

@@ -60,14 +60,17 @@ def test_deployment_runs_through_the_prefect_cli(tmp_path, services_env):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         prefect = os.path.join(os.path.dirname(os.sys.executable), "prefect")
-        for _ in range(60):  # wait until the deployments are registered
+        import time
+
+        deadline = time.monotonic() + 120
+        while True:  # wait until the deployments are registered; fail (not carry on) after 120 s
             ls = subprocess.run([prefect, "deployment", "ls"], env=env, capture_output=True, text=True, timeout=60)
             if "ablations/ablations" in ls.stdout:
                 break
             if serve.poll() is not None:
                 pytest.fail("flows.serve exited early")
-            import time
-
+            if time.monotonic() > deadline:
+                pytest.fail(f"deployment ablations/ablations not registered within 120 s:\n{ls.stdout[-2000:]}")
             time.sleep(2)
         params = json.dumps({"profile": "smoke", "cell_fn": STAND_IN, "params_path": str(params_path),
                              "reports_dir": str(tmp_path / "reports")})

@@ -1,6 +1,7 @@
 """Cell caching: an unchanged cell is skipped, a changed one re-runs; variants reuse the trained checkpoint."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,27 @@ def test_unchanged_cells_are_skipped_and_changed_cells_rerun(tmp_path):
     assert len(rerun) == 1 and "-d3-" in rerun[0]
     counts = summarize(plan3, third)
     assert counts == {"total": 4, "done": 4, "failed": 0, "interrupted": 0, "skipped": 3}  # the variant keeps its d6 training
-    assert (tmp_path / "reports" / "metrics.json").is_file()
+    # reports/metrics.json (`dvc metrics`): each row's columns, medians over seeds, from the stand-in's numbers
+    # (mIoU = 30 + Q/10 + seed, +1 for the general_semantic variant; PQSt = mIoU / 2; Q = K = 8 for PP+).
+    assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == {"table7": {
+        "PerPixelBaseline+ ADE20K": {"mIoU": 30.8, "PQSt": 15.4},
+        "general ADE20K": {"mIoU": 41.0, "PQSt": 20.5},
+        "semantic ADE20K": {"mIoU": 40.0, "PQSt": 20.0}}}
+
+
+def test_done_status_without_metrics_is_run_again(tmp_path):
+    """A folder whose status.json says done but has no metrics.json (a crash between the two writes) is
+    not a result: that cell runs again, the others are skipped."""
+    params_path = write_params(tmp_path)
+    first = _run_all(plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=tmp_path / "reports"))
+    assert all(o["status"] == "done" for o in first.values())
+    plan = plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=tmp_path / "reports")
+    broken = plan.train_ids()[0]
+    run_dir = Path(plan.grid.train[broken].run_dir)
+    (run_dir / "metrics.json").unlink()
+    again = _run_all(plan)
+    assert [uid for uid, o in again.items() if not o["skipped"]] == [broken]
+    assert _calls(run_dir) == 2 and (run_dir / "metrics.json").is_file()
 
 
 def test_variant_of_a_failed_training_is_not_run(tmp_path, monkeypatch):
