@@ -155,7 +155,8 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_metrics.py",),
            "IoU exactly 0.5 counted as a match"),
     Mutant("pq-void-fp", "maskformer_core/metrics/panoptic.py",
-           "if ignored / pred_areas[j] > 0.5:", "if ignored / pred_areas[j] > 1.0:",
+           "fp_cat = pred_cat[pred_unmatched & (2 * ignored <= pred_area)]",
+           "fp_cat = pred_cat[pred_unmatched & (ignored <= pred_area)]",
            ("tests/test_metrics.py", f"{EV}::test_ground_truth_model_scores_100_on_semantic_data_with_tta"),
            "predictions on VOID counted as false positives"),
     # ---- solver (pipeline/solver.py)
@@ -177,7 +178,7 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_tables.py",),
            "seeds averaged instead of the median (A.2)"),
     Mutant("tables-tolerance-ignored", "pipeline/tables.py",
-           'elif abs(ours - value) > _tolerance(params, p["metric"], pstd):', "elif abs(ours - value) > 0:",
+           'elif abs(ours - value) > _tolerance(params, p["metric"], pstd, value):', "elif abs(ours - value) > 0:",
            ("tests/test_tables.py",),
            "every difference marked outside tolerance"),
     # ---- the study's caching (pipeline/study.py)
