@@ -287,7 +287,7 @@ def resolve_cell(
     for source in (params.families.get(family), params.schedule_warmup.get(recipe.schedule, {}).get(family)):
         if source is not None:
             solver.update({k2: v for k2, v in source.model_dump().items() if v is not None})
-    ps = profile.solver
+    ps = profile.solver_for(cell.dataset)
     solver.update({k2: v for k2, v in ps.model_dump(exclude={"ims_per_batch", "max_iter", "iter_scale"}).items() if v is not None})
     max_iter = ps.max_iter or max(1, round(recipe.max_iter * (ps.iter_scale or 1.0)))
     scale = max_iter / recipe.max_iter
@@ -303,7 +303,7 @@ def resolve_cell(
     if solver.get("warmup_iters", 0) >= max_iter:
         raise UserError(
             f"{where}: warmup of {solver['warmup_iters']} iterations >= max_iter {max_iter} in profile {profile_name} "
-            f"(set profiles.{profile_name}.solver.warmup_iters)"
+            f"(set profiles.{profile_name}.solver.warmup_iters or solver_by_task)"
         )
     dv = (data_versions or {}).get(cell.dataset) or data_version(root)
     train_hash_input = {

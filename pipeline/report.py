@@ -389,6 +389,37 @@ def _is_smoke(profile: str, cells: list[CellState]) -> bool:
     return False
 
 
+def profile_settings_html(params_path: str | Path | None, profile: str) -> str:
+    """What the smoke profile changes against the paper (params.yaml profiles.<profile> and data:), as a list."""
+    if params_path is None:
+        return ""
+    try:
+        from pipeline.params import load_params
+
+        params = load_params(params_path)
+        prof = params.profiles[profile]
+    except Exception:  # noqa: BLE001 - the banner only loses its details
+        return ""
+
+    def kv(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items() if v is not None)
+
+    items = [f"solver: {kv(prof.solver.model_dump())}"]
+    items += [f"{task} cells: {kv(s.model_dump())}" for task, s in prof.solver_by_task.items()]
+    items.append(f"model: {kv(prof.model.model_dump())}")
+    items.append(f"input: {kv(prof.input.model_dump())}")
+    items.append("backbones: " + ", ".join(f"{a} → {b}" for a, b in prof.backbone_map.items())
+                 + " (rows that differ only in these backbones share one model and say so)")
+    if prof.synthetic:
+        twins = {d: (t.get("num_classes"), t.get("num_images")) for d, t in params.data.items() if isinstance(t, dict)}
+        items.append("twins (K classes, images): " + ", ".join(f"{d} {k}, {n}" for d, (k, n) in twins.items()))
+    items.append("inference thresholds: the paper's (object mask 0.8 COCO / 0.7 ADE20K panoptic, 0.3 general "
+                 "inference on semantic data; overlap 0.8)")
+    return (f"<details><summary>What profile <code>{html.escape(profile)}</code> changes (params.yaml "
+            f"<code>profiles.{html.escape(profile)}</code>, <code>data:</code>)</summary><ul>"
+            + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul></details>")
+
+
 def _read_claims(path: Path) -> dict | None:
     import json
 
@@ -541,7 +572,8 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
         parts.append("<div class='banner' id='smoke-banner'><b>Smoke-scale results.</b> These numbers come from the "
                      "smoke profile: synthetic twins of the datasets, tiny backbones (SmokeR18 / SmokeSwin), 96x96 crops "
                      "and a few iterations on CPU. They exercise the whole pipeline; they are <b>not</b> comparable to "
-                     "the paper's numbers, and every deviation mark below is expected at this scale.</div>")
+                     "the paper's numbers, and every deviation mark below is expected at this scale."
+                     + profile_settings_html(params_path, profile) + "</div>")
     counts = {s: sum(c.state == s for c in cells) for s in ("done", "running", "interrupted", "failed", "missing")}
     claims = _read_claims(Path(tables_dir).parent / "claims.json")
     wide = _wide_tables(tables)
