@@ -180,3 +180,45 @@ def test_bad_claims_file_names_the_claim(tmp_path):
     bad.write_text("- {id: x, claim: c, source: s, kind: greater, a: {table: t, row: r, metric: m}}\n")
     with pytest.raises(cl.ClaimsError, match=r"claim 0 \(x\): kind greater needs 'b'"):
         cl.load_claims(bad)
+
+
+def test_report_leads_with_summary_then_paper_tables(tmp_path):
+    from pipeline.report import build_report
+
+    params_path = write_params(tmp_path, {"table6": slice(0, 7)})
+    params = load_params(params_path, environ={})
+    grid = expand(params, "smoke")
+    for i, r in enumerate(grid.rows):
+        for eid in r.eval_ids:
+            _write_metrics(grid.evals[eid].run_dir, {"val/mIoU": 20.0 + i, "val/PQSt": 10.0 + i})
+    build_tables(params=params, reports_dir=tmp_path / "reports", pdf=False)
+    page = build_report("smoke", runs_root=tmp_path / "runs", tables_dir=tmp_path / "reports" / "tables",
+                        out_dir=tmp_path / "reports", params_path=params_path, repo=tmp_path).read_text()
+    order = [page.index(x) for x in ("id='summary'", "id='claims'", "<nav class='toc'>", "id='tables'",
+                                     "id='table-table6'", "id='figures'", "id='cells'")]
+    assert order == sorted(order)
+    assert "7 done" in page and "contradicted" in page and "inconclusive" in page
+    assert "Outside tolerance</b>: none (smoke scale" in page
+    assert "<a href='#table-table6'>Table 6</a>" in page
+    assert "solver_by_task" not in page and "panoptic cells: " in page  # the smoke settings, stated
+    wide = page[page.index("<table class='paper-table' data-table='table6'>"):]
+    wide = wide[:wide.index("</table>")]
+    assert "<th colspan='2' class='group'>ADE20K</th>" in wide and "PQ<sup>St</sup>" in wide
+    assert wide.index("PerPixelBaseline+") < wide.index(">20<") < wide.index(">1000<")
+    assert "20.0<br><span class='paper'>(41.9)</span>" in wide  # ours over the paper's number
+    for href in ("tables/table6.csv", "tables/table6.wide.csv", "tables/table6.tex"):
+        assert f"href='{href}'" in page
+    assert "MLflow runs behind this table (7)" in page
+
+
+def test_per_class_figure_uses_the_main_model():
+    from pipeline.report import main_model_rank
+    from pipeline.status import CellState
+
+    def cell(cid, **model):
+        return CellState(cid, Path(cid), "done", config={"model": {"arch": "maskformer", "num_queries": 100,
+                                                                   "dec_layers": 6, **model}})
+
+    cells = [cell("ade20k-mf-q100-d6-nosa", dec_self_attention=False), cell("ade20k-mf-q100-d1", dec_layers=1),
+             cell("ade20k-mf-q100-d6"), cell("ade20k-ppp", arch="per_pixel_plus")]
+    assert sorted(cells, key=main_model_rank)[0].cell_id == "ade20k-mf-q100-d6"
