@@ -256,7 +256,8 @@ def resolve_cell(
     elif cell.queries == "K" or cell.model == "per_pixel_plus":
         queries = k
     else:
-        queries = cell.queries if cell.queries is not None else 100  # A.0 NUM_OBJECT_QUERIES
+        # A.0 NUM_OBJECT_QUERIES 100, unless the profile scales the default down (smoke: default_queries)
+        queries = cell.queries if cell.queries is not None else (profile.default_queries or 100)
     model = {
         "arch": cell.model,
         "backbone": backbone,

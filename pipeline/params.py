@@ -151,6 +151,9 @@ class Profile(BaseModel):
     data_root: str = "data/prepared"
     seeds: dict[str, int] = Field(default_factory=lambda: {"default": 1})
     backbone_map: dict[str, str] = Field(default_factory=dict)
+    # Queries of the cells that do not set `queries` (the paper's default 100, A.0); rows that set
+    # queries (Table 6's Q20..Q1000, Q = K) keep theirs. None: 100.
+    default_queries: int | None = Field(None, ge=1)
     model: ProfileModel = Field(default_factory=ProfileModel)
     input: InputOverride = Field(default_factory=InputOverride)
     solver: ProfileSolver = Field(default_factory=ProfileSolver)

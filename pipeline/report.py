@@ -407,6 +407,9 @@ def profile_settings_html(params_path: str | Path | None, profile: str) -> str:
     items = [f"solver: {kv(prof.solver.model_dump())}"]
     items += [f"{task} cells: {kv(s.model_dump())}" for task, s in prof.solver_by_task.items()]
     items.append(f"model: {kv(prof.model.model_dump())}")
+    if prof.default_queries:
+        items.append(f"queries: {prof.default_queries} where the paper uses its default 100 (rows that set "
+                     f"queries, e.g. Table 6's, keep theirs)")
     items.append(f"input: {kv(prof.input.model_dump())}")
     items.append("backbones: " + ", ".join(f"{a} → {b}" for a, b in prof.backbone_map.items())
                  + " (rows that differ only in these backbones share one model and say so)")

@@ -173,6 +173,14 @@ def test_claims_json_written_by_the_tables_stage(tmp_path):
     assert sum(report["counts"].values()) == len(report["claims"]) == len(cl.load_claims())
     t5 = next(c for c in report["claims"] if c["id"] == "t5-mask-vs-box-matching")
     assert t5["verdict"] == "inconclusive" and t5["scale"] == "smoke" and "missing cells" in t5["reason"]
+    # what the tables stage prints and the tables flow logs and returns
+    from pipeline.stages import tables_summary
+
+    summary = tables_summary(tmp_path / "reports")
+    assert summary["lines"][0] == "tables.pdf: not built (pdf=False)"
+    assert summary["lines"][1].startswith("claims (smoke scale): 0 supported, 0 contradicted, ")
+    assert any(line.split()[:2] == ["inconclusive", "t5-mask-vs-box-matching:"] for line in summary["lines"])
+    assert summary["verdicts"]["t5-mask-vs-box-matching"] == "inconclusive"
 
 
 def test_bad_claims_file_names_the_claim(tmp_path):

@@ -23,6 +23,19 @@ def test_panoptic_cells_train_longer_semantic_cells_do_not(tmp_path):
         smoke.solver.base_lr, smoke.solver.ims_per_batch, smoke.solver.warmup_iters)
 
 
+def test_default_queries_only_replace_the_papers_default(tmp_path):
+    params = load_params(write_params(tmp_path, {"table6": slice(0, 7), "table2": slice(2, 3)}), environ={})
+    assert params.profiles["smoke"].default_queries == 20
+    grid = expand(params, "smoke")
+    rows = {r.row: r for r in grid.rows}
+    queries = {row: grid.evals[r.eval_ids[0]].config["model"]["num_queries"] for row, r in rows.items()}
+    assert queries["MaskFormer ADE20K"] == 20  # Table 2's main model: the paper's default 100 -> 20
+    assert [queries[f"Q{q} ADE20K"] for q in (20, 50, 100, 150, 300, 1000)] == [20, 50, 100, 150, 300, 1000]
+    assert queries["PerPixelBaseline+ ADE20K"] == grid.evals[rows["PerPixelBaseline+ ADE20K"].eval_ids[0]].config[
+        "model"]["num_classes"]  # Q = K rows keep K
+    assert rows["MaskFormer ADE20K"].eval_ids == rows["Q20 ADE20K"].eval_ids  # one run, not two
+
+
 def test_shipped_panoptic_twins_are_k4_and_keep_the_papers_thresholds():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     assert raw["data"]["coco_panoptic"]["num_classes"] == raw["data"]["ade20k_panoptic"]["num_classes"] == 4
