@@ -41,7 +41,6 @@ TEX_PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage{booktabs}
 \usepackage{graphicx}
 \usepackage{pdflscape}
-\usepackage{hyperref}
 \begin{document}
 """
 INSTALL_HINT = ("pdflatex not found: install it (Debian/Ubuntu as root: `bash scripts/install_tex.sh`, i.e. "
@@ -325,13 +324,12 @@ def build_pdf(doc: str, out_pdf: Path, *, timeout: int = 120) -> tuple[bool, str
     with tempfile.TemporaryDirectory(prefix="tables-pdf-") as tmp:
         src = Path(tmp) / "tables.tex"
         src.write_text(doc, encoding="utf-8")
-        for _ in range(2):  # twice: hyperref anchors
-            proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=tmp,
-                                  capture_output=True, text=True, timeout=timeout)
-            if proc.returncode != 0:
-                log = (Path(tmp) / "tables.log")
-                tail = log.read_text(errors="replace")[-1500:] if log.exists() else proc.stdout[-1500:]
-                return False, f"pdflatex failed on {out_pdf.with_suffix('.tex')}:\n{tail}"
+        proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=tmp,
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            log = Path(tmp) / "tables.log"
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else proc.stdout[-1500:]
+            return False, f"pdflatex failed on {out_pdf.with_suffix('.tex')}:\n{tail}"
         out_pdf.parent.mkdir(parents=True, exist_ok=True)
         tmp_pdf = out_pdf.with_name(f".{out_pdf.name}.tmp")
         shutil.copyfile(Path(tmp) / "tables.pdf", tmp_pdf)
