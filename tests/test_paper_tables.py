@@ -234,3 +234,9 @@ def test_per_class_figure_uses_the_main_model():
     cells = [cell("ade20k-mf-q100-d6-nosa", dec_self_attention=False), cell("ade20k-mf-q100-d1", dec_layers=1),
              cell("ade20k-mf-q100-d6"), cell("ade20k-ppp", arch="per_pixel_plus")]
     assert sorted(cells, key=main_model_rank)[0].cell_id == "ade20k-mf-q100-d6"
+    # at smoke scale the main model has 20 queries (default_queries) and serves the most rows
+    main = cell("ade20k-mf-q20-d6", num_queries=20)
+    main.rows = ["table2: MaskFormer ADE20K", "table6: Q20 ADE20K", "table7: semantic ADE20K", "table8: 6 layers"]
+    cells[2].rows = ["table6: Q100 ADE20K"]
+    cells[0].rows = ["table8: 6 layers no self-attention"]
+    assert sorted(cells + [main], key=main_model_rank)[0] is main
