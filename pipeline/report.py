@@ -356,7 +356,7 @@ table.paper-table tr.cited td{color:#57606a}table.paper-table td.outside{font-we
 .paper{color:#57606a;font-size:11px}sup.fn{color:#0969da}ol.footnotes{font-size:12px;color:#57606a;list-style:none;padding-left:0}
 nav.toc{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:4px 16px;margin:14px 0;font-size:13px}
 nav.toc ul{margin:4px 0}.badge.ok{background:#dafbe1;color:#1a7f37}.badge.warn{background:#fff8c5;color:#9a6700}
-table.claims td{vertical-align:top;font-size:12px}details{margin:4px 0 14px}
+table.claims td{vertical-align:top;font-size:12px}ul.summary .badge{margin:1px 0}details{margin:4px 0 14px}
 .s-done{color:#1a7f37}.s-failed{color:#cf222e}.s-running{color:#9a6700}.s-missing{color:#57606a}
 """
 
@@ -488,9 +488,12 @@ def summary_html(counts: dict[str, int], note: str, claims: dict | None, tables:
     if claims:
         c = claims.get("counts", {})
         scale = " (smoke scale: checks the pipeline, not the paper)" if claims.get("scale") == "smoke" else ""
+        badges = " ".join(f"<span class='badge {VERDICT_CLASS.get(v['verdict'], '')}' title='{html.escape(v['claim'])}: "
+                          f"{html.escape(v.get('reason', ''))}'>{html.escape(v['id'])}</span>"
+                          for v in claims.get("claims", []))
         out.append(f"<li><b>Claims</b>{scale}: {c.get('supported', 0)} supported, {c.get('contradicted', 0)} "
                    f"contradicted, {c.get('inconclusive', 0)} inconclusive (<a href='#claims'>details</a>, "
-                   f"<code>reports/claims.json</code>)</li>")
+                   f"<code>reports/claims.json</code>)<br>{badges}</li>")
     else:
         out.append("<li><b>Claims</b>: no reports/claims.json (run the tables stage)</li>")
     outside = [(t.name, r) for t in tables for r in t.frame.to_dict("records")
@@ -506,8 +509,10 @@ def summary_html(counts: dict[str, int], note: str, claims: dict | None, tables:
                       else "") + "</li>")
     out.append("</ul>")
     if claims:
-        out.append("<h3 id='claims'>The paper's claims on these numbers"
-                   + (" (smoke scale)" if claims.get("scale") == "smoke" else "") + "</h3>")
+        n = len(claims.get("claims", []))
+        out.append(f"<details id='claims'><summary><b>The paper's claims on these numbers"
+                   + (" (smoke scale)" if claims.get("scale") == "smoke" else "")
+                   + f"</b>: {n} claims with their verdicts, differences and the cells used</summary>")
         out.append(f"<p class='prov'>{html.escape(claims.get('note', ''))}. Rules: pipeline/claims.py; claims: "
                    "pipeline/data/claims.yaml.</p>")
         rows = []
@@ -523,7 +528,7 @@ def summary_html(counts: dict[str, int], note: str, claims: dict | None, tables:
                         f"<td>{html.escape(v.get('reason', ''))}</td><td class='prov'>{html.escape(used)}</td></tr>")
         out.append("<table class='results claims'><thead><tr><th>claim</th><th>verdict</th><th>difference</th>"
                    "<th>tendency</th><th>why</th><th>cells used: ours (seeds; paper)</th></tr></thead><tbody>"
-                   + "".join(rows) + "</tbody></table>")
+                   + "".join(rows) + "</tbody></table></details>")
     return out
 
 
