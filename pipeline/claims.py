@@ -21,12 +21,14 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import UserError
+
 CLAIMS = Path(__file__).parent / "data" / "claims.yaml"
 KINDS = ("greater", "best", "on_par", "increasing")
 VERDICTS = ("supported", "contradicted", "inconclusive")
 
 
-class ClaimsError(ValueError):
+class ClaimsError(UserError):
     """claims.yaml is malformed (names the claim and key)."""
 
 

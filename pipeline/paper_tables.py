@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import UserError
+
 LAYOUTS = Path(__file__).parent / "data" / "table_layouts.yaml"
 PAPER_FPS_DEVICE = "V100"  # Table 1/3 captions: one V100, batch 1
 TEX_PREAMBLE = r"""\documentclass[10pt]{article}
@@ -48,7 +50,7 @@ INSTALL_HINT = ("pdflatex not found: install it (Debian/Ubuntu as root: `bash sc
                 "macOS: MacTeX) and rerun `python -m pipeline tables`")
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError):
     """table_layouts.yaml names something the long table does not have."""
 
 

@@ -260,6 +260,7 @@ def build_tables(
     grid = expand(params, profile, tables)
     paper = load_paper_numbers()
     layouts = pt.load_layouts()
+    claims = claims_mod.load_claims()  # both checked before anything is written
     model_stats = load_stats(Path(reports_dir) / MODEL_STATS_FILE.relative_to("reports")
                              if model_stats_path is None else model_stats_path)
     out_dir = Path(reports_dir) / "tables"
@@ -304,7 +305,7 @@ def build_tables(
             stale = out_dir / "tables.pdf"
             if stale.exists():  # never leave a PDF of older numbers next to the new tables
                 stale.unlink()
-    verdicts = claims_mod.evaluate_claims(claims_mod.load_claims(), frames, grid=grid, params=params)
+    verdicts = claims_mod.evaluate_claims(claims, frames, grid=grid, params=params)
     claims_path = Path(reports_dir) / "claims.json"
     _atomic_write(claims_path, json.dumps(claims_mod.claims_report(verdicts, grid.profile, synthetic),
                                           indent=1, ensure_ascii=False) + "\n")
