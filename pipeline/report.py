@@ -507,6 +507,13 @@ def summary_html(counts: dict[str, int], note: str, claims: dict | None, tables:
         out.append("<li><b>Outside tolerance</b>: none"
                    + (" (smoke scale: no tolerance marks; the numbers are not comparable to the paper)" if smoke
                       else "") + "</li>")
+    zeros = [(t.name, r) for t in tables for r in t.frame.to_dict("records")
+             if str(r.get("source", "")) != "grid only" and _fmt(r.get("ours")) == "0.00"]
+    if zeros:  # a PQ / general-inference 0 means no query passed the inference threshold
+        listed = "; ".join(f"{html.escape(t)} {html.escape(str(r.get('row')))} {html.escape(str(r.get('metric')))}"
+                           for t, r in zeros[:30])
+        out.append(f"<li><b>Exactly 0</b> ({len(zeros)} numbers; for PQ and general inference: no query passed the "
+                   f"paper's class-score threshold): {listed}" + (" …" if len(zeros) > 30 else "") + "</li>")
     out.append("</ul>")
     if claims:
         n = len(claims.get("claims", []))
