@@ -337,8 +337,7 @@ def build_pdf(doc: str, out_pdf: Path, *, timeout: int = 120) -> tuple[bool, str
         shutil.copyfile(Path(tmp) / "tables.pdf", tmp_pdf)
         os.replace(tmp_pdf, out_pdf)
         log_text = (Path(tmp) / "tables.log").read_text(errors="replace")
-        shutil.copyfile(Path(tmp) / "tables.log", out_pdf.with_suffix(".log"))
-    overfull = log_text.count("Overfull \\hbox")
+    overfull = log_text.count("Overfull \\hbox")  # a table wider than the page would show here
     return True, f"{out_pdf} ({overfull} overfull hbox)"
 
 
