@@ -75,12 +75,14 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
-def _paper_seeds(grid, params, table: str, row: str) -> int | None:
+def _paper_seeds(grid, params, table: str, row: str, metric: str) -> int | None:
+    """The paper protocol's number of seeds for the grid cell that gives (table, row, metric) (Table VIII
+    names its semantic and panoptic rows alike: the metric tells them apart)."""
     if params is None or "paper" not in params.profiles or grid is None:
         return None
-    for r in grid.rows:
-        if r.table == table and r.row == row:
-            return params.profiles["paper"].num_seeds(r.cell.dataset)
+    rows = [r for r in grid.rows if r.table == table and r.row == row]
+    for r in sorted(rows, key=lambda r: metric not in r.columns):
+        return params.profiles["paper"].num_seeds(r.cell.dataset)
     return None
 
 
@@ -96,7 +98,7 @@ def _cell(frames: dict, ref: dict, grid, params) -> dict[str, Any]:
                        seeds=int(_num(rec.get("seeds")) or 0), paper=_num(rec.get("paper")),
                        status=str(rec.get("status") or ""),
                        cells=[c for c in str(rec.get("cells") or "").split(";") if c and c != "nan"])
-    out["paper_seeds"] = _paper_seeds(grid, params, ref["table"], ref["row"])
+    out["paper_seeds"] = _paper_seeds(grid, params, ref["table"], ref["row"], ref["metric"])
     return out
 
 

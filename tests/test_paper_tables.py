@@ -167,6 +167,14 @@ def test_fewer_seeds_than_the_paper_is_inconclusive(tmp_path):
     assert v["verdict"] == "inconclusive" and "fewer seeds than the paper's protocol" in v["reason"]
     assert v["tendency"] == "agrees" and v["difference"] == 10.0
     assert [c["paper_seeds"] for c in v["cells"]] == [3, 3]  # profiles.paper.seeds: ADE20K semantic = 3
+    # Table VIII names its semantic and panoptic rows alike: the metric picks the panoptic one (1 seed)
+    (tmp_path / "t8").mkdir()
+    params8 = load_params(write_params(tmp_path / "t8", {"table8": slice(0, 7)}), environ={})
+    pan = next(c for c in cl.load_claims() if c["id"] == "t8-panoptic-needs-layers")
+    frames = {"table8": pd.DataFrame([{"row": "6 layers", "metric": "PQ", "ours": 30.0, "ours_std": None, "seeds": 1},
+                                      {"row": "1 layer", "metric": "PQ", "ours": 20.0, "ours_std": None, "seeds": 1}])}
+    v = cl.evaluate_claim(pan, frames, grid=expand(params8, "smoke"), params=params8)
+    assert [c["paper_seeds"] for c in v["cells"]] == [1, 1] and v["verdict"] == "supported"
 
 
 def test_claims_json_written_by_the_tables_stage(tmp_path):
