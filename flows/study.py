@@ -291,12 +291,18 @@ def ablations(
 
 @flow(name="tables")
 def tables(profile: str | None = None, params_path: str = "params.yaml", reports_dir: str = "reports"):
-    """Build reports/tables/*.csv|.tex from the cells' metrics.json files."""
+    """Build reports/tables/* (long CSV, paper-layout .tex/.wide.csv, tables.pdf) and reports/claims.json
+    from the cells' metrics.json files; logs every claim's verdict and returns the files and verdicts."""
+    from pipeline.stages import tables_summary
     from pipeline.tables import build_tables
 
     written = build_tables(profile=profile, params_path=params_path, reports_dir=reports_dir)
-    get_run_logger().info("wrote %d table files", len(written))
-    return [str(p) for p in written]
+    logger = get_run_logger()
+    logger.info("wrote %d table files", len(written))
+    claims = tables_summary(reports_dir)
+    for line in claims["lines"]:
+        logger.info("%s", line)
+    return {"files": [str(p) for p in written], "claims": claims["counts"], "verdicts": claims["verdicts"]}
 
 
 FLOWS = {"study": study, "main-results": main_results, "ablations": ablations, "tables": tables}

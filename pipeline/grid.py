@@ -314,7 +314,8 @@ def resolve_cell(
     elif cell.queries == "K" or cell.model == "per_pixel_plus":
         queries = k
     else:
-        queries = cell.queries if cell.queries is not None else 100  # A.0 NUM_OBJECT_QUERIES
+        # A.0 NUM_OBJECT_QUERIES 100, unless the profile scales the default down (smoke: default_queries)
+        queries = cell.queries if cell.queries is not None else (profile.default_queries or 100)
     model = {
         "arch": cell.model,
         "backbone": backbone,
@@ -351,7 +352,7 @@ def resolve_cell(
             solver.update({k2: v for k2, v in source.model_dump().items() if v is not None})
     if recipe.micro_batch is not None:
         solver["micro_batch"] = recipe.micro_batch  # the official per-GPU batch (COCO panoptic: 1)
-    ps = profile.solver
+    ps = profile.solver_for(cell.dataset)
     solver.update({k2: v for k2, v in ps.model_dump(exclude={"ims_per_batch", "max_iter", "iter_scale"}).items() if v is not None})
     max_iter = ps.max_iter or max(1, round(recipe.max_iter * (ps.iter_scale or 1.0)))
     scale = max_iter / recipe.max_iter
@@ -369,7 +370,7 @@ def resolve_cell(
     if solver.get("warmup_iters", 0) >= max_iter:
         raise UserError(
             f"{where}: warmup of {solver['warmup_iters']} iterations >= max_iter {max_iter} in profile {profile_name} "
-            f"(set profiles.{profile_name}.solver.warmup_iters)"
+            f"(set profiles.{profile_name}.solver.warmup_iters or solver_by_task)"
         )
     dv = (data_versions or {}).get(cell.dataset) or data_version(root)
     train_hash_input = {

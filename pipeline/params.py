@@ -173,9 +173,14 @@ class Profile(BaseModel):
     data_root: str = "data/prepared"
     seeds: dict[str, int] = Field(default_factory=lambda: {"default": 1})
     backbone_map: dict[str, str] = Field(default_factory=dict)
+    # Queries of the cells that do not set `queries` (the paper's default 100, A.0); rows that set
+    # queries (Table 6's Q20..Q1000, Q = K) keep theirs. None: 100.
+    default_queries: int | None = Field(None, ge=1)
     model: ProfileModel = Field(default_factory=ProfileModel)
     input: InputOverride = Field(default_factory=InputOverride)
     solver: ProfileSolver = Field(default_factory=ProfileSolver)
+    # Per task (semantic | panoptic) over `solver`, e.g. the smoke profile's longer panoptic cells.
+    solver_by_task: dict[Literal["semantic", "panoptic"], ProfileSolver] = Field(default_factory=dict)
     test: ProfileTest = Field(default_factory=ProfileTest)
     run: ProfileRun = Field(default_factory=ProfileRun)
     executor: Literal["local", "slurm"] = "local"
@@ -206,6 +211,15 @@ class Profile(BaseModel):
             if dst not in BACKBONES:
                 raise ValueError(f"{src}: unknown backbone {dst!r}; expected one of {', '.join(BACKBONES)}")
         return v
+
+    def solver_for(self, dataset: str) -> ProfileSolver:
+        """`solver` with `solver_by_task[semantic|panoptic]` of `dataset` on top (set keys win)."""
+        over = self.solver_by_task.get("panoptic" if dataset in PANOPTIC_DATASETS else "semantic")
+        if over is None:
+            return self.solver
+        merged = self.solver.model_dump()
+        merged.update({k: v for k, v in over.model_dump().items() if v is not None})
+        return ProfileSolver(**merged)
 
     def num_seeds(self, dataset: str) -> int:
         task = "panoptic" if dataset in PANOPTIC_DATASETS else "semantic"

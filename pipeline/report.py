@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import paper_tables as pt
 from pipeline.status import CellState, scan
 
 TRUE_STRINGS = {"true", "1", "yes", "y", "x", "cited"}
@@ -114,7 +115,8 @@ def load_tables(tables_dir: Path) -> list[Table]:
 
     tables = []
     # Tables 1-8 first (the paper's order), then the appendix extras.
-    for path in sorted(Path(tables_dir).glob("*.csv"), key=lambda p: (not p.stem.startswith("table"), p.stem)):
+    paths = [p for p in Path(tables_dir).glob("*.csv") if not p.name.endswith(".wide.csv")]
+    for path in sorted(paths, key=lambda p: (not p.stem.startswith("table"), p.stem)):
         with open(path, encoding="utf-8") as fh:
             first = fh.readline()
         caption = first.strip().lstrip("#").strip() if first.startswith("#") else ""
@@ -279,6 +281,23 @@ def plot_query_categories(cells: list[CellState], fig_dir: Path, provenance: str
                    f"From metrics.json analysis/unique_categories_per_query of {len(found)} cells. {provenance}")]
 
 
+def main_model_rank(cell: CellState) -> tuple:
+    """Sort key that puts a dataset's main MaskFormer first: the run that serves the most table rows
+    (the main model is Table 2's, Table 1's R50, Table VII's "semantic" and Table VIII's "6 layers" row
+    at once), then the fewest deviations from the paper's defaults (A.0: Q 100, 6 decoder layers with
+    self-attention, bipartite matching, semantic inference, single scale); ablations (no
+    self-attention, 1 layer, fixed matching, other Q) come later."""
+    model = cell.config.get("model") or {}
+    test = cell.config.get("test") or {}
+    loss = cell.config.get("loss") or {}
+    return (model.get("arch", "maskformer") != "maskformer", -len(cell.rows),
+            sum([model.get("num_queries") != 100, model.get("dec_layers", 6) != 6,
+                 model.get("dec_self_attention", True) is False,
+                 loss.get("matching", "hungarian") not in ("hungarian", "bipartite"),
+                 bool(test.get("tta")), test.get("strategy", "semantic") not in ("semantic", "general")]),
+            cell.cell_id)
+
+
 def plot_per_class_iou(cells: list[CellState], fig_dir: Path, provenance: str) -> list[Figure]:
     """Per-class IoU bars for the default MaskFormer cell of each semantic dataset (and its per-pixel baseline)."""
     import matplotlib.pyplot as plt
@@ -289,12 +308,7 @@ def plot_per_class_iou(cells: list[CellState], fig_dir: Path, provenance: str) -
             by_dataset.setdefault((cell.config.get("data") or {}).get("dataset", "?"), []).append(cell)
     figures = []
     for dataset, group in sorted(by_dataset.items()):
-        def rank(c: CellState) -> tuple:
-            model = c.config.get("model") or {}
-            return (model.get("arch", "maskformer") != "maskformer", model.get("num_queries") != 100,
-                    model.get("dec_layers", 6) != 6, c.cell_id)
-
-        chosen = sorted(group, key=rank)[:1]
+        chosen = sorted(group, key=main_model_rank)[:1]
         baseline = [c for c in group if (c.config.get("model") or {}).get("arch") == "per_pixel"][:1]
         chosen += baseline
         classes = [k[len("val/IoU/"):] for k in chosen[0].metrics if k.startswith("val/IoU/")]
@@ -334,6 +348,15 @@ table.results th{background:#f6f8fa}tr.outside td{background:#ffebe9}tr.cited td
 .badge.bad{background:#ff8182;color:#fff}.legend span{margin-right:18px}.prov{font-size:12px;color:#57606a}
 figure{margin:14px 0}figure img{max-width:100%;border:1px solid #d0d7de}figcaption{font-size:12px;color:#57606a}
 table.status td,table.status th{border:1px solid #d0d7de;padding:2px 6px;font-size:12px}table.status{border-collapse:collapse}
+table.paper-table{border-collapse:collapse;font-size:13px;margin:8px 0;border-top:2px solid #1b1f24;border-bottom:2px solid #1b1f24}
+table.paper-table th{padding:3px 9px;border-bottom:1px solid #1b1f24;text-align:center}table.paper-table th.group{border-bottom:1px solid #8c959f}
+table.paper-table td{padding:3px 9px;text-align:center;vertical-align:top}table.paper-table td.stub{text-align:left;white-space:nowrap}
+table.paper-table tr.section td{text-align:left;font-style:italic;color:#57606a;padding-top:6px}
+table.paper-table tr.cited td{color:#57606a}table.paper-table td.outside{font-weight:bold;color:#cf222e}
+.paper{color:#57606a;font-size:11px}sup.fn{color:#0969da}ol.footnotes{font-size:12px;color:#57606a;list-style:none;padding-left:0}
+nav.toc{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:4px 16px;margin:14px 0;font-size:13px}
+nav.toc ul{margin:4px 0}.badge.ok{background:#dafbe1;color:#1a7f37}.badge.warn{background:#fff8c5;color:#9a6700}
+table.claims td{vertical-align:top;font-size:12px}ul.summary .badge{margin:1px 0}details{margin:4px 0 14px}
 .s-done{color:#1a7f37}.s-failed{color:#cf222e}.s-running{color:#9a6700}.s-missing{color:#57606a}
 """
 
@@ -365,6 +388,169 @@ def _is_smoke(profile: str, cells: list[CellState]) -> bool:
         if backbone.startswith("Smoke") or (root and (Path(root) / "SYNTHETIC.json").exists()):
             return True
     return False
+
+
+def profile_settings_html(params_path: str | Path | None, profile: str) -> str:
+    """What the smoke profile changes against the paper (params.yaml profiles.<profile> and data:), as a list."""
+    if params_path is None:
+        return ""
+    try:
+        from pipeline.params import load_params
+
+        params = load_params(params_path)
+        prof = params.profiles[profile]
+    except Exception:  # noqa: BLE001 - the banner only loses its details
+        return ""
+
+    def kv(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items() if v is not None)
+
+    items = [f"solver: {kv(prof.solver.model_dump())}"]
+    items += [f"{task} cells: {kv(s.model_dump())}" for task, s in prof.solver_by_task.items()]
+    items.append(f"model: {kv(prof.model.model_dump())}")
+    if prof.default_queries:
+        items.append(f"queries: {prof.default_queries} where the paper uses its default 100 (rows that set "
+                     f"queries, e.g. Table 6's, keep theirs)")
+    items.append(f"input: {kv(prof.input.model_dump())}")
+    items.append("backbones: " + ", ".join(f"{a} → {b}" for a, b in prof.backbone_map.items())
+                 + " (rows that differ only in these backbones share one model and say so)")
+    if prof.synthetic:
+        twins = {d: (t.get("num_classes"), t.get("num_images")) for d, t in params.data.items() if isinstance(t, dict)}
+        items.append("twins (K classes, images): " + ", ".join(f"{d} {k}, {n}" for d, (k, n) in twins.items()))
+    items.append("inference thresholds: the paper's (object mask 0.8 COCO / 0.7 ADE20K panoptic, 0.3 general "
+                 "inference on semantic data; overlap 0.8)")
+    return (f"<details><summary>What profile <code>{html.escape(profile)}</code> changes (params.yaml "
+            f"<code>profiles.{html.escape(profile)}</code>, <code>data:</code>)</summary><ul>"
+            + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul></details>")
+
+
+def _read_claims(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _wide_tables(tables: list[Table]) -> dict[str, pt.WideTable]:
+    """The paper-layout tables pivoted from the long CSVs (pipeline/data/table_layouts.yaml)."""
+    layouts = pt.load_layouts()
+    out = {}
+    for table in tables:
+        if table.name not in layouts or "row" not in table.frame.columns:
+            continue
+        frame = table.frame.astype(object).where(table.frame.notna(), None)
+        records = frame.to_dict("records")
+        out[table.name] = pt.pivot(table.name, layouts[table.name], records, shared=pt.shared_rows(records),
+                                   synthetic=_truthy("smoke" in table.caption))
+    return out
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    try:
+        return os.path.relpath(path, out_dir)
+    except ValueError:
+        return str(path)
+
+
+def _links_html(table: Table, out_dir: Path, pdf: Path, links: dict[str, str]) -> str:
+    files = [("long CSV", table.path), ("wide CSV", table.path.with_name(f"{table.name}.wide.csv")),
+             ("LaTeX", table.path.with_name(f"{table.name}.tex")), ("PDF (all tables)", pdf)]
+    items = [f"<a href='{html.escape(_rel(f, out_dir))}'>{label}</a>" for label, f in files if f.exists()]
+    cells = []
+    if "cells" in table.frame.columns:
+        for value in table.frame["cells"].tolist():
+            cells += [c for c in str(value or "").split(";") if c and c != "nan"]
+    cells = list(dict.fromkeys(cells))
+    runs = []
+    for cell in cells:
+        link = links.get(cell, "")
+        runs.append(f"<a href='{html.escape(link)}'>{html.escape(cell)}</a>" if link.startswith("http")
+                    else f"<code>{html.escape(cell)}</code>" + (f" ({html.escape(link)})" if link else ""))
+    text = "<p class='prov links'>Files: " + " · ".join(items)
+    if runs:
+        text += (f"</p><details class='prov'><summary>MLflow runs behind this table ({len(runs)})</summary>"
+                 + "<br>".join(runs) + "</details>")
+    else:
+        text += "; no runs yet.</p>"
+    return text
+
+
+VERDICT_CLASS = {"supported": "ok", "contradicted": "bad", "inconclusive": "warn"}
+
+
+def summary_html(counts: dict[str, int], note: str, claims: dict | None, tables: list[Table], smoke: bool) -> list[str]:
+    """The report's first section: cells done/failed, the claims' verdicts, rows outside tolerance."""
+    out = ["<h2 id='summary'>Summary</h2>", "<ul class='summary'>"]
+    out.append("<li><b>Cells</b>: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+               + (f". {html.escape(note)}" if note else "") + "</li>")
+    if claims:
+        c = claims.get("counts", {})
+        scale = " (smoke scale: checks the pipeline, not the paper)" if claims.get("scale") == "smoke" else ""
+        badges = " ".join(f"<span class='badge {VERDICT_CLASS.get(v['verdict'], '')}' title='{html.escape(v['claim'])}: "
+                          f"{html.escape(v.get('reason', ''))}'>{html.escape(v['id'])}</span>"
+                          for v in claims.get("claims", []))
+        out.append(f"<li><b>Claims</b>{scale}: {c.get('supported', 0)} supported, {c.get('contradicted', 0)} "
+                   f"contradicted, {c.get('inconclusive', 0)} inconclusive (<a href='#claims'>details</a>, "
+                   f"<code>reports/claims.json</code>)<br>{badges}</li>")
+    else:
+        out.append("<li><b>Claims</b>: no reports/claims.json (run the tables stage)</li>")
+    outside = [(t.name, r) for t in tables for r in t.frame.to_dict("records")
+               if str(r.get("mark", "")).strip().lower() == "outside"]
+    if outside:
+        listed = "; ".join(f"{html.escape(t)} {html.escape(str(r.get('row')))} {html.escape(str(r.get('metric')))}"
+                           for t, r in outside[:30])
+        out.append(f"<li><b>Outside tolerance</b>: {len(outside)} numbers: {listed}"
+                   + (" …" if len(outside) > 30 else "") + "</li>")
+    else:
+        out.append("<li><b>Outside tolerance</b>: none"
+                   + (" (smoke scale: no tolerance marks; the numbers are not comparable to the paper)" if smoke
+                      else "") + "</li>")
+    zeros = [(t.name, r) for t in tables for r in t.frame.to_dict("records")
+             if str(r.get("source", "")) != "grid only" and _fmt(r.get("ours")) == "0.00"]
+    if zeros:  # a PQ / general-inference 0 means no query passed the inference threshold
+        listed = "; ".join(f"{html.escape(t)} {html.escape(str(r.get('row')))} {html.escape(str(r.get('metric')))}"
+                           for t, r in zeros[:30])
+        out.append(f"<li><b>Exactly 0</b> ({len(zeros)} numbers; for PQ and general inference: no query passed the "
+                   f"paper's class-score threshold): {listed}" + (" …" if len(zeros) > 30 else "") + "</li>")
+    out.append("</ul>")
+    if claims:
+        n = len(claims.get("claims", []))
+        out.append(f"<details id='claims'><summary><b>The paper's claims on these numbers"
+                   + (" (smoke scale)" if claims.get("scale") == "smoke" else "")
+                   + f"</b>: {n} claims with their verdicts, differences and the cells used</summary>")
+        out.append(f"<p class='prov'>{html.escape(claims.get('note', ''))}. Rules: pipeline/claims.py; claims: "
+                   "pipeline/data/claims.yaml.</p>")
+        rows = []
+        for v in claims.get("claims", []):
+            used = "; ".join(
+                f"{x['row']} {x['metric']} = {_fmt(x['ours']) or '–'}"
+                + (f" ± {_fmt(x['ours_std'])}" if x.get("ours_std") is not None and (x.get("seeds") or 0) > 1 else "")
+                + f" (n={x.get('seeds', 0)}; paper {_fmt(x['paper']) or '–'})" for x in v.get("cells", []))
+            diff = "" if v.get("difference") is None else f"{v['difference']:+.2f}"
+            rows.append(f"<tr><td>{html.escape(v['claim'])}<br><span class='prov'>{html.escape(v['source'])}</span></td>"
+                        f"<td><span class='badge {VERDICT_CLASS.get(v['verdict'], '')}'>{html.escape(v['verdict'])}"
+                        f"</span></td><td>{html.escape(diff)}</td><td>{html.escape(str(v.get('tendency') or ''))}</td>"
+                        f"<td>{html.escape(v.get('reason', ''))}</td><td class='prov'>{html.escape(used)}</td></tr>")
+        out.append("<table class='results claims'><thead><tr><th>claim</th><th>verdict</th><th>difference</th>"
+                   "<th>tendency</th><th>why</th><th>cells used: ours (seeds; paper)</th></tr></thead><tbody>"
+                   + "".join(rows) + "</tbody></table></details>")
+    return out
+
+
+def toc_html(tables: list[Table], wide: dict[str, pt.WideTable], figures: bool) -> str:
+    items = ["<li><a href='#summary'>Summary</a> (<a href='#claims'>claims</a>)</li>",
+             "<li><a href='#tables'>Tables</a><ul>"]
+    for t in tables:
+        name = wide[t.name].paper if t.name in wide else t.name
+        title = t.caption.split("|")[0].split(":", 1)[-1].strip()
+        items.append(f"<li><a href='#table-{html.escape(t.name)}'>{html.escape(name)}</a>: {html.escape(title)}</li>")
+    items.append("</ul></li>")
+    if figures:
+        items.append("<li><a href='#figures'>Figures</a></li>")
+    items.append("<li><a href='#cells'>Cells</a></li>")
+    return "<nav class='toc'><h2>Contents</h2><ul>" + "".join(items) + "</ul></nav>"
 
 
 def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: str | Path = "reports/tables",
@@ -402,34 +588,47 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
         parts.append("<div class='banner' id='smoke-banner'><b>Smoke-scale results.</b> These numbers come from the "
                      "smoke profile: synthetic twins of the datasets, tiny backbones (SmokeR18 / SmokeSwin), 96x96 crops "
                      "and a few iterations on CPU. They exercise the whole pipeline; they are <b>not</b> comparable to "
-                     "the paper's numbers, and every deviation mark below is expected at this scale.</div>")
+                     "the paper's numbers, and every deviation mark below is expected at this scale."
+                     + profile_settings_html(params_path, profile) + "</div>")
     counts = {s: sum(c.state == s for c in cells) for s in ("done", "running", "interrupted", "failed", "missing")}
-    parts.append("<p class='meta'>Cells: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-                 + (f". {html.escape(note)}" if note else "") + "</p>")
+    claims = _read_claims(Path(tables_dir).parent / "claims.json")
+    wide = _wide_tables(tables)
+    links = {c.cell_id: c.link or "" for c in cells}
+    parts += summary_html(counts, note, claims, tables, smoke)
+    parts.append(toc_html(tables, wide, bool(figures)))
 
-    parts.append("<h2>Tables: paper vs ours</h2>")
-    parts.append("<p class='legend prov'><span><span class='badge bad'>outside</span> red row: |ours - paper| beyond the "
-                 "tolerance of params.yaml <code>tables.tolerance</code></span><span><span class='badge'>cited</span> "
-                 "grey italic row: the number is quoted from the paper, not measured</span></p>")
+    parts.append("<h2 id='tables'>Tables in the paper's layout</h2>")
+    parts.append("<p class='legend prov'>Each cell: ours (median over seeds) above, the paper's number in "
+                 "parentheses below; letters point to the notes under the table. <b>Bold</b> / red: outside the "
+                 "tolerance of params.yaml <code>tables.tolerance</code>. Each table links its long CSV (the "
+                 "machine-readable source), wide CSV, LaTeX and the MLflow runs behind it.</p>")
     if not tables:
         parts.append(f"<p>No tables found in <code>{html.escape(str(tables_dir))}</code> (run the tables stage).</p>")
+    pdf = Path(tables_dir) / "tables.pdf"
     for table in tables:
         prov = table.provenance
-        parts.append(f"<h3 id='table-{html.escape(table.name)}'>{html.escape(table.caption.split('|')[0] or table.name)}</h3>")
-        parts.append(f"<p class='prov'>Source <code>{html.escape(str(table.path))}</code>; profile "
-                     f"{html.escape(prov.get('profile', profile))}; seeds {html.escape(prov.get('seeds', ', '.join(seeds)))}; "
-                     f"git commit {html.escape(prov.get('git_commit', ', '.join(run_commits) or commit))}; "
+        title = table.caption.split("|")[0].split(":", 1)[-1].strip() or table.name
+        paper_name = wide[table.name].paper if table.name in wide else table.name
+        parts.append(f"<h3 id='table-{html.escape(table.name)}'>{html.escape(paper_name)}: {html.escape(title)}</h3>")
+        parts.append(f"<p class='prov'>Profile {html.escape(prov.get('profile', profile))}; seeds "
+                     f"{html.escape(prov.get('seeds', ', '.join(seeds)))}; git commit "
+                     f"{html.escape(prov.get('git_commit', ', '.join(run_commits) or commit))}; "
                      f"{table.outside} outside tolerance, {table.cited} cited.</p>")
-        parts.append(table_html(table))
+        if table.name in wide:
+            parts.append(pt.to_html(wide[table.name], links=_links_html(table, out_dir, pdf, links)))
+        else:
+            parts.append(_links_html(table, out_dir, pdf, links))
+        parts.append(f"<details><summary>Long format ({len(table.frame)} lines: one per row and metric, with "
+                     f"delta, mark, status and reason)</summary>{table_html(table)}</details>")
 
-    parts.append("<h2>Figures</h2>")
+    parts.append("<h2 id='figures'>Figures</h2>")
     if not figures:
         parts.append("<p>No finished runs with logs or metrics yet.</p>")
     for fig in figures:
         parts.append(f"<figure><img src='{html.escape(fig.file)}' alt='{html.escape(fig.title)}'>"
                      f"<figcaption><b>{html.escape(fig.title)}.</b> {html.escape(fig.caption)}</figcaption></figure>")
 
-    parts.append("<h2>Cells</h2><table class='status'><thead><tr><th>state</th><th>cell</th><th>rows</th>"
+    parts.append("<h2 id='cells'>Cells</h2><table class='status'><thead><tr><th>state</th><th>cell</th><th>rows</th>"
                  "<th>seed</th><th>reason</th><th>MLflow</th></tr></thead><tbody>")
     for cell in cells:
         link = cell.link or ""

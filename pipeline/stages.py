@@ -40,9 +40,27 @@ def run_study(*, profile=None, tables=None, executor=None, max_concurrent=None, 
     return 0 if allow_failures else 1
 
 
+def tables_summary(reports_dir="reports") -> dict:
+    """What the tables stage tells a reader: where tables.pdf is (or how to get pdflatex) and each claim's verdict."""
+    import json
+    from pathlib import Path
+
+    index = json.loads((Path(reports_dir) / "tables" / "index.json").read_text())
+    claims = json.loads((Path(reports_dir) / "claims.json").read_text())
+    scale = " (smoke scale)" if claims.get("scale") == "smoke" else ""
+    lines = [f"tables.pdf: {index.get('pdf')}",
+             f"claims{scale}: " + ", ".join(f"{n} {v}" for v, n in claims["counts"].items())]
+    lines += [f"  {c['verdict']:<12} {c['id']}: {c['reason']}" for c in claims["claims"]]
+    return {"lines": lines, "counts": claims["counts"],
+            "verdicts": {c["id"]: c["verdict"] for c in claims["claims"]}}
+
+
 def run_tables(*, profile=None, params_path="params.yaml", reports_dir="reports") -> int:
     from pipeline.tables import build_tables
 
     written = build_tables(profile=profile, params_path=params_path, reports_dir=reports_dir)
-    print(f"tables: wrote {len(written)} files under {reports_dir}/tables", file=sys.stderr)
+    print(f"tables: wrote {len(written)} files under {reports_dir}/tables and {reports_dir}/claims.json",
+          file=sys.stderr)
+    for line in tables_summary(reports_dir)["lines"]:
+        print(line, file=sys.stderr)
     return 0

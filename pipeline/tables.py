@@ -7,7 +7,10 @@ Rows the paper cites from other works are marked `cited` (never shown as reprodu
 grid cell are `not run` with the reason from the CSV; failed or missing cells are shown with their
 status and reason. Each file starts with a caption: profile, seeds, git commit and, for synthetic
 profiles, "smoke scale: synthetic data, small models — not comparable to the paper" (and no
-tolerance marks). Output: reports/tables/<table>.csv and .tex (booktabs via pandas Styler.to_latex).
+tolerance marks). Output: reports/tables/<table>.csv (this long format, the machine-readable source;
+`device` = the fps device, `cells` = the evaluation runs behind the line), and in the paper's layout
+(pipeline.paper_tables): <table>.tex, <table>.wide.csv, tables.tex with every table and tables.pdf
+(pdflatex, when installed); reports/claims.json (pipeline.claims).
 
 Params (M) and GFLOPs of Tables 1 and 3 come from the DVC stage `model_stats`
 (reports/model_stats/paper_models.json, pipeline.paper_model_stats): the REAL paper architecture of
@@ -44,7 +47,8 @@ PAPER_FPS_DEVICE = "V100"  # FACTS E.4: one V100, batch 1
 # measured the same way is compared (relative tolerance: params.yaml tables.relative_tolerance).
 PAPER_MEM_PROTOCOL = {"measure": "torch.cuda.max_memory_allocated", "images_per_pass": 2, "amp": False}
 MEM_METRIC = "perf/train_peak_mem_mb"
-COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source"]
+COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source",
+           "device", "cells"]
 
 
 def load_paper_numbers(path: str | os.PathLike = PAPER_NUMBERS) -> list[dict[str, str]]:
@@ -183,7 +187,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
         line = {
             "row": p["row"], "metric": p["metric"], "paper": value, "paper_std": pstd, "ours": None,
             "ours_std": None, "seeds": 0, "delta": None, "mark": "", "status": "", "reason": "", "source": p["source"],
-            "provenance": "",
+            "device": "", "cells": "", "provenance": "",
         }
         seen.add((p["row"], p["metric"]))
         if p["status"] == "cited":
@@ -206,16 +210,21 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                     if isinstance(m.get(metric_key), (int, float)):
                         values.append(float(m[metric_key]))
                 status, reason = _cell_status(grid, r.eval_ids)
-                line.update(status=status, reason=reason, seeds=len(values), provenance=_provenance(cell_metrics))
+                line.update(status=status, reason=reason, seeds=len(values), cells=";".join(r.eval_ids),
+                            provenance=_provenance(cell_metrics))
                 devices = _fps_devices(cell_metrics) if _base_metric(p["metric"]) == "fps" else []
                 mem_mismatch = _memory_protocol_mismatch(cell_metrics) if metric_key == MEM_METRIC else ""
                 if values:
                     ours = statistics.median(values)
-                    line.update(ours=round(ours, 2), delta=round(ours - value, 2),
-                                ours_std=round(statistics.stdev(values), 2) if len(values) > 1 else None)
-                    if devices:  # fps is only comparable on the paper's device (FACTS E.4)
+                    other_device = bool(devices) and not all(PAPER_FPS_DEVICE in d for d in devices)
+                    line.update(ours=round(ours, 2), delta=None if other_device else round(ours - value, 2),
+                                ours_std=round(statistics.stdev(values), 2) if len(values) > 1 else None,
+                                device=", ".join(devices))
+                    if devices:  # fps is only comparable on the paper's device (Table 1/3 captions: one V100)
                         line["reason"] = "; ".join(x for x in (reason, f"measured on {', '.join(devices)}; "
-                                                               f"paper: one {PAPER_FPS_DEVICE}, batch 1") if x)
+                                                               f"paper: one {PAPER_FPS_DEVICE}, batch 1"
+                                                               + ("; no delta across devices" if other_device else ""))
+                                                   if x)
                     if mem_mismatch:
                         line["reason"] = "; ".join(x for x in (line["reason"], mem_mismatch) if x)
                     if p["status"] == "inconsistent":  # the paper contradicts this number: shown, not judged
@@ -240,13 +249,15 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                 cell_metrics = [read_json(Path(grid.evals[e].run_dir) / METRICS_FILE) or {} for e in r.eval_ids]
                 values = [float(m[key]) for m in cell_metrics if isinstance(m.get(key), (int, float))]
                 status, reason = _cell_status(grid, r.eval_ids)
-                if _base_metric(col) == "fps" and (devices := _fps_devices(cell_metrics)):
+                devices = _fps_devices(cell_metrics) if _base_metric(col) == "fps" else []
+                if devices:
                     reason = "; ".join(x for x in (reason, f"measured on {', '.join(devices)}") if x)
                 lines.append({"row": row_name, "metric": col, "paper": None, "paper_std": None,
                               "ours": round(statistics.median(values), 2) if values else None,
                               "ours_std": round(statistics.stdev(values), 2) if len(values) > 1 else None,
                               "seeds": len(values), "delta": None, "mark": "", "status": status, "reason": reason,
-                              "source": "grid only", "provenance": _provenance(cell_metrics)})
+                              "source": "grid only", "device": ", ".join(devices), "cells": ";".join(r.eval_ids),
+                              "provenance": _provenance(cell_metrics)})
     return pd.DataFrame(lines, columns=COLUMNS)
 
 
@@ -260,14 +271,6 @@ def caption(params: Params, grid: Grid, table: str) -> str:
     if prof.released:
         text += " | released checkpoints, evaluated here (not trained)"
     return text
-
-
-def _to_latex(df: pd.DataFrame, cap: str) -> str:
-    shown = df.drop(columns=["source"]).copy()
-    shown["reason"] = shown["reason"].astype(str).str.slice(0, 60)
-    styler = shown.style.hide(axis="index").format(precision=2, na_rep="--")
-    body = styler.to_latex(hrules=True, caption=cap.replace("_", r"\_").replace("%", r"\%"))
-    return body
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -285,30 +288,73 @@ def build_tables(
     reports_dir: str | os.PathLike = "reports",
     tables: list[str] | None = None,
     model_stats_path: str | os.PathLike | None = None,
+    pdf: bool = True,
 ) -> list[Path]:
-    """Write reports/tables/<table>.csv and .tex for every grid table; returns the written paths.
+    """Write reports/tables/<table>.csv (long), <table>.wide.csv and <table>.tex (the paper's layout,
+    pipeline.paper_tables) for every grid table, tables.tex (+ tables.pdf when pdflatex is installed
+    and `pdf`) and reports/claims.json (pipeline.claims); returns the written paths.
 
     `model_stats_path`: the model_stats stage's JSON (default <reports_dir>/model_stats/paper_models.json).
     """
+    from pipeline import claims as claims_mod
+    from pipeline import paper_tables as pt
+
     params = params or load_params(params_path)
     grid = expand(params, profile, tables)
     paper = load_paper_numbers()
+    layouts = pt.load_layouts()
+    claims = claims_mod.load_claims()  # both checked before anything is written
     model_stats = load_stats(Path(reports_dir) / MODEL_STATS_FILE.relative_to("reports")
                              if model_stats_path is None else model_stats_path)
     out_dir = Path(reports_dir) / "tables"
+    synthetic = params.profiles[grid.profile].synthetic
+    prof = params.profiles[grid.profile]
+    provenance = (f"Profile {grid.profile}, seeds {', '.join(f'{k}={v}' for k, v in prof.seeds.items())}, "
+                  f"git {git_commit()}.")
     written: list[Path] = []
     names = grid.tables()
     if tables is None:  # tables with paper numbers but no grid cells (test-server rows, cited only)
         names += [t for t in dict.fromkeys(p["table"] for p in paper) if t not in names]
+    frames: dict[str, pd.DataFrame] = {}
+    wide_docs = []
     for table in names:
         df = build_table(params, grid, table, paper, model_stats)
+        frames[table] = df
         cap = caption(params, grid, table)
         csv_path = out_dir / f"{table}.csv"
         _atomic_write(csv_path, f"# {cap}\n" + df.to_csv(index=False))
+        written.append(csv_path)
+        if table not in layouts:
+            continue
+        records = df.astype(object).where(df.notna(), None).to_dict("records")
+        wide = pt.pivot(table, layouts[table], records, shared=pt.shared_rows(records),
+                        provenance=provenance, synthetic=synthetic)
+        tex = pt.to_latex(wide, smoke_note=SMOKE_NOTE if synthetic else "")
         tex_path = out_dir / f"{table}.tex"
-        _atomic_write(tex_path, f"% {cap}\n" + _to_latex(df, cap))
-        written += [csv_path, tex_path]
-    summary = {t: {"rows": int(len(pd.read_csv(out_dir / f"{t}.csv", comment="#")))} for t in names}
-    _atomic_write(out_dir / "index.json", json.dumps({"profile": grid.profile, "tables": summary}, indent=1) + "\n")
+        _atomic_write(tex_path, tex)
+        wide_path = out_dir / f"{table}.wide.csv"
+        _atomic_write(wide_path, f"# {cap}\n" + pd.DataFrame(pt.wide_records(wide)).to_csv(index=False))
+        written += [tex_path, wide_path]
+        wide_docs.append((wide, tex, bool(layouts[table].get("landscape"))))
+    doc_path = out_dir / "tables.tex"
+    _atomic_write(doc_path, pt.latex_document(wide_docs))
+    written.append(doc_path)
+    pdf_note = "not built (pdf=False)"
+    if pdf:
+        ok, pdf_note = pt.build_pdf(doc_path.read_text(encoding="utf-8"), out_dir / "tables.pdf")
+        if ok:
+            written.append(out_dir / "tables.pdf")
+        else:
+            stale = out_dir / "tables.pdf"
+            if stale.exists():  # never leave a PDF of older numbers next to the new tables
+                stale.unlink()
+    verdicts = claims_mod.evaluate_claims(claims, frames, grid=grid, params=params)
+    claims_path = Path(reports_dir) / "claims.json"
+    _atomic_write(claims_path, json.dumps(claims_mod.claims_report(verdicts, grid.profile, synthetic),
+                                          indent=1, ensure_ascii=False) + "\n")
+    written.append(claims_path)
+    summary = {t: {"rows": int(len(frames[t]))} for t in names}
+    _atomic_write(out_dir / "index.json", json.dumps({"profile": grid.profile, "tables": summary, "pdf": pdf_note},
+                                                     indent=1) + "\n")
     written.append(out_dir / "index.json")
     return written

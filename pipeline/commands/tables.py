@@ -1,11 +1,17 @@
-"""`python -m pipeline tables`: reports/tables/*.csv|.tex from the cells' metrics.json files."""
+"""`python -m pipeline tables`: reports/tables/* (long CSV, paper-layout .tex / .wide.csv, tables.pdf) and
+reports/claims.json from the cells' metrics.json files."""
 from __future__ import annotations
 
 import argparse
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("tables", help="build Tables 1-8 (+ appendix) next to the paper's numbers")
+    p = subparsers.add_parser(
+        "tables", help="build Tables 1-8 (+ appendix) next to the paper's numbers, and check the paper's claims",
+        description="Writes reports/tables/<t>.csv (long: one line per row and metric), <t>.tex and <t>.wide.csv "
+                    "(the paper's layout, pipeline/data/table_layouts.yaml), tables.tex + tables.pdf (all tables; "
+                    "the PDF needs pdflatex: bash scripts/install_tex.sh) and reports/claims.json (the claims of "
+                    "pipeline/data/claims.yaml: supported / contradicted / inconclusive), then prints the verdicts.")
     p.add_argument("--profile", help="profile in params.yaml (default: study.profile)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--reports", default="reports")
