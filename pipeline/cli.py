@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from maskformer_core.errors import CheckpointError, ConfigError, DataError
@@ -22,6 +23,7 @@ COMMAND_MODULES = [
     "pipeline.commands.report",
     "pipeline.commands.status",
     "pipeline.commands.services",
+    "pipeline.commands.checkpoint",
 ]
 
 
@@ -42,9 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LevelFormatter(logging.Formatter):
+    """`warning: <message>` lines on stderr, like the `error: <message>` line of a refused command."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
+def _configure_logging() -> None:
+    """Warnings of the packages (counted data warnings, checkpoint fallbacks, restarts) reach stderr."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelFormatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

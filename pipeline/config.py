@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import UserError
+from pipeline.yamlio import load_yaml
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -334,14 +335,11 @@ def _fill(section: dict[str, Any], key: str, value: Any) -> None:
 
 
 def load_config(path: str | os.PathLike) -> RunConfig:
-    """Read a YAML run config (yaml.safe_load) and validate it; errors name the file and key."""
+    """Read a YAML run config (safe loader, duplicate keys refused) and validate it; errors name the file and key."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from exc
+    raw = load_yaml(path) or {}  # syntax errors and duplicate keys name the file (pipeline.yamlio)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping with sections model/data/solver/test/run")
     return parse_config(raw, source=str(path))

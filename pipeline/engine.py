@@ -554,8 +554,13 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
         tracker = Tracker(cfg.run.tracking_uri, cfg.run.experiment, disabled=not (cfg.run.tracking and env.is_main))
         trainer = Trainer(cfg, meta, env, device, tracker, output_dir, hooks=hooks)
         loaded = ckpt.load_latest(trainer.ckpt_dir, map_location=device)
+        restart = None
         if loaded is not None:
             trainer.load_state(*loaded)
+        else:
+            restart = _restart_note(trainer.ckpt_dir, output_dir)
+            if restart and env.is_main:
+                log.warning("%s", restart)
         run_id_file = output_dir / RUN_ID_FILE
         if trainer.mlflow_run_id is None and run_id_file.exists():
             trainer.mlflow_run_id = run_id_file.read_text().strip() or None
@@ -567,7 +572,7 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
             if trainer.mlflow_run_id:
                 atomic_write_text(run_id_file, trainer.mlflow_run_id + "\n")
             write_status(output_dir, "running", iteration=trainer.start_iter, mlflow_run_id=trainer.mlflow_run_id,
-                         **run_info(tracker))
+                         **({"restart": restart} if restart else {}), **run_info(tracker))
         return _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, train_records,
                                    val_records, tta, evaluate)
     finally:
@@ -635,9 +640,22 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
                 tracker.end(status)
 
 
+def _restart_note(ckpt_dir: Path, output_dir: Path) -> str | None:
+    """The line announcing a start from iteration 0 over an earlier attempt's files (None for a fresh folder)."""
+    found = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+    log_path = output_dir / TRAIN_LOG
+    if found:
+        return (f"{output_dir}: starting over from iteration 0: no checkpoint in {ckpt_dir} verifies "
+                f"({', '.join(found)} fail their sha256 check); they and {TRAIN_LOG} will be overwritten")
+    if log_path.is_file() and log_path.stat().st_size:
+        return f"{output_dir}: starting over from iteration 0: {TRAIN_LOG} exists but no checkpoint does"
+    return None
+
+
 def default_checkpoint(output_dir: str | os.PathLike) -> Path:
     """`final.pt` when it verifies, else the newest verified of `last.pt` / `prev.pt`."""
     d = ckpt.checkpoint_dir(output_dir)
+    ckpt.require_sidecars([d / "final.pt", d / "last.pt", d / "prev.pt"])
     for name in ("final.pt", "last.pt", "prev.pt"):
         if ckpt.verify(d / name):
             return d / name
@@ -662,7 +680,9 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
     meta, cfg, _train, val_records = check_data(config, validate=("val",))
     output_dir = Path(cfg.run.output_dir)
     path = Path(checkpoint) if checkpoint else default_checkpoint(output_dir)
-    digest = path.with_name(path.name + ".sha256")
+    digest = ckpt.digest_path(path)
+    if checkpoint is None:
+        ckpt.require_sidecars([path])
     if digest.exists() and not ckpt.verify(path):
         raise CheckpointError(f"{path} does not match its {digest.name}: truncated or corrupt")
     state = ckpt.load_file(path)

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import UserError
+from pipeline.yamlio import load_yaml
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -426,10 +426,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    raw = load_yaml(path) or {}  # a key written twice is an error naming it (pipeline.yamlio)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
     return raw
