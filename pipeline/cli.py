@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # read-only or full disk, no permission: one line naming the path, no traceback
+        if exc.filename is None:
+            raise
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        print(f"error: {where}: {exc.strerror or exc} (errno {exc.errno})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -362,9 +362,10 @@ def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         if bb not in params.time_model.fps:
             raise UserError(f"{source}: time_model.fps: missing backbone {bb!r}")
     check_data_roots(params, source)
-    from pipeline.grid import check_cells  # cross-field rules live with the grid expansion
+    from pipeline.grid import check_cells, check_references  # cross-field rules live with the grid expansion
 
     check_cells(params, source)
+    check_references(params, source)
     return params
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import atomic_write_text
 from pipeline.status import CellState, scan
 
 TRUE_STRINGS = {"true", "1", "yes", "y", "x", "cited"}
@@ -441,8 +442,5 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
     parts.append("</tbody></table></body></html>\n")
 
     out = out_dir / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".html.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(parts))
-    os.replace(tmp, out)
+    atomic_write_text(out, "\n".join(parts))  # no temp file left behind on a full or read-only disk
     return out

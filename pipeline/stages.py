@@ -24,8 +24,15 @@ def run_study(*, profile=None, tables=None, executor=None, max_concurrent=None, 
     from pipeline.study import plan_study
 
     # Validate and expand first: a bad params.yaml is exit 2 before Prefect starts.
-    plan_study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
-               retries=retries, cell_fn=cell_fn, params_path=params_path, reports_dir=reports_dir)
+    plan = plan_study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
+                      retries=retries, cell_fn=cell_fn, params_path=params_path, reports_dir=reports_dir)
+    from pipeline.status import live_leftovers
+
+    leftovers = live_leftovers(sorted({u.run_dir for u in [*plan.grid.train.values(), *plan.grid.evals.values()]}))
+    for line in leftovers:  # cells of an earlier, killed study that are still running (issue 15)
+        print(f"warning: {line}", file=sys.stderr)
+    if leftovers:
+        print(f"warning: {len(leftovers)} cell(s) of an earlier study still running", file=sys.stderr)
     from flows.study import shielded_ephemeral_server, study
 
     with shielded_ephemeral_server():  # Ctrl-C must not kill the temporary Prefect API mid-study

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.grid import EvalUnit, Grid, TrainUnit, expand
 from pipeline.params import Params, load_params
@@ -239,11 +240,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    """Atomic JSON write (temp file + rename; no temp file left on failure)."""
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
 
 
 def unit_state(run_dir: str | Path) -> tuple[str, str]:
@@ -266,9 +264,15 @@ def _unit(plan: StudyPlan, unit_id: str) -> TrainUnit | EvalUnit:
     return plan.grid.evals[unit_id] if unit_id in plan.grid.evals and plan.grid.evals[unit_id].is_variant else plan.grid.train[unit_id]
 
 
-def _reason(run_dir: Path, exc: BaseException) -> str:
+def _reason(run_dir: Path, exc: BaseException, job_id: str | None = None) -> str:
+    """The exception message the job recorded (executor.record_failure), else the failed status's reason."""
+    from pipeline.executor import FAILURE_FILE
+
+    failure = read_json(run_dir / FAILURE_FILE)
+    if isinstance(failure, dict) and failure.get("reason") and (job_id is None or failure.get("job_id") == job_id):
+        return str(failure["reason"])[:300]
     state, reason = unit_state(run_dir)
-    if reason:
+    if reason and state == "failed":
         return reason
     text = str(exc).strip().splitlines()
     # submitit's FailedJobError ends with the remote traceback's last line: the actual error.
@@ -317,7 +321,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     except Exception as exc:  # noqa: BLE001 - any job failure becomes the cell's recorded reason
         if plan.stop.is_set() and not is_done(unit):
             return _interrupted(plan, unit_id, job, start)
-        raise CellFailed(_reason(run_dir, exc)) from None
+        raise CellFailed(_reason(run_dir, exc, str(job.job_id))) from None
     finally:
         plan.stop.unregister(unit_id)
     state, reason = unit_state(run_dir)
@@ -425,10 +429,7 @@ def write_queries_plot(grid: Grid, path: Path) -> None:
         if values:
             q = grid.train[grid.evals[row.eval_ids[0]].train_id].config["model"]["num_queries"]
             lines.append(f"{row.cell.dataset},{q},{statistics.median(values):.3f}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def final_message(counts: dict[str, int]) -> str:
