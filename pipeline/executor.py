@@ -129,12 +129,11 @@ def current_job_id() -> str | None:
 def record_failure(run_dir: str | Path, exc: BaseException) -> None:
     """`<run_dir>/failure.json`: {"job_id", "reason": "<Type>: <message>"} of the exception that ended the job.
 
-    The study records this as the cell's reason (not the last line of a log); only the folder the study
-    already made for the cell gets it. Never raises (the job's own exception is what matters).
+    The study records this as the cell's reason (not the last line of a log); the folder is the cell's
+    run folder, which the study makes for every submitted cell anyway (cell.json). Never raises (the
+    job's own exception is what matters).
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return
     try:
         from pipeline.config import atomic_write_text
         import json

@@ -177,7 +177,10 @@ def check_references(params: Params, source: str = "params.yaml") -> None:
     """
     from pipeline.tables import PAPER_NUMBERS, load_paper_numbers
 
-    paper = load_paper_numbers()
+    try:
+        paper = load_paper_numbers()
+    except ValueError as exc:  # a duplicate or malformed line of the CSV, named with its line number
+        raise UserError(str(exc)) from None
     rows = {(p["table"], p["row"]) for p in paper}
     metrics_of: dict[str, set[str]] = {}
     for p in paper:

@@ -298,6 +298,11 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
         train = plan.grid.train[unit.train_id]
         if not is_done(train):
             state, reason = unit_state(train.run_dir)
+            from pipeline.executor import FAILURE_FILE
+
+            failure = read_json(Path(train.run_dir) / FAILURE_FILE)  # the training job's own exception
+            if state != "failed" and isinstance(failure, dict) and failure.get("reason"):
+                state, reason = "failed", str(failure["reason"])[:300]
             raise CellFailed(f"training cell {unit.train_id} is {state}" + (f": {reason}" if reason else ""))
         init_from = train.run_dir
     start = time.time()
