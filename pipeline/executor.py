@@ -81,12 +81,7 @@ def link_checkpoint(train_dir: str | Path, eval_dir: str | Path) -> None:
             tmp.unlink(missing_ok=True)  # a failed copy (disk full) leaves no temp file
 
 
-def _children(pid: int) -> list[int]:
-    """Child process ids of `pid` (Linux /proc); [] when unknown."""
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
+from pipeline.reaper import children as _children  # noqa: E402 - child pids via /proc
 
 
 def stop_job(job: Any) -> None:

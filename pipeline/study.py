@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline import reaper
 from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.grid import EvalUnit, Grid, TrainUnit, expand
@@ -70,12 +71,18 @@ class StudyStop:
         with self._lock:
             self._jobs[unit_id] = job
             stopped = self.event.is_set()
+        process = getattr(job, "_process", None)  # a local job: stopped by the reaper if the study dies
+        if process is not None and (watchdog := reaper.active()) is not None:
+            watchdog.watch(process.pid, signal.SIGTERM, its_children=True, what=f"(cell {unit_id})")
         if stopped:
             _stop_job(job)
 
     def unregister(self, unit_id: str) -> None:
         with self._lock:
-            self._jobs.pop(unit_id, None)
+            job = self._jobs.pop(unit_id, None)
+        process = getattr(job, "_process", None)
+        if process is not None and (watchdog := reaper.active()) is not None:
+            watchdog.forget(process.pid)
 
     def request(self, signum: int | None = None) -> None:
         """Stop the study (thread-safe; what the signal handler calls)."""

@@ -7,7 +7,7 @@ import argparse
 def register(subparsers) -> None:
     p = subparsers.add_parser("tables", help="build Tables 1-8 (+ appendix) next to the paper's numbers")
     p.add_argument("--profile", help="profile in params.yaml (default: study.profile)")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml) (relative paths in it, and the default output folders, mean its folder)")
     p.add_argument("--reports", default="reports")
     p.set_defaults(func=run)
 
