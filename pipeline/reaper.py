@@ -27,11 +27,24 @@ _ACTIVE: "Reaper | None" = None  # the reaper of this study process (one study p
 
 
 def children(pid: int) -> list[int]:
-    """Child process ids of `pid` (Linux /proc); [] when unknown."""
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
+    """Child process ids of `pid`, whichever of its threads started them (Linux /proc); [] when unknown."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of `pid` (a snapshot)."""
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
 
 
 class Reaper:
@@ -93,13 +106,12 @@ def active() -> Reaper | None:
 
 
 def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped by its parent, counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state != "Z"
 
 
 def main(argv: list[str]) -> int:
@@ -119,21 +131,22 @@ def main(argv: list[str]) -> int:
             watched.pop(int(parts[1]), None)
     # EOF without "exit": the study died without its cleanup.
     lines = []
-    targets: list[int] = []
+    targets: set[int] = set()  # everything that must be gone in the end: the watched trees
     for pid, (sig, kids, what) in watched.items():
+        tree = descendants(pid)
+        targets.update([pid, *tree])
         for target in (children(pid) or [pid]) if kids else [pid]:
             if _alive(target):
                 try:
                     os.kill(target, sig)
                 except OSError:
                     continue
-                targets.append(target)
                 lines.append(f"reaper: study {study_pid} died; sent {signal.Signals(sig).name} to {target} {what}".rstrip())
     deadline = time.monotonic() + grace
     while targets and time.monotonic() < deadline:
-        targets = [t for t in targets if _alive(t)]
+        targets = {t for t in targets if _alive(t)}
         time.sleep(0.5)
-    for target in targets:
+    for target in sorted(t for t in targets if _alive(t)):
         try:
             os.kill(target, signal.SIGKILL)
             lines.append(f"reaper: {target} still alive after {grace:.0f} s; sent SIGKILL")
