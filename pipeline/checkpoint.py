@@ -92,9 +92,11 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | os.PathLike, name: st
     try:
         _write_bytes_durably(tmp, data)
         _write_bytes_durably(tmp_digest, f"{digest}  {name}.pt\n".encode())
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
         tmp_digest.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # name the checkpoint, not the temp file that is gone now
+            raise OSError(exc.errno, exc.strerror or str(exc), str(final)) from exc
         raise
     if name == "last" and final.exists():
         # Keep the previous good checkpoint: a truncated/corrupt last falls back to it.

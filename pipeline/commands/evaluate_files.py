@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,18 +51,9 @@ def register(subparsers) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
     """Write JSON to a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from pipeline.config import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _check_out(out: str | None) -> None:
