@@ -506,6 +506,7 @@ def run_cell(config: RunConfig, *, hooks: Iterable[Callable[[int], None]] = (), 
       continue; CLI exit code 75). MLflow is always closed with FINISHED / FAILED / KILLED.
     - `hooks`: callables `hook(iteration)` run after every iteration (tests, progress).
     """
+    check_run_folder(config.run.output_dir)
     env = dist_utils.detect()
     if env.world_size == 1 and config.run.num_gpus > 1:
         check_data(config, validate=("train", "val"))  # bad data is reported before any process is launched
@@ -654,13 +655,32 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
                 tracker.end(status)
 
 
+# What marks a folder as a run folder of this pipeline (the engine's files, or the study's for the cell).
+RUN_FOLDER_MARKERS = (STATUS_FILE, CONFIG_FILE, TRAIN_LOG, ckpt.CKPT_DIR, "cell.json", "failure.json", "logs")
+
+
+def check_run_folder(output_dir: str | os.PathLike) -> None:
+    """UserError naming `output_dir` when it is a non-empty folder that is not a run folder (the user's files).
+
+    The engine writes status.json, metrics.json, config.yaml, ... into it: never over someone else's.
+    """
+    out = Path(output_dir)
+    if not out.is_dir() or any((out / m).exists() for m in RUN_FOLDER_MARKERS):
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries:
+        raise UserError(f"run.output_dir {out}: folder is not empty ({', '.join(entries[:3])}"
+                        f"{' ...' if len(entries) > 3 else ''}) and holds no run (no {STATUS_FILE}, {CONFIG_FILE}, "
+                        f"{ckpt.CKPT_DIR}/); refusing to write into it; choose another --output-dir")
+
+
 def _restart_note(ckpt_dir: Path, output_dir: Path) -> str | None:
     """The line announcing a start from iteration 0 over an earlier attempt's files (None for a fresh folder)."""
     found = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
     log_path = output_dir / TRAIN_LOG
     if found:
         return (f"{output_dir}: starting over from iteration 0: no checkpoint in {ckpt_dir} verifies "
-                f"({', '.join(found)} fail their sha256 check); they and {TRAIN_LOG} will be overwritten")
+                f"({', '.join(found)} fail their sha256 check or do not load); they and {TRAIN_LOG} will be overwritten")
     if log_path.is_file() and log_path.stat().st_size:
         return f"{output_dir}: starting over from iteration 0: {TRAIN_LOG} exists but no checkpoint does"
     return None
@@ -690,6 +710,8 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
 
     from pipeline.evaluation import evaluate
 
+    if output is None:
+        check_run_folder(config.run.output_dir)  # metrics/config/status go there: never into the user's files
     # Only the split it reads: an evaluation-only variant must stay cheap (its training cell checked both).
     meta, cfg, _train, val_records = check_data(config, validate=("val",))
     output_dir = Path(cfg.run.output_dir)

@@ -388,8 +388,10 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
     provenance = (f"Profile {profile}{' (smoke scale: synthetic twins, tiny backbones)' if smoke else ''}; "
                   f"seeds {', '.join(seeds)}; runs at commit {', '.join(run_commits) or 'not recorded'}; "
                   f"report at commit {commit}.")
+    # Only figures this report writes (names below) are replaced; other files in the folder are the user's.
     for old in fig_dir.glob("*.png"):
-        old.unlink()
+        if re.fullmatch(r"(training_curves_\d+|queries|query_categories|per_class_iou_\w+)\.png", old.name):
+            old.unlink()
     figures = (plot_training_curves(cells, fig_dir, provenance) + plot_queries(cells, fig_dir, provenance)
                + plot_query_categories(cells, fig_dir, provenance) + plot_per_class_iou(cells, fig_dir, provenance))
 

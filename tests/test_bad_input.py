@@ -6,6 +6,14 @@ Kinds covered: params.yaml (unknown key, wrong type, out-of-range value, unknown
 dataset, unknown inference strategy, unknown matching, fixed matching with Q != K, YAML syntax);
 data (missing folder, corrupt image, label out of range, label size mismatch, panoptic PNG/JSON
 mismatch); checkpoints (wrong architecture, not a checkpoint, missing file).
+
+Issue 15 (failure modes beyond that matrix), one section per class at the end of this file: foreign
+output folders (data synth/make/prepare, train --output-dir), checkpoints without a .sha256 and
+announced restarts, duplicate keys/entries (params.yaml, local.yaml, run configs, panoptic JSON),
+plan-time cross-references (rows, columns, metric keys, tables), liveness in `status`, OS errors
+(full disk, a folder in the way), paths relative to the params file, ignored input (labels without
+images, PNGs without annotations, images without annotations, all-ignore labels, extra predictions)
+and the recorded failure reason. The killed-study orphans case is tests/test_orphans.py (slow).
 """
 from __future__ import annotations
 
@@ -306,6 +314,17 @@ def test_foreign_output_folder_is_refused(action, twins, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]  # no temp folder, no --out made
 
 
+def test_train_into_a_foreign_folder_is_refused(twins, tmp_path):
+    victim = tmp_path / "victim"
+    before = _user_folder(victim)
+    cfg = run_config(tmp_path / "cfg.yaml", twins["ade20k"], tmp_path / "unused")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = cli(["train", "--config", str(cfg), "--output-dir", str(victim)], REPO, env)
+    assert_refused(proc, str(victim), "holds no run")
+    assert _tree(victim) == before
+    assert no_mlflow_runs(tmp_path / "mlflow.db")
+
+
 def test_own_output_folder_is_replaced(tmp_path):
     """The marker is what makes a re-run legal: `data make` over its own twin succeeds (and stays a twin)."""
     out = tmp_path / "twin"
@@ -319,11 +338,32 @@ def test_own_output_folder_is_replaced(tmp_path):
 
 # -- class 2: a missing .sha256 is not a failed check; a restart is announced -----------------------
 
-def test_checkpoint_without_sidecar_is_kept_and_rehash_restores_it(twins, tmp_path):
+@pytest.fixture(scope="module")
+def trained_run(twins, tmp_path_factory) -> Path:
+    """One finished 2-iteration training run folder (config + run), copied by the tests that break it."""
+    base = tmp_path_factory.mktemp("trained")
+    cfg = run_config(base / "cfg.yaml", twins["ade20k"], base / "run")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = cli(["train", "--config", str(cfg)], REPO, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base
+
+
+def _copy_run(trained_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
     out = tmp_path / "run"
-    cfg = run_config(tmp_path / "cfg.yaml", twins["ade20k"], out)
-    assert cli(["train", "--config", str(cfg)], REPO, env).returncode == 0
+    shutil.copytree(trained_run / "run", out)
+    cfg = tmp_path / "cfg.yaml"
+    raw = yaml.safe_load((trained_run / "cfg.yaml").read_text())
+    raw["run"]["output_dir"] = str(out)  # same MLflow store: the copied folder names its run there
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg, out
+
+
+def test_checkpoint_without_sidecar_is_kept_and_rehash_restores_it(trained_run, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cfg, out = _copy_run(trained_run, tmp_path)
     ckpts = out / "checkpoints"
     for digest in ckpts.glob("*.sha256"):  # the folder was copied with *.pt only
         digest.unlink()
@@ -343,11 +383,9 @@ def test_checkpoint_without_sidecar_is_kept_and_rehash_restores_it(twins, tmp_pa
         {k: v for k, v in before.items() if k.endswith(".pt")}
 
 
-def test_restart_from_scratch_is_announced(twins, tmp_path):
+def test_restart_from_scratch_is_announced(trained_run, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    out = tmp_path / "run"
-    cfg = run_config(tmp_path / "cfg.yaml", twins["ade20k"], out)
-    assert cli(["train", "--config", str(cfg)], REPO, env).returncode == 0
+    cfg, out = _copy_run(trained_run, tmp_path)
     (out / "status.json").unlink()  # an unfinished run: it must resume or say it starts over
     (out / "metrics.json").unlink()
     for name in ("last.pt", "prev.pt", "final.pt"):
@@ -462,9 +500,10 @@ CROSS_REFERENCES = {
 def test_cross_reference_typo_is_refused_before_any_cell(case, tmp_path, run_cli):
     mutate, culprits = CROSS_REFERENCES[case]
     work = _study_dir(tmp_path, mutate)
-    for args in (["grid", "list", "--params", "params.yaml"],
-                 ["study", "--params", "params.yaml", "--executor", "debug"],
-                 ["tables", "--params", "params.yaml"]):
+    commands = [["study", "--params", "params.yaml", "--executor", "debug"]]
+    if case == "metric_key_not_produced":  # the same check guards every command that reads the grid
+        commands += [["grid", "list", "--params", "params.yaml"], ["tables", "--params", "params.yaml"]]
+    for args in commands:
         assert_refused(run_cli(*args, cwd=work), *culprits)
     assert sorted(p.name for p in work.iterdir()) == ["params.yaml"]
 
