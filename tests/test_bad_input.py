@@ -559,6 +559,18 @@ def test_status_running_with_dead_process_is_not_running(tmp_path, monkeypatch, 
         sleeper.wait()
 
 
+def test_status_running_with_finished_slurm_job_is_not_running(tmp_path, monkeypatch, run_cli, services):
+    proj = _project(tmp_path)
+    run_dir = _run_dirs(proj, monkeypatch)[0]
+    run_dir.mkdir(parents=True)
+    # A job id the cluster does not know (finished and purged, or never there): squeue lists nothing.
+    (run_dir / "status.json").write_text(json.dumps({"status": "running", "slurm_job_id": "987654321"}))
+    proc = run_cli("status", "--json", "--params", "params.yaml", cwd=proj, env=services.subprocess_env())
+    assert proc.returncode == 0, proc.stderr
+    cell = next(c for c in json.loads(proc.stdout) if c["cell_id"] == run_dir.name)
+    assert cell["state"] == "interrupted" and "SLURM job 987654321" in cell["reason"], cell
+
+
 # -- class 6: OS errors are one line naming the path, with no temp file left -------------------------
 
 def _limit_file_size(limit: int):
