@@ -95,9 +95,11 @@ def run(args) -> int:
     action = args.data_command
     if action == "synth":
         s = _twin_settings(args)
+        check_replaceable(args.out, "--out")  # a folder without our marker is the user's: refused, untouched
         synthesize(args.dataset, args.out, **s)
         print(f"wrote synthetic {args.dataset} twin (K={s['num_classes']}, {s['num_images']} images) to {args.out}")
     elif action == "prepare":
+        check_replaceable(args.out, "--out")
         prepare(args.dataset, args.raw, args.out, progress=not args.no_progress)
         print(f"prepared {args.dataset} into {args.out}")
     elif action == "validate":
