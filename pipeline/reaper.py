@@ -105,13 +105,21 @@ def active() -> Reaper | None:
     return _ACTIVE
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """True while `pid` runs (a zombie, dead but not yet reaped by its parent, counts as gone)."""
+    if Path("/proc/self/stat").exists():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    return state != "Z"
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def main(argv: list[str]) -> int:
@@ -136,7 +144,7 @@ def main(argv: list[str]) -> int:
         tree = descendants(pid)
         targets.update([pid, *tree])
         for target in (children(pid) or [pid]) if kids else [pid]:
-            if _alive(target):
+            if alive(target):
                 try:
                     os.kill(target, sig)
                 except OSError:
@@ -144,9 +152,9 @@ def main(argv: list[str]) -> int:
                 lines.append(f"reaper: study {study_pid} died; sent {signal.Signals(sig).name} to {target} {what}".rstrip())
     deadline = time.monotonic() + grace
     while targets and time.monotonic() < deadline:
-        targets = {t for t in targets if _alive(t)}
+        targets = {t for t in targets if alive(t)}
         time.sleep(0.5)
-    for target in sorted(t for t in targets if _alive(t)):
+    for target in sorted(t for t in targets if alive(t)):
         try:
             os.kill(target, signal.SIGKILL)
             lines.append(f"reaper: {target} still alive after {grace:.0f} s; sent SIGKILL")

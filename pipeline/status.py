@@ -135,13 +135,9 @@ def owner_gone(status: dict[str, Any]) -> str | None:
 
     if host != socket.gethostname():
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return f"its process {pid} on {host} is gone"
-    except PermissionError:
-        return None  # alive, another user's
-    return None
+    from pipeline.reaper import alive
+
+    return None if alive(pid) else f"its process {pid} on {host} is gone"
 
 
 def live_leftovers(run_dirs) -> list[str]:
