@@ -361,6 +361,7 @@ def _copy_run(trained_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     return cfg, out
 
 
+@pytest.mark.slow  # trains a 2-iteration run (module fixture), then retrains / resumes it
 def test_checkpoint_without_sidecar_is_kept_and_rehash_restores_it(trained_run, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cfg, out = _copy_run(trained_run, tmp_path)
@@ -383,6 +384,7 @@ def test_checkpoint_without_sidecar_is_kept_and_rehash_restores_it(trained_run, 
         {k: v for k, v in before.items() if k.endswith(".pt")}
 
 
+@pytest.mark.slow  # trains a 2-iteration run (module fixture), then retrains / resumes it
 def test_restart_from_scratch_is_announced(trained_run, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cfg, out = _copy_run(trained_run, tmp_path)
