@@ -695,6 +695,20 @@ def test_extra_prediction_files_are_counted(tmp_path):
     assert "zzz_not_in_gt" in proc.stderr
 
 
+def test_extra_panoptic_prediction_pngs_are_counted(twins, tmp_path):
+    import shutil
+
+    root = twins["coco_panoptic"]
+    gt_json, gt_dir = root / "annotations" / "panoptic_val2017.json", root / "panoptic_val2017"
+    pred_dir = tmp_path / "pred"
+    shutil.copytree(gt_dir, pred_dir)  # the ground truth as the prediction (PQ 100), plus a stray PNG
+    shutil.copy(next(pred_dir.glob("*.png")), pred_dir / "zzz_not_listed.png")
+    proc = cli(["evaluate-panoptic", "--gt-json", str(gt_json), "--gt-folder", str(gt_dir), "--pred-json", str(gt_json),
+                "--pred-folder", str(pred_dir), "--workers", "1"], REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 PNG(s) not named by" in proc.stderr and "zzz_not_listed.png" in proc.stderr, proc.stderr
+
+
 # -- a failed cell's recorded reason is the exception's message, not a log line ---------------------
 
 def chatty_failing_cell(config) -> dict:
