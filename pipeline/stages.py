@@ -81,5 +81,5 @@ def run_tables(*, profile=None, params_path="params.yaml", reports_dir="reports"
     from pipeline.tables import build_tables
 
     written = build_tables(profile=profile, params_path=params_path, reports_dir=reports_dir)
-    print(f"tables: wrote {len(written)} files under {reports_dir}/tables", file=sys.stderr)
+    print(f"tables: wrote {len(written)} files under {os.path.join(os.path.abspath(reports_dir), 'tables')}", file=sys.stderr)
     return 0
