@@ -202,7 +202,7 @@ def load_latest(ckpt_dir: str | os.PathLike, map_location: str | torch.device = 
     overwrite it).
     """
     ckpt_dir = Path(ckpt_dir)
-    require_sidecars([ckpt_dir / "last.pt", ckpt_dir / "prev.pt"])
+    require_sidecars([ckpt_dir / "final.pt", ckpt_dir / "last.pt", ckpt_dir / "prev.pt"])
     for name in ("last.pt", "prev.pt"):
         path = ckpt_dir / name
         if not path.exists():
