@@ -147,6 +147,7 @@ class StudyPlan:
     # HTTP URI of the study's MLflow server (study.tracking_server), given to every cell; None: cells
     # resolve their own URI (pipeline.tracking.resolve_tracking_uri).
     tracking_uri: str | None = None
+    created: float = dataclasses.field(default_factory=time.time)  # jobs submitted by this plan are newer
 
     @property
     def runs_dir(self) -> Path:
@@ -271,13 +272,21 @@ def _unit(plan: StudyPlan, unit_id: str) -> TrainUnit | EvalUnit:
     return plan.grid.evals[unit_id] if unit_id in plan.grid.evals and plan.grid.evals[unit_id].is_variant else plan.grid.train[unit_id]
 
 
-def _reason(run_dir: Path, exc: BaseException, job_id: str | None = None) -> str:
-    """The exception message the job recorded (executor.record_failure), else the failed status's reason."""
+def _reason(run_dir: Path, exc: BaseException, job_id: str | None = None, since: float | None = None) -> str:
+    """The exception message the job recorded (executor.record_failure), else the failed status's reason.
+
+    The failure.json counts when it names this job, or was written after this job was submitted (`since`):
+    in-process debug jobs share one environment, so their job ids can be mixed up between threads.
+    """
     from pipeline.executor import FAILURE_FILE
 
-    failure = read_json(run_dir / FAILURE_FILE)
-    if isinstance(failure, dict) and failure.get("reason") and (job_id is None or failure.get("job_id") == job_id):
-        return str(failure["reason"])[:300]
+    path = run_dir / FAILURE_FILE
+    failure = read_json(path)
+    if isinstance(failure, dict) and failure.get("reason"):
+        fresh = since is None or path.stat().st_mtime >= since - 1.0
+        if (job_id is not None and failure.get("job_id") == job_id) or (fresh and since is not None) or \
+                (job_id is None and since is None):
+            return str(failure["reason"])[:300]
     state, reason = unit_state(run_dir)
     if reason and state == "failed":
         return reason
@@ -313,6 +322,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
             raise CellFailed(f"training cell {unit.train_id} is {state}" + (f": {reason}" if reason else ""))
         init_from = train.run_dir
     start = time.time()
+    since = plan.created if job is not None else start  # a failure.json older than this job's submission is stale
     if job is None:
         job = executor.submit(cell_config(plan, unit), log_folder=plan.log_folder(unit_id), init_from=init_from)
     write_json(
@@ -333,7 +343,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     except Exception as exc:  # noqa: BLE001 - any job failure becomes the cell's recorded reason
         if plan.stop.is_set() and not is_done(unit):
             return _interrupted(plan, unit_id, job, start)
-        raise CellFailed(_reason(run_dir, exc, str(job.job_id))) from None
+        raise CellFailed(_reason(run_dir, exc, str(job.job_id), since)) from None
     finally:
         plan.stop.unregister(unit_id)
     state, reason = unit_state(run_dir)
