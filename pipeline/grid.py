@@ -155,7 +155,7 @@ def produced_metric_keys(cell: Cell) -> set[str]:
     """The scalar keys of the metrics.json a cell's evaluation writes (pipeline.evaluation.evaluate)."""
     strategy = cell.inference or ("per_pixel" if cell.model != "maskformer" else
                                   "general" if cell.dataset in PANOPTIC_DATASETS else "semantic")
-    keys = {"perf/fps"}
+    keys = {"perf/fps", "perf/train_peak_mem_mb"}  # measured at evaluation / during training (pipeline.engine)
     if cell.dataset not in PANOPTIC_DATASETS:
         names = SEMANTIC_METRICS + PQ_STUFF_METRICS
         keys |= {f"val/{m}" for m in names}
