@@ -42,11 +42,12 @@ def shielded_ephemeral_server():
     SIGTERM to the group) killed it while the study was still recording its interrupted cells; the
     flow then hung retrying the dead API. Blocked signals are inherited by the child, so it survives
     them; it is stopped with SIGKILL at exit. No-op with a real server or off the main thread.
+    Yields the server's Popen (None when no server was started).
     """
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value() or threading.current_thread() is not threading.main_thread():
-        yield
+        yield None
         return
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -59,7 +60,7 @@ def shielded_ephemeral_server():
     # Stopped at interpreter exit, after Prefect's services have drained their events into it (they run
     # before atexit hooks); SIGKILL because SIGTERM is blocked in it (Prefect's stop() would wait 5 s).
     atexit.register(_kill, server.server_process)
-    yield
+    yield server.server_process  # the caller hands it to the study's reaper (pipeline.reaper)
 
 
 def _kill(process) -> None:

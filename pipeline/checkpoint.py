@@ -14,6 +14,11 @@ A checkpoint is a dict of plain types and tensors only, so it loads with `torch.
 Writing: bytes go to a temp file which is fsynced, then `last.pt` is renamed to `prev.pt` and the temp
 file renamed to `last.pt`. A failed write (disk full) removes the temp file and leaves `last.pt` as it
 was. Reading: `load_latest` tries `last.pt` then `prev.pt`, skipping any file whose hash does not match.
+
+A checkpoint without its `.sha256` (a run folder copied with `*.pt` only) is not a failed check: it is
+refused (`UnverifiedCheckpoint`) and nothing is overwritten, with the way out in the message: after
+checking the file, `python -m pipeline checkpoint rehash <run folder>` writes the missing sidecars
+(`rehash`). Our own writes never leave a `.pt` without its sidecar (the digest is renamed first).
 """
 from __future__ import annotations
 
@@ -87,9 +92,11 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | os.PathLike, name: st
     try:
         _write_bytes_durably(tmp, data)
         _write_bytes_durably(tmp_digest, f"{digest}  {name}.pt\n".encode())
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
         tmp_digest.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # name the checkpoint, not the temp file that is gone now
+            raise OSError(exc.errno, exc.strerror or str(exc), str(final)) from exc
         raise
     if name == "last" and final.exists():
         # Keep the previous good checkpoint: a truncated/corrupt last falls back to it.
@@ -102,6 +109,63 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | os.PathLike, name: st
     os.replace(tmp, final)
     _fsync_dir(ckpt_dir)
     return final
+
+
+class UnverifiedCheckpoint(CheckpointError):
+    """A checkpoint whose `.sha256` sidecar is missing: it cannot be verified, so it is neither used nor replaced."""
+
+
+REHASH_HINT = "python -m pipeline checkpoint rehash"
+
+
+def digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def require_sidecars(paths) -> None:
+    """UnverifiedCheckpoint naming the first existing checkpoint in ``paths`` that has no `.sha256`."""
+    missing = [p for p in paths if Path(p).is_file() and not digest_path(Path(p)).is_file()]
+    if missing:
+        p = Path(missing[0])
+        raise UnverifiedCheckpoint(
+            f"{p}: no {p.name}.sha256 beside it, so it cannot be verified; it was not used and nothing was "
+            f"overwritten ({len(missing)} checkpoint(s) without a sidecar: {', '.join(Path(m).name for m in missing)}). "
+            f"If the files are intact (e.g. the run folder was copied without its .sha256 files), re-hash them with "
+            f"`{REHASH_HINT} {p.parent}`; to start this run over instead, move {p.parent} away")
+
+
+def rehash(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Write the missing `.sha256` of each checkpoint under ``path`` (a .pt file, a checkpoints/ or a run folder).
+
+    Each file must load as a checkpoint (`load_file`: weights_only dict) before it gets a sidecar. An
+    existing sidecar is never rewritten: a mismatch is reported ("mismatch"), not papered over.
+    Returns [(file, "written" | "ok" | "mismatch")].
+    """
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        base = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
+        files = sorted(base.glob("*.pt"))
+    else:
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    if not files:
+        raise CheckpointError(f"{path}: no *.pt checkpoints found")
+    out = []
+    for f in files:
+        dp = digest_path(f)
+        if dp.is_file():
+            out.append((f, "ok" if verify(f) else "mismatch"))
+            continue
+        load_file(f)  # a file that is no loadable checkpoint gets no sidecar (CheckpointError names it)
+        tmp = dp.with_name(f".{dp.name}.tmp")
+        try:
+            _write_bytes_durably(tmp, f"{sha256_file(f)}  {f.name}\n".encode())
+            os.replace(tmp, dp)
+        finally:
+            tmp.unlink(missing_ok=True)
+        out.append((f, "written"))
+    return out
 
 
 def verify(path: Path) -> bool:
@@ -133,9 +197,12 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 def load_latest(ckpt_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
     """The newest verified checkpoint (`last.pt`, else `prev.pt`) and its path, or None when there is none.
 
-    A file whose hash does not match (truncated by a crash, bit rot) is skipped with a warning.
+    A file whose hash does not match (truncated by a crash, bit rot) is skipped with a warning. A file
+    without its `.sha256` raises `UnverifiedCheckpoint` (never skipped: the run would start over and
+    overwrite it).
     """
     ckpt_dir = Path(ckpt_dir)
+    require_sidecars([ckpt_dir / "final.pt", ckpt_dir / "last.pt", ckpt_dir / "prev.pt"])
     for name in ("last.pt", "prev.pt"):
         path = ckpt_dir / name
         if not path.exists():

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import UserError
+from pipeline.yamlio import load_yaml
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -363,14 +364,11 @@ def _fill(section: dict[str, Any], key: str, value: Any) -> None:
 
 
 def load_config(path: str | os.PathLike) -> RunConfig:
-    """Read a YAML run config (yaml.safe_load) and validate it; errors name the file and key."""
+    """Read a YAML run config (safe loader, duplicate keys refused) and validate it; errors name the file and key."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from exc
+    raw = load_yaml(path) or {}  # syntax errors and duplicate keys name the file (pipeline.yamlio)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping with sections model/data/solver/test/run")
     return parse_config(raw, source=str(path))
@@ -394,15 +392,28 @@ def dump_config(cfg: RunConfig, path: str | os.PathLike) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old or the new file, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write `text` to `path` so that readers see the old or the new file, never a partial one.
+
+    The one atomic-write helper of the pipeline: on any failure the temp file is removed, and an OSError
+    (read-only or full disk, no permission) is re-raised naming `path`, so the CLI prints one line.
+    """
+    path = Path(path)
+    tmp = None
     try:
-        with os.fdopen(fd, "w") as fh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None or exc.filename == tmp:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise

@@ -92,7 +92,21 @@ def write_status(output_dir: Path, status: str, **extra: Any) -> None:
     `tracking_uri` (the resolved MLflow store the run logs to; null with tracking off), so that status
     and report link a folder to its MLflow run without re-resolving the URI.
     """
+    if status == "running":  # who runs it: `status` checks this process / SLURM job is alive (pipeline.status)
+        extra = {**owner_info(), **extra}
     write_json_atomic(output_dir / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+
+
+def owner_info() -> dict[str, Any]:
+    """`pid`, `host` and (inside SLURM) `slurm_job_id` (`<array job>_<task>` for array tasks) of this process."""
+    import socket
+
+    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        info["slurm_job_id"] = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    elif os.environ.get("SLURM_JOB_ID"):
+        info["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    return info
 
 
 def run_info(tracker: Tracker) -> dict[str, Any]:
@@ -534,6 +548,7 @@ def run_cell(config: RunConfig, *, hooks: Iterable[Callable[[int], None]] = (), 
       continue; CLI exit code 75). MLflow is always closed with FINISHED / FAILED / KILLED.
     - `hooks`: callables `hook(iteration)` run after every iteration (tests, progress).
     """
+    check_run_folder(config.run.output_dir)
     if config.model.weights is not None:  # evaluation-only cell: a released checkpoint (the `zoo` profile)
         try:
             return evaluate_cell(config, checkpoint=config.model.weights)
@@ -603,8 +618,13 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
         tracker = Tracker(cfg.run.tracking_uri, cfg.run.experiment, disabled=not (cfg.run.tracking and env.is_main))
         trainer = Trainer(cfg, meta, env, device, tracker, output_dir, hooks=hooks)
         loaded = ckpt.load_latest(trainer.ckpt_dir, map_location=device)
+        restart = None
         if loaded is not None:
             trainer.load_state(*loaded)
+        else:
+            restart = _restart_note(trainer.ckpt_dir, output_dir)
+            if restart and env.is_main:
+                log.warning("%s", restart)
         run_id_file = output_dir / RUN_ID_FILE
         if trainer.mlflow_run_id is None and run_id_file.exists():
             trainer.mlflow_run_id = run_id_file.read_text().strip() or None
@@ -616,7 +636,7 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
             if trainer.mlflow_run_id:
                 atomic_write_text(run_id_file, trainer.mlflow_run_id + "\n")
             write_status(output_dir, "running", iteration=trainer.start_iter, mlflow_run_id=trainer.mlflow_run_id,
-                         **run_info(tracker))
+                         **({"restart": restart} if restart else {}), **run_info(tracker))
         return _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, train_records,
                                    val_records, tta, evaluate)
     finally:
@@ -686,9 +706,41 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
                 tracker.end(status)
 
 
+# What marks a folder as a run folder of this pipeline (the engine's files, or the study's for the cell).
+RUN_FOLDER_MARKERS = (STATUS_FILE, CONFIG_FILE, TRAIN_LOG, ckpt.CKPT_DIR, "cell.json", "failure.json", "logs")
+
+
+def check_run_folder(output_dir: str | os.PathLike) -> None:
+    """UserError naming `output_dir` when it is a non-empty folder that is not a run folder (the user's files).
+
+    The engine writes status.json, metrics.json, config.yaml, ... into it: never over someone else's.
+    """
+    out = Path(output_dir)
+    if not out.is_dir() or any((out / m).exists() for m in RUN_FOLDER_MARKERS):
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries:
+        raise UserError(f"run.output_dir {out}: folder is not empty ({', '.join(entries[:3])}"
+                        f"{' ...' if len(entries) > 3 else ''}) and holds no run (no {STATUS_FILE}, {CONFIG_FILE}, "
+                        f"{ckpt.CKPT_DIR}/); refusing to write into it; choose another --output-dir")
+
+
+def _restart_note(ckpt_dir: Path, output_dir: Path) -> str | None:
+    """The line announcing a start from iteration 0 over an earlier attempt's files (None for a fresh folder)."""
+    found = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+    log_path = output_dir / TRAIN_LOG
+    if found:
+        return (f"{output_dir}: starting over from iteration 0: no checkpoint in {ckpt_dir} verifies "
+                f"({', '.join(found)} fail their sha256 check or do not load); they and {TRAIN_LOG} will be overwritten")
+    if log_path.is_file() and log_path.stat().st_size:
+        return f"{output_dir}: starting over from iteration 0: {TRAIN_LOG} exists but no checkpoint does"
+    return None
+
+
 def default_checkpoint(output_dir: str | os.PathLike) -> Path:
     """`final.pt` when it verifies, else the newest verified of `last.pt` / `prev.pt`."""
     d = ckpt.checkpoint_dir(output_dir)
+    ckpt.require_sidecars([d / "final.pt", d / "last.pt", d / "prev.pt"])
     for name in ("final.pt", "last.pt", "prev.pt"):
         if ckpt.verify(d / name):
             return d / name
@@ -709,11 +761,15 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
 
     from pipeline.evaluation import evaluate
 
+    if output is None:
+        check_run_folder(config.run.output_dir)  # metrics/config/status go there: never into the user's files
     # Only the split it reads: an evaluation-only variant must stay cheap (its training cell checked both).
     meta, cfg, _train, val_records = check_data(config, validate=("val",))
     output_dir = Path(cfg.run.output_dir)
     path = Path(checkpoint) if checkpoint else default_checkpoint(output_dir)
-    digest = path.with_name(path.name + ".sha256")
+    digest = ckpt.digest_path(path)
+    if checkpoint is None:
+        ckpt.require_sidecars([path])
     if digest.exists() and not ckpt.verify(path):
         raise CheckpointError(f"{path} does not match its {digest.name}: truncated or corrupt")
     state = None

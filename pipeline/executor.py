@@ -72,18 +72,16 @@ def link_checkpoint(train_dir: str | Path, eval_dir: str | Path) -> None:
         tmp = dst / f".{name}.tmp"
         tmp.unlink(missing_ok=True)
         try:
-            os.link(src / name, tmp)
-        except OSError:
-            shutil.copy2(src / name, tmp)
-        os.replace(tmp, dst / name)
+            try:
+                os.link(src / name, tmp)
+            except OSError:
+                shutil.copy2(src / name, tmp)
+            os.replace(tmp, dst / name)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed copy (disk full) leaves no temp file
 
 
-def _children(pid: int) -> list[int]:
-    """Child process ids of `pid` (Linux /proc); [] when unknown."""
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
+from pipeline.reaper import children as _children  # noqa: E402 - child pids via /proc
 
 
 def stop_job(job: Any) -> None:
@@ -112,6 +110,35 @@ def stop_job(job: Any) -> None:
 _LOCAL_SETUP = ["trap '' INT"]
 
 
+FAILURE_FILE = "failure.json"
+
+
+def current_job_id() -> str | None:
+    """The submitit job id of this process (None outside a submitit job)."""
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:
+        return None
+
+
+def record_failure(run_dir: str | Path, exc: BaseException) -> None:
+    """`<run_dir>/failure.json`: {"job_id", "reason": "<Type>: <message>"} of the exception that ended the job.
+
+    The study records this as the cell's reason (not the last line of a log); the folder is the cell's
+    run folder, which the study makes for every submitted cell anyway (cell.json). Never raises (the
+    job's own exception is what matters).
+    """
+    run_dir = Path(run_dir)
+    try:
+        from pipeline.config import atomic_write_text
+        import json
+
+        text = json.dumps({"job_id": current_job_id(), "reason": f"{type(exc).__name__}: {exc}"[:2000]}) + "\n"
+        atomic_write_text(run_dir / FAILURE_FILE, text)
+    except Exception:  # noqa: BLE001 - a read-only folder must not hide the job's own error
+        pass
+
+
 class CellJob(submitit.helpers.Checkpointable):
     """The callable submitted for one cell: `CellJob(cell_fn, threads, init_from)(config_dict) -> metrics`."""
 
@@ -130,13 +157,17 @@ class CellJob(submitit.helpers.Checkpointable):
                 torch.set_num_threads(self.threads)
             except ImportError:
                 pass
-        if self.init_from:
-            link_checkpoint(self.init_from, config["run"]["output_dir"])
-        from pipeline.config import parse_config
+        try:
+            if self.init_from:
+                link_checkpoint(self.init_from, config["run"]["output_dir"])
+            from pipeline.config import parse_config
 
-        cfg = parse_config(config, source=f"cell {config['run'].get('run_name', '?')}")
-        fn = import_callable(self.cell_fn)
-        result = fn(cfg)
+            cfg = parse_config(config, source=f"cell {config['run'].get('run_name', '?')}")
+            fn = import_callable(self.cell_fn)
+            result = fn(cfg)
+        except Exception as exc:
+            record_failure(config["run"]["output_dir"], exc)
+            raise
         return dict(result) if isinstance(result, dict) else {"result": result}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

@@ -140,6 +140,78 @@ def _check_cell(cell: Cell, table: str, i: int, num_classes: int, source: str) -
 
 
 # ---------------------------------------------------------------------------------------------------
+# Cross-references: grid rows <-> paper numbers, columns <-> metric keys (checked at plan time)
+
+# Scalar metric names pipeline/evaluation.py writes (its module docstring): SemSegEvaluator's, PQ^St's
+# (E.3) and the panoptic evaluator's (E.2), each under `val/` (and `val_ms/` with TTA, semantic only).
+SEMANTIC_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+PQ_STUFF_METRICS = ("PQSt", "SQSt", "RQSt")
+PANOPTIC_METRICS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
+# Datasets whose panoptic records also carry the semantic GT (E.1: ADE20K panoptic reports mIoU too).
+SEMANTIC_GT_PANOPTIC = ("ade20k_panoptic",)
+
+
+def produced_metric_keys(cell: Cell) -> set[str]:
+    """The scalar keys of the metrics.json a cell's evaluation writes (pipeline.evaluation.evaluate)."""
+    strategy = cell.inference or ("per_pixel" if cell.model != "maskformer" else
+                                  "general" if cell.dataset in PANOPTIC_DATASETS else "semantic")
+    keys = {"perf/fps", "perf/train_peak_mem_mb"}  # measured at evaluation / during training (pipeline.engine)
+    if cell.dataset not in PANOPTIC_DATASETS:
+        names = SEMANTIC_METRICS + PQ_STUFF_METRICS
+        keys |= {f"val/{m}" for m in names}
+        if cell.tta:
+            keys |= {f"val_ms/{m}" for m in names}
+        return keys
+    keys |= {f"val/{m}" for m in PANOPTIC_METRICS}
+    if cell.dataset in SEMANTIC_GT_PANOPTIC and strategy != "detr":
+        keys |= {f"val/{m}" for m in SEMANTIC_METRICS}
+    return keys
+
+
+def check_references(params: Params, source: str = "params.yaml") -> None:
+    """Every grid table, row and column names a paper number, and every column a key its cell produces.
+
+    A typo would otherwise cut a row off its paper number ("grid only") or mark good cells failed
+    ("metrics.json has no ..."); here it is a UserError naming the key path, before anything runs.
+    Duplicates are refused too: one (row, column) written by two cells of a table.
+    """
+    from pipeline.tables import PAPER_NUMBERS, load_paper_numbers
+
+    try:
+        paper = load_paper_numbers()
+    except ValueError as exc:  # a duplicate or malformed line of the CSV, named with its line number
+        raise UserError(str(exc)) from None
+    rows = {(p["table"], p["row"]) for p in paper}
+    metrics_of: dict[str, set[str]] = {}
+    for p in paper:
+        metrics_of.setdefault(p["table"], set()).add(p["metric"])
+    csv_name = f"pipeline/data/{PAPER_NUMBERS.name}"
+    for table, grid in params.grid.items():
+        if table not in metrics_of:
+            raise UserError(f"{source}: grid.{table}: no table {table!r} in {csv_name} "
+                            f"(tables there: {', '.join(sorted(metrics_of))})")
+        seen: dict[tuple[str, str], int] = {}
+        for i, cell in enumerate(grid.cells):
+            if (table, cell.row) not in rows:
+                known = sorted(r for t, r in rows if t == table)
+                raise UserError(f"{source}: {_path(table, i, 'row')}: {cell.row!r} is not a row of {table} in "
+                                f"{csv_name}; its rows: {', '.join(known)}")
+            produced = produced_metric_keys(cell)
+            for column, key in (cell.columns or grid.columns).items():
+                where = _path(table, i, "columns") if cell.columns and column in cell.columns else f"grid.{table}.columns"
+                if column not in metrics_of[table]:
+                    raise UserError(f"{source}: {where}: column {column!r} is not a metric of {table} in {csv_name}; "
+                                    f"its metrics: {', '.join(sorted(metrics_of[table]))}")
+                if key not in produced:
+                    raise UserError(f"{source}: {where}: {column!r} reads metric key {key!r}, which the evaluation of "
+                                    f"{_path(table, i)} ({cell.row}) does not write; it writes {', '.join(sorted(produced))}")
+                if (cell.row, column) in seen:
+                    raise UserError(f"{source}: {_path(table, i)}: row {cell.row!r} column {column!r} is already given by "
+                                    f"{_path(table, seen[(cell.row, column)])}; one of them would be ignored")
+                seen[(cell.row, column)] = i
+
+
+# ---------------------------------------------------------------------------------------------------
 # Data version and number of classes
 
 

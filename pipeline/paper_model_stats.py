@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.grid import resolve_cell
 from pipeline.params import Params
@@ -152,15 +152,7 @@ def write_stats(rows: list[dict[str, Any]], out: str | os.PathLike) -> Path:
     doc = {"schema": SCHEMA, "created_by": "python -m pipeline model-stats-table", "device": "cpu",
            "torch": torch.__version__, "params_convention": PARAMS_CONVENTION, "flops_convention": FLOPS_CONVENTION,
            "rows": rows}
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, json.dumps(doc, indent=1) + "\n")  # no temp file left; an OSError names `out`
     return out
 
 

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import UserError
+from pipeline.yamlio import load_yaml
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -454,9 +454,10 @@ def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         if bb not in params.time_model.fps:
             raise UserError(f"{source}: time_model.fps: missing backbone {bb!r}")
     check_data_roots(params, source)
-    from pipeline.grid import check_cells  # cross-field rules live with the grid expansion
+    from pipeline.grid import check_cells, check_references  # cross-field rules live with the grid expansion
 
     check_cells(params, source)
+    check_references(params, source)
     return params
 
 
@@ -518,10 +519,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    raw = load_yaml(path) or {}  # a key written twice is an error naming it (pipeline.yamlio)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
     return raw

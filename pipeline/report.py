@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paper_tables as pt
+from pipeline.config import atomic_write_text
 from pipeline.status import CellState, scan
 
 TRUE_STRINGS = {"true", "1", "yes", "y", "x", "cited"}
@@ -573,8 +574,10 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
     provenance = (f"Profile {profile}{' (smoke scale: synthetic twins, tiny backbones)' if smoke else ''}; "
                   f"seeds {', '.join(seeds)}; runs at commit {', '.join(run_commits) or 'not recorded'}; "
                   f"report at commit {commit}.")
+    # Only figures this report writes (names below) are replaced; other files in the folder are the user's.
     for old in fig_dir.glob("*.png"):
-        old.unlink()
+        if re.fullmatch(r"(training_curves_\d+|queries|query_categories|per_class_iou_\w+)\.png", old.name):
+            old.unlink()
     figures = (plot_training_curves(cells, fig_dir, provenance) + plot_queries(cells, fig_dir, provenance)
                + plot_query_categories(cells, fig_dir, provenance) + plot_per_class_iou(cells, fig_dir, provenance))
 
@@ -640,8 +643,5 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
     parts.append("</tbody></table></body></html>\n")
 
     out = out_dir / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".html.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(parts))
-    os.replace(tmp, out)
+    atomic_write_text(out, "\n".join(parts))  # no temp file left behind on a full or read-only disk
     return out

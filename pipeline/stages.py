@@ -8,6 +8,7 @@ Exit codes: 0 all cells done, 1 some cells failed (recorded in reports/study/cel
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 
@@ -18,20 +19,56 @@ def _quiet_env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+def _die_with_dvc() -> None:
+    """Under `dvc repro` (DVC_STAGE set): SIGTERM this process when dvc dies (e.g. killed by the OOM killer).
+
+    Linux PR_SET_PDEATHSIG: the study then stops as on a scheduler's SIGTERM (cells save a checkpoint),
+    instead of running on unseen. Elsewhere (a terminal, a deployment) nothing changes.
+    """
+    if not os.environ.get("DVC_STAGE") or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # dvc already died before we got here
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_study(*, profile=None, tables=None, executor=None, max_concurrent=None, retries=None, cell_fn=None,
               params_path="params.yaml", reports_dir="reports", allow_failures=False) -> int:
     _quiet_env()
     from pipeline.study import plan_study
 
     # Validate and expand first: a bad params.yaml is exit 2 before Prefect starts.
-    plan_study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
-               retries=retries, cell_fn=cell_fn, params_path=params_path, reports_dir=reports_dir)
-    from flows.study import shielded_ephemeral_server, study
+    plan = plan_study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
+                      retries=retries, cell_fn=cell_fn, params_path=params_path, reports_dir=reports_dir)
+    from pipeline.status import live_leftovers
 
-    with shielded_ephemeral_server():  # Ctrl-C must not kill the temporary Prefect API mid-study
-        state = study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
-                      retries=retries, cell_fn=cell_fn, params_path=str(params_path),
-                      reports_dir=str(reports_dir), return_state=True)
+    leftovers = live_leftovers(sorted({u.run_dir for u in [*plan.grid.train.values(), *plan.grid.evals.values()]}))
+    for line in leftovers:  # cells of an earlier, killed study that are still running (issue 15)
+        print(f"warning: {line}", file=sys.stderr)
+    if leftovers:
+        print(f"warning: {len(leftovers)} cell(s) of an earlier study still running", file=sys.stderr)
+    _die_with_dvc()
+    from flows.study import shielded_ephemeral_server, study
+    from pipeline.reaper import Reaper
+
+    # If this process is killed (SIGKILL, OOM killer), the reaper stops its local cells and its Prefect server.
+    watchdog = Reaper.start(grace_s=plan.params.study.stop_timeout_s)
+    try:
+        with shielded_ephemeral_server() as server:  # Ctrl-C must not kill the temporary Prefect API mid-study
+            if server is not None:
+                watchdog.watch(server.pid, signal.SIGKILL, what="(temporary Prefect API server)")
+            state = study(profile=profile, tables=tables, executor=executor, max_concurrent=max_concurrent,
+                          retries=retries, cell_fn=cell_fn, params_path=str(params_path),
+                          reports_dir=str(reports_dir), return_state=True)
+    finally:
+        watchdog.close()
     print(f"study: {state.name}: {state.message}", file=sys.stderr)
     if state.is_completed():
         return 0
@@ -59,8 +96,9 @@ def run_tables(*, profile=None, params_path="params.yaml", reports_dir="reports"
     from pipeline.tables import build_tables
 
     written = build_tables(profile=profile, params_path=params_path, reports_dir=reports_dir)
-    print(f"tables: wrote {len(written)} files under {reports_dir}/tables and {reports_dir}/claims.json",
-          file=sys.stderr)
+    tables_dir = os.path.join(os.path.abspath(reports_dir), "tables")
+    print(f"tables: wrote {len(written)} files under {tables_dir} and "
+          f"{os.path.join(os.path.abspath(reports_dir), 'claims.json')}", file=sys.stderr)
     for line in tables_summary(reports_dir)["lines"]:
         print(line, file=sys.stderr)
     return 0

@@ -97,8 +97,67 @@ def read_cell(path: Path, cell_id: str | None = None) -> CellState:
         run_id = run_id or status.get("mlflow_run_id")
     if state == "done" and not isinstance(metrics, dict):
         state, reason = "failed", "status.json says done but metrics.json is missing or unreadable"
+    if state == "running" and isinstance(status, dict):
+        gone = owner_gone(status)
+        if gone:  # killed (SIGKILL, OOM killer, node lost) before it could write its final status
+            state, reason = "interrupted", f"status.json says running, but {gone}; run the study again to resume"
     return CellState(cell_id, path, state, reason, when, iteration, run_id, config,
                      metrics if isinstance(metrics, dict) else {})
+
+
+def owner_gone(status: dict[str, Any]) -> str | None:
+    """Why the process that wrote a `running` status.json is no longer running, or None (alive or unknown).
+
+    SLURM jobs (`slurm_job_id`) are looked up with `squeue`; a local run by its `pid` when it ran on this
+    host (`host`). A status without an owner (older run folders) or an unreachable scheduler: None.
+    """
+    job = status.get("slurm_job_id")
+    if job:
+        import shutil
+        import subprocess
+
+        if not shutil.which("squeue"):
+            return None
+        try:
+            out = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True,
+                                 timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode == 0 and not out.stdout.strip():
+            return f"SLURM job {job} is no longer in the queue"
+        if out.returncode != 0 and "Invalid job id" in out.stderr:
+            return f"SLURM job {job} is no longer in the queue"
+        return None
+    pid, host = status.get("pid"), status.get("host")
+    if not isinstance(pid, int) or not host:
+        return None
+    import socket
+
+    if host != socket.gethostname():
+        return None
+    from pipeline.reaper import alive
+
+    return None if alive(pid) else f"its process {pid} on {host} is gone"
+
+
+def live_leftovers(run_dirs) -> list[str]:
+    """One line per run folder whose `running` status.json names a process or SLURM job that is still alive.
+
+    Called when a study starts: such a cell belongs to an earlier study that died (SIGKILL, OOM killer)
+    without stopping its children; the new study reports it instead of silently running a second writer.
+    """
+    lines = []
+    for run_dir in run_dirs:
+        status = _read_json(Path(run_dir) / "status.json")
+        if not isinstance(status, dict) or status.get("status") != "running":
+            continue
+        if not (status.get("pid") or status.get("slurm_job_id")) or owner_gone(status):
+            continue
+        who = (f"SLURM job {status['slurm_job_id']}" if status.get("slurm_job_id")
+               else f"pid {status['pid']} on {status.get('host')}")
+        lines.append(f"{run_dir}: still running as {who}, left by an earlier study that was killed; "
+                     f"stop it (kill / scancel) or wait for it before trusting this cell's result")
+    return lines
 
 
 def expected_cells(profile: str, params_path: str | os.PathLike = "params.yaml") -> dict[str, tuple[Path, list[str]]]:

@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline import reaper
+from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.grid import EvalUnit, Grid, TrainUnit, check_pretrained_files, expand
 from pipeline.params import Params, load_params
@@ -69,12 +71,18 @@ class StudyStop:
         with self._lock:
             self._jobs[unit_id] = job
             stopped = self.event.is_set()
+        process = getattr(job, "_process", None)  # a local job: stopped by the reaper if the study dies
+        if process is not None and (watchdog := reaper.active()) is not None:
+            watchdog.watch(process.pid, signal.SIGTERM, its_children=True, what=f"(cell {unit_id})")
         if stopped:
             _stop_job(job)
 
     def unregister(self, unit_id: str) -> None:
         with self._lock:
-            self._jobs.pop(unit_id, None)
+            job = self._jobs.pop(unit_id, None)
+        process = getattr(job, "_process", None)
+        if process is not None and (watchdog := reaper.active()) is not None:
+            watchdog.forget(process.pid)
 
     def request(self, signum: int | None = None) -> None:
         """Stop the study (thread-safe; what the signal handler calls)."""
@@ -139,6 +147,7 @@ class StudyPlan:
     # HTTP URI of the study's MLflow server (study.tracking_server), given to every cell; None: cells
     # resolve their own URI (pipeline.tracking.resolve_tracking_uri).
     tracking_uri: str | None = None
+    created: float = dataclasses.field(default_factory=time.time)  # jobs submitted by this plan are newer
 
     @property
     def runs_dir(self) -> Path:
@@ -240,11 +249,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    """Atomic JSON write (temp file + rename; no temp file left on failure)."""
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
 
 
 def unit_state(run_dir: str | Path) -> tuple[str, str]:
@@ -267,9 +273,23 @@ def _unit(plan: StudyPlan, unit_id: str) -> TrainUnit | EvalUnit:
     return plan.grid.evals[unit_id] if unit_id in plan.grid.evals and plan.grid.evals[unit_id].is_variant else plan.grid.train[unit_id]
 
 
-def _reason(run_dir: Path, exc: BaseException) -> str:
+def _reason(run_dir: Path, exc: BaseException, job_id: str | None = None, since: float | None = None) -> str:
+    """The exception message the job recorded (executor.record_failure), else the failed status's reason.
+
+    The failure.json counts when it names this job, or was written after this job was submitted (`since`):
+    in-process debug jobs share one environment, so their job ids can be mixed up between threads.
+    """
+    from pipeline.executor import FAILURE_FILE
+
+    path = run_dir / FAILURE_FILE
+    failure = read_json(path)
+    if isinstance(failure, dict) and failure.get("reason"):
+        fresh = since is None or path.stat().st_mtime >= since - 1.0
+        if (job_id is not None and failure.get("job_id") == job_id) or (fresh and since is not None) or \
+                (job_id is None and since is None):
+            return str(failure["reason"])[:300]
     state, reason = unit_state(run_dir)
-    if reason:
+    if reason and state == "failed":
         return reason
     text = str(exc).strip().splitlines()
     # submitit's FailedJobError ends with the remote traceback's last line: the actual error.
@@ -295,9 +315,15 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
         train = plan.grid.train[unit.train_id]
         if not is_done(train):
             state, reason = unit_state(train.run_dir)
+            from pipeline.executor import FAILURE_FILE
+
+            failure = read_json(Path(train.run_dir) / FAILURE_FILE)  # the training job's own exception
+            if state != "failed" and isinstance(failure, dict) and failure.get("reason"):
+                state, reason = "failed", str(failure["reason"])[:300]
             raise CellFailed(f"training cell {unit.train_id} is {state}" + (f": {reason}" if reason else ""))
         init_from = train.run_dir
     start = time.time()
+    since = plan.created if job is not None else start  # a failure.json older than this job's submission is stale
     if job is None:
         job = executor.submit(cell_config(plan, unit), log_folder=plan.log_folder(unit_id), init_from=init_from)
     write_json(
@@ -318,7 +344,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     except Exception as exc:  # noqa: BLE001 - any job failure becomes the cell's recorded reason
         if plan.stop.is_set() and not is_done(unit):
             return _interrupted(plan, unit_id, job, start)
-        raise CellFailed(_reason(run_dir, exc)) from None
+        raise CellFailed(_reason(run_dir, exc, str(job.job_id), since)) from None
     finally:
         plan.stop.unregister(unit_id)
     state, reason = unit_state(run_dir)
@@ -426,10 +452,7 @@ def write_queries_plot(grid: Grid, path: Path) -> None:
         if values:
             q = grid.train[grid.evals[row.eval_ids[0]].train_id].config["model"]["num_queries"]
             lines.append(f"{row.cell.dataset},{q},{statistics.median(values):.3f}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def final_message(counts: dict[str, int]) -> str:

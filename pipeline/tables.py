@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.config import atomic_write_text
 from pipeline.grid import Grid, expand
 from pipeline.paper_model_stats import DEFAULT_OUT as MODEL_STATS_FILE
 from pipeline.paper_model_stats import load_stats
@@ -56,7 +57,12 @@ def load_paper_numbers(path: str | os.PathLike = PAPER_NUMBERS) -> list[dict[str
     source, note. `inconsistent`: a number the paper contradicts elsewhere; kept and compared, never marked."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
+    seen: dict[tuple[str, str, str], int] = {}
     for i, r in enumerate(rows, start=2):
+        key = (r["table"], r["row"], r["metric"])
+        if key in seen:  # the table would show one of the two numbers, silently
+            raise ValueError(f"{path}:{i}: {key[0]} row {key[1]!r} metric {key[2]!r} is already on line {seen[key]}")
+        seen[key] = i
         if r["status"] not in ("reproduce", "cited", "not_run", "inconsistent"):
             raise ValueError(f"{path}:{i}: status {r['status']!r} is not reproduce, cited, not_run or inconsistent")
         float(r["value"])
@@ -274,10 +280,7 @@ def caption(params: Params, grid: Grid, table: str) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)  # no temp file left on a full or read-only disk; the error names `path`
 
 
 def build_tables(

@@ -8,6 +8,7 @@ records also carry ``sem_seg_file_name`` (the 150-class semantic GT, E.1).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,6 +18,8 @@ import torch
 from maskformer_core.data.formats import image_size, require_dir, require_file
 from maskformer_core.data.metadata import DatasetMeta, get_metadata
 from maskformer_core.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # Official split folder names of the prepared layouts (F).
 ADE_DIRS = {"train": "training", "val": "validation"}
@@ -59,6 +62,7 @@ def semantic_pairs(name: str, root: Path, split: str) -> list[tuple[Path, Path]]
             pairs.append((img, gt_root / img.parent.name / f"{base}_gtFine_labelTrainIds.png"))
         if not pairs:
             raise DataError(f"{img_root}: no <city>/*_leftImg8bit.png images (wrong directory layout?)")
+        _refuse_orphan_labels(pairs, gt_root.glob("*/*_gtFine_labelTrainIds.png"), img_root)
         return pairs
     else:
         raise DataError(f"{name}: not a semantic dataset")
@@ -67,7 +71,18 @@ def semantic_pairs(name: str, root: Path, split: str) -> list[tuple[Path, Path]]
     images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() == img_ext)
     if not images:
         raise DataError(f"{img_dir}: no *{img_ext} images (wrong directory layout?)")
-    return [(p, lab_dir / (p.stem + lab_ext)) for p in images]
+    pairs = [(p, lab_dir / (p.stem + lab_ext)) for p in images]
+    _refuse_orphan_labels(pairs, (p for p in lab_dir.iterdir() if p.suffix.lower() == lab_ext), img_dir)
+    return pairs
+
+
+def _refuse_orphan_labels(pairs: list[tuple[Path, Path]], labels, img_dir: Path) -> None:
+    """DataError when a label file has no image: it would be silently left out (a lost or misnamed image)."""
+    expected = {lab for _img, lab in pairs}
+    orphans = sorted(p for p in labels if p not in expected)
+    if orphans:
+        raise DataError(f"{orphans[0]}: label without an image in {img_dir} ({len(orphans)} such label file(s): "
+                        f"{', '.join(p.name for p in orphans[:3])}); restore the images or remove the labels")
 
 
 def panoptic_paths(name: str, root: Path, split: str) -> tuple[Path, Path, Path, Optional[Path]]:
@@ -83,15 +98,67 @@ def panoptic_paths(name: str, root: Path, split: str) -> tuple[Path, Path, Path,
     raise DataError(f"{name}: not a panoptic dataset")
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json object_pairs_hook: a key written twice in one object is an error (json keeps the last silently)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise DataError(f"duplicate key {key!r} in one JSON object")
+        out[key] = value
+    return out
+
+
+def _first_duplicate(values) -> object:
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
 def read_panoptic_json(path: Path) -> dict:
+    """A COCO-format panoptic JSON, checked for duplicates and dangling references (DataError naming them).
+
+    Refused: a key written twice in one object, an image id / category id listed twice, two annotations
+    of one image (it would be trained and scored twice) or with one PNG file name, a segment id twice in
+    one annotation, an annotation of an image id the ``images`` list lacks. An image listed without an
+    annotation is skipped by every reader: logged as one warning that counts them.
+    """
     require_file(path, "panoptic JSON")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise DataError(f"{path}: panoptic JSON lacks the {key!r} list")
+    dup = _first_duplicate(im["id"] for im in data["images"])
+    if dup is not None:
+        raise DataError(f"{path}: image id {dup!r} is listed twice in 'images'")
+    dup = _first_duplicate(c["id"] for c in data["categories"])
+    if dup is not None:
+        raise DataError(f"{path}: category id {dup!r} is listed twice in 'categories'")
+    dup = _first_duplicate(a["image_id"] for a in data["annotations"])
+    if dup is not None:
+        raise DataError(f"{path}: image id {dup!r} has two annotations (it would be trained and evaluated twice)")
+    dup = _first_duplicate(a["file_name"] for a in data["annotations"])
+    if dup is not None:
+        raise DataError(f"{path}: two annotations name the PNG {dup!r}")
+    image_ids = {im["id"] for im in data["images"]}
+    for ann in data["annotations"]:
+        if ann["image_id"] not in image_ids:
+            raise DataError(f"{path}: annotation {ann['file_name']} refers to unknown image_id {ann['image_id']!r}")
+        dup = _first_duplicate(int(s["id"]) for s in ann["segments_info"])
+        if dup is not None:
+            raise DataError(f"{path}: segment id {dup} is listed twice in the annotation of {ann['file_name']}")
+    annotated = {a["image_id"] for a in data["annotations"]}
+    unannotated = [im for im in data["images"] if im["id"] not in annotated]
+    if unannotated:
+        log.warning("%s: %d of %d images have no annotation and are skipped, e.g. %s", path, len(unannotated),
+                    len(data["images"]), ", ".join(str(im.get("file_name", im["id"])) for im in unannotated[:3]))
     return data
 
 

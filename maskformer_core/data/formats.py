@@ -125,20 +125,53 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
         shutil.copyfile(src, dst)
 
 
+# Marker files of the folders this project writes (synthetic twins, prepared datasets). Only a folder
+# carrying one of them may be replaced by `atomic_directory`; anything else is the user's.
+SYNTHETIC_MARKER = "SYNTHETIC.json"
+PREPARED_MARKER = "PREPARED.json"
+OWN_MARKERS = (SYNTHETIC_MARKER, PREPARED_MARKER)
+
+
+def check_replaceable(out: str | Path, what: str = "output folder") -> None:
+    """DataError naming ``out`` when it is a non-empty folder (or a file) this project did not write.
+
+    A folder may be replaced when it does not exist, is empty, or carries one of OWN_MARKERS (a twin or
+    a prepared dataset written by `synthesize` / `prepare`). Called before any work starts.
+    """
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise DataError(f"{what} {out}: exists and is not a folder; refusing to replace it")
+    if any((out / m).is_file() for m in OWN_MARKERS):
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise DataError(f"{what} {out}: folder is not empty ({shown}) and carries no {' / '.join(OWN_MARKERS)} "
+                        f"marker, so this pipeline did not write it; refusing to replace it (choose another "
+                        f"folder, or move it away)")
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str | Path) -> Iterator[Path]:
     """Yield a fresh temp folder beside ``out``; on success it replaces ``out`` in one rename.
 
     On any exception the temp folder is removed and ``out`` is left as it was, so nothing
-    half-written remains.
+    half-written remains. An existing ``out`` is replaced only when `check_replaceable` allows it
+    (empty, or written by this project: it carries a marker), else DataError before anything is written.
     """
     out = Path(out)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and (exc.filename is None or str(exc.filename).startswith(str(tmp))):
+            # a full or read-only disk: name the folder being written, not the temp folder that is gone now
+            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
         raise
     old = None
     if out.exists():

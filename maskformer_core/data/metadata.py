@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from maskformer_core.data.formats import SYNTHETIC_MARKER  # noqa: F401 - re-exported
 from maskformer_core.errors import DataError
 
 DATASETS = (
@@ -18,8 +19,8 @@ DATASETS = (
     "ade20k_panoptic",
 )
 
-# Name of the marker file a synthetic twin root carries (docs/ARCHITECTURE.md "Synthetic twins").
-SYNTHETIC_MARKER = "SYNTHETIC.json"
+# SYNTHETIC_MARKER: the marker file a synthetic twin root carries (docs/ARCHITECTURE.md "Synthetic twins");
+# defined with the other ownership markers in formats.py.
 
 
 @dataclasses.dataclass(frozen=True)

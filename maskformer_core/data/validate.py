@@ -2,10 +2,14 @@
 
 Checks: missing files/folders and wrong layout, corrupt images, labels outside the dataset's classes
 (ignore excepted), image/label size mismatch, panoptic PNG segments missing from the JSON and JSON
-segments missing from the PNG, unknown categories.
+segments missing from the PNG, unknown categories, duplicates in the panoptic JSON
+(`datasets.read_panoptic_json`), label files without an image, panoptic PNGs no annotation names.
+Labels that are all ignore (no mask loss, no score) are counted: a warning naming how many, an error
+when every label of the split is.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +19,20 @@ from maskformer_core.data.datasets import panoptic_paths, read_panoptic_json, se
 from maskformer_core.data.formats import read_image, read_label, read_panoptic_png, require_dir
 from maskformer_core.data.metadata import DatasetMeta, get_metadata
 from maskformer_core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def _report_empty(empty: list[Path], total: int, split: str, what: str) -> None:
+    """Labels with nothing to learn from: a counted warning, or DataError when the whole split is so."""
+    if not empty:
+        return
+    shown = ", ".join(p.name for p in empty[:3])
+    if len(empty) == total:
+        raise DataError(f"{empty[0].parent}: all {total} {split} {what} (e.g. {shown}); training on them "
+                        f"would have no mask loss and evaluation nothing to score")
+    log.warning("%s: %d of %d %s %s (e.g. %s); they add no mask loss", empty[0].parent, len(empty), total,
+                split, what, shown)
 
 
 def _check_values(path, lab: np.ndarray, allowed: np.ndarray, ignore: int) -> None:
@@ -33,6 +51,7 @@ def _check_image(img_path: Path) -> tuple[int, int]:
 def _validate_semantic(name: str, meta: DatasetMeta, root: Path, split: str) -> int:
     allowed = np.arange(meta.num_classes)
     pairs = semantic_pairs(name, root, split)
+    empty: list[Path] = []
     for img, lab_path in pairs:
         if not lab_path.is_file():
             raise DataError(f"{lab_path}: missing label file for image {img}")
@@ -42,6 +61,9 @@ def _validate_semantic(name: str, meta: DatasetMeta, root: Path, split: str) -> 
             raise DataError(f"{lab_path}: label size {lab.shape[1]}x{lab.shape[0]} differs from image "
                             f"{img} size {hw[1]}x{hw[0]}")
         _check_values(lab_path, lab, allowed, meta.ignore_label)
+        if (lab == meta.ignore_label).all():
+            empty.append(lab_path)
+    _report_empty(empty, len(pairs), split, "labels are all ignore")
     return len(pairs)
 
 
@@ -61,6 +83,12 @@ def _validate_panoptic(name: str, meta: DatasetMeta, root: Path, split: str) -> 
         if cat["id"] not in known:
             raise DataError(f"{json_file}: category {cat['id']} ({cat.get('name')}) is not a class of {name}")
     images = {im["id"]: im for im in data["images"]}
+    listed = {ann["file_name"] for ann in data["annotations"]}
+    orphans = sorted(p.name for p in pan_dir.iterdir() if p.suffix.lower() == ".png" and p.name not in listed)
+    if orphans:
+        raise DataError(f"{pan_dir / orphans[0]}: panoptic PNG that no annotation of {json_file.name} names "
+                        f"({len(orphans)} such file(s): {', '.join(orphans[:3])})")
+    empty: list[Path] = []
     for ann in data["annotations"]:
         png = pan_dir / ann["file_name"]
         im = images.get(ann["image_id"])
@@ -81,6 +109,8 @@ def _validate_panoptic(name: str, meta: DatasetMeta, root: Path, split: str) -> 
                 raise DataError(f"{json_file}: segment {seg['id']} of {ann['file_name']} has category "
                                 f"{seg['category_id']} outside the dataset's classes")
             json_ids.add(int(seg["id"]))
+        if not any(not seg.get("iscrowd", 0) for seg in ann["segments_info"]):
+            empty.append(png)
         png_ids = set(np.unique(ids).tolist()) - {0}
         if png_ids - json_ids:
             raise DataError(f"{png}: segment id(s) {sorted(png_ids - json_ids)[:5]} in the PNG are missing "
@@ -99,6 +129,7 @@ def _validate_panoptic(name: str, meta: DatasetMeta, root: Path, split: str) -> 
             _check_values(sem_path, lab, np.asarray(meta.dataset_ids), meta.ignore_label)
     if not data["annotations"]:
         raise DataError(f"{json_file}: no annotations")
+    _report_empty(empty, len(data["annotations"]), split, "annotations have no non-crowd segment")
     return len(data["annotations"])
 
 

@@ -25,12 +25,12 @@ def _twin_settings(args) -> dict:
     settings = {"num_images": synth.DEFAULT_NUM_IMAGES, "num_classes": synth.DEFAULT_NUM_CLASSES,
                 "image_size": synth.DEFAULT_IMAGE_SIZE, "seed": 0}
     if getattr(args, "params", None):
-        import yaml
+        from pipeline.yamlio import load_yaml
 
         path = Path(args.params)
         if not path.is_file():
             raise UserError(f"{path}: params file not found")
-        section = (yaml.safe_load(path.read_text()) or {}).get("data", {}) or {}
+        section = (load_yaml(path) or {}).get("data", {}) or {}
         entry = section.get(args.dataset, {}) or {}
         unknown = set(entry) - set(settings)
         if unknown:
@@ -90,13 +90,16 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from maskformer_core.data import get_metadata, prepare, synthesize, validate
+    from maskformer_core.data.formats import check_replaceable
 
     action = args.data_command
     if action == "synth":
         s = _twin_settings(args)
+        check_replaceable(args.out, "--out")  # a folder without our marker is the user's: refused, untouched
         synthesize(args.dataset, args.out, **s)
         print(f"wrote synthetic {args.dataset} twin (K={s['num_classes']}, {s['num_images']} images) to {args.out}")
     elif action == "prepare":
+        check_replaceable(args.out, "--out")
         prepare(args.dataset, args.raw, args.out, progress=not args.no_progress)
         print(f"prepared {args.dataset} into {args.out}")
     elif action == "validate":
@@ -107,6 +110,9 @@ def run(args) -> int:
               + ", ".join(f"{k} {v} images" for k, v in counts.items()))
     elif action == "make":
         s = _twin_settings(args)
+        check_replaceable(args.out, "--out")  # both targets are checked before the twin is written
+        if args.raw:
+            check_replaceable(args.raw, "--raw")
         with tempfile.TemporaryDirectory(prefix=f"{args.dataset}-raw-") as tmp:
             raw = Path(args.raw) if args.raw else Path(tmp) / "raw"
             synthesize(args.dataset, raw, **s)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,18 +55,9 @@ def register(subparsers) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
     """Write JSON to a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from pipeline.config import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _check_out(out: str | None) -> None:
@@ -82,12 +73,25 @@ def _require(path: str, kind: str, flag: str) -> None:
         raise UserError(f"{flag} {path}: folder not found")
 
 
+def _warn_unlisted_pngs(pred_json: str, pred_folder: str) -> None:
+    """A counted warning for PNGs in the prediction folder that no entry of the prediction JSON names."""
+    try:
+        listed = {a.get("file_name") for a in json.loads(Path(pred_json).read_text()).get("annotations", [])}
+    except (ValueError, AttributeError):
+        return  # pq_compute reports a malformed JSON itself
+    extra = sorted(p.name for p in Path(pred_folder).glob("*.png") if p.name not in listed)
+    if extra:
+        print(f"warning: --pred-folder {pred_folder}: {len(extra)} PNG(s) not named by {pred_json} are not "
+              f"scored, e.g. {extra[:5]}", file=sys.stderr)
+
+
 def run_panoptic(args) -> int:
     _require(args.gt_json, "file", "--gt-json")
     _require(args.pred_json, "file", "--pred-json")
     _require(args.gt_folder, "dir", "--gt-folder")
     _require(args.pred_folder, "dir", "--pred-folder")
     _check_out(args.out)
+    _warn_unlisted_pngs(args.pred_json, args.pred_folder)
     results = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, num_workers=args.workers,
                          engine=args.engine)
     print(f"{'':10s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s} {'N':>5s}")
@@ -153,6 +157,10 @@ def run_semantic(args) -> int:
     missing = [s for s in gts if s not in preds]
     if missing:
         raise UserError(f"--pred-folder {args.pred_folder}: no prediction for {len(missing)} GT file(s), e.g. {missing[:5]}")
+    extra = [s for s in preds if s not in gts]
+    if extra:  # scored nowhere: say so, with the count (a wrong folder or a renamed GT would hide here)
+        print(f"warning: --pred-folder {args.pred_folder}: {len(extra)} prediction file(s) without a GT file are "
+              f"not scored, e.g. {extra[:5]}", file=sys.stderr)
     pairs = [(gts[s], preds[s]) for s in gts]
     workers = min(default_num_workers() if args.workers is None else max(1, args.workers), len(pairs))
     chunks = [pairs[i::workers] for i in range(workers)]

@@ -16,12 +16,12 @@ def register(subparsers) -> None:
     ls = sub.add_parser("list", help="cells per table with status and estimated GPU-hours")
     ls.add_argument("--table", action="append", help="table1..table8, appendixN, main, ablations (repeatable)")
     ls.add_argument("--profile", help="profile in params.yaml (default: study.profile)")
-    ls.add_argument("--params", default="params.yaml")
+    ls.add_argument("--params", default="params.yaml", help="params file (relative paths in it mean its folder)")
     ls.set_defaults(func=run)
     show = sub.add_parser("show", help="print the resolved run config of one cell (id or unique prefix)")
     show.add_argument("cell")
     show.add_argument("--profile")
-    show.add_argument("--params", default="params.yaml")
+    show.add_argument("--params", default="params.yaml", help="params file (relative paths in it mean its folder)")
     show.set_defaults(func=run)
 
 

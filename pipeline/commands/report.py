@@ -9,7 +9,7 @@ def register(subparsers) -> None:
                     "figures (training curves, queries, categories per query, per-class IoU), each with its "
                     "provenance (profile, seeds, git commit).")
     parser.add_argument("--profile", help="study profile (default: params.yaml study.profile)")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml) (relative paths in it, and the default output folders, mean its folder)")
     parser.add_argument("--runs-root", help="run folders root (default: params.yaml study.runs_root)")
     parser.add_argument("--tables", default="reports/tables", help="folder of table CSVs (default: reports/tables)")
     parser.add_argument("--out", default="reports", help="output folder (default: reports)")

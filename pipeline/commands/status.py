@@ -13,7 +13,7 @@ def register(subparsers) -> None:
                     "(missing = no folder yet). Links point at $MLFLOW_UI_URL, the http tracking URI, "
                     "or `mlflow ui`'s default http://127.0.0.1:5000.")
     parser.add_argument("--profile", help="study profile (default: params.yaml study.profile)")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml) (relative paths in it, and the default output folders, mean its folder)")
     parser.add_argument("--runs-root", help="run folders root (default: params.yaml study.runs_root)")
     parser.add_argument("--ui-url", help="MLflow UI base URL for the links")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

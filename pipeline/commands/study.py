@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-concurrent", type=int, help="cells running at once (default: the profile's)")
     p.add_argument("--retries", type=int, help="retries per failed cell (default: study.retries)")
     p.add_argument("--cell-fn", help="import path of the cell function (default: study.cell_fn)")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml) (relative paths in it, and the default output folders, mean its folder)")
     p.add_argument("--reports", default="reports")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when cells failed")
     p.set_defaults(func=run)

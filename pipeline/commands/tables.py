@@ -13,7 +13,7 @@ def register(subparsers) -> None:
                     "the PDF needs pdflatex: bash scripts/install_tex.sh) and reports/claims.json (the claims of "
                     "pipeline/data/claims.yaml: supported / contradicted / inconclusive), then prints the verdicts.")
     p.add_argument("--profile", help="profile in params.yaml (default: study.profile)")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml) (relative paths in it, and the default output folders, mean its folder)")
     p.add_argument("--reports", default="reports")
     p.set_defaults(func=run)
 

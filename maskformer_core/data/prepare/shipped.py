@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskformer_core.data.formats import link_or_copy
-from maskformer_core.data.metadata import SYNTHETIC_MARKER, get_metadata
+from maskformer_core.data.formats import OWN_MARKERS, link_or_copy
+from maskformer_core.data.metadata import get_metadata
 from maskformer_core.data.prepare.common import progress_iter
 
 
@@ -20,7 +20,7 @@ def check(name: str, raw_root: Path) -> dict:
     meta = get_metadata(name, raw_root)
     for split in meta.splits:
         validate(name, base, split, meta=meta)
-    files = sorted(p for p in base.rglob("*") if p.is_file() and p.name != SYNTHETIC_MARKER)
+    files = sorted(p for p in base.rglob("*") if p.is_file() and p.name not in OWN_MARKERS)
     return {"base": base, "files": files}
 
 
