@@ -135,14 +135,18 @@ def _check_panoptic_sample(out, record, seed):
     assert t["labels"].tolist() == [s["category_id"] for s in record["segments_info"]]
     cls, inst = _decode_pan(img)
     inner = _interior(np.where(sem == 255, 99, sem)) & (sem != 255)
+    # The panoptic PNG is resized with PIL NEAREST and the semantic map with torch nearest, as in the official
+    # MaskFormerPanopticDatasetMapper (uint8 RGB vs float64 input to detectron2's ResizeTransform), so the two
+    # may differ by a pixel at boundaries: they must agree wherever the semantic map is locally constant.
+    agree = _interior(np.where(sem == 255, 99, sem))
     for k, s in enumerate(record["segments_info"]):
         m = masks[k]
-        assert (sem[m] == s["category_id"]).all(), (seed, s)  # masks and semantic map agree everywhere
+        assert (sem[m & agree] == s["category_id"]).all(), (seed, s)
         c, j = (s["id"] - 1) // 10, (s["id"] - 1) % 10
         sel = m & inner & _interior(m.astype(np.int64))
         assert (cls[sel] == c).all() and (inst[sel] == j).all(), (seed, s["id"])
     covered = masks.any(0)
-    assert (sem[~covered] == 255).all()  # pixels of no segment: VOID in the panoptic map, ignore in sem_seg
+    assert (sem[~covered & agree] == 255).all()  # pixels of no segment: VOID in the panoptic map, ignore in sem_seg
 
 
 def test_ade_panoptic_training_mapper_keeps_image_and_segments_aligned(pan_record):
