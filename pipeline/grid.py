@@ -377,6 +377,11 @@ def resolve_cell(
             f"{where}: warmup of {solver['warmup_iters']} iterations >= max_iter {max_iter} in profile {profile_name} "
             f"(set profiles.{profile_name}.solver.warmup_iters)"
         )
+    num_gpus = profile.num_gpus(cell.dataset)  # world size: one process per GPU (A.0)
+    if solver["ims_per_batch"] % num_gpus:
+        raise UserError(
+            f"{where}: solver.ims_per_batch {solver['ims_per_batch']} is not divisible by the {num_gpus} "
+            f"processes of profile {profile_name} (profiles.{profile_name}.gpus): the per-GPU batch must be whole")
     dv = (data_versions or {}).get(cell.dataset) or data_version(root)
     train_hash_input = {
         "model": {k2: v for k2, v in model.items() if k2 != "pretrained"},
@@ -387,6 +392,8 @@ def resolve_cell(
         "seed": seed,
         "data_version": dv,
     }
+    if num_gpus != 1:  # the per-GPU batch (and the per-GPU CE mean) change results; 1 keeps earlier ids
+        train_hash_input["world_size"] = num_gpus
     arch_short = {"maskformer": "mf", "per_pixel": "pp", "per_pixel_plus": "ppp"}[cell.model]
     slug = f"{cell.dataset}-{arch_short}-{backbone}"
     if queries is not None and cell.model == "maskformer":
@@ -423,6 +430,7 @@ def resolve_cell(
         "run_name": train_id,
         "tags": {"profile": profile_name, "cell_id": train_id, "data_version": dv},
         "eval_period": recipe.eval_period,
+        "num_gpus": num_gpus,
     }
     run.update({k2: v for k2, v in profile.run.model_dump().items() if v is not None})
     train_cfg = {
