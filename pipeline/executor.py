@@ -200,6 +200,12 @@ class CellJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+def job_result(job: Any) -> Any:
+    """The cell's result: rank 0's for a multi-task (one process per GPU) job, whose every task returns
+    the same metrics (the engine broadcasts them); `job.result()` refuses jobs with sub-tasks."""
+    return job.results()[0]
+
+
 def slurm_layout(world_size: int, gpus_per_node: int, device: str) -> dict[str, int]:
     """SLURM geometry of one cell: one task (process) per GPU, as many nodes as the world size needs.
 

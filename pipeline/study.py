@@ -424,7 +424,9 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     )
     plan.stop.register(unit_id, job)
     try:
-        job.result()
+        from pipeline.executor import job_result
+
+        job_result(job)
     except Exception as exc:  # noqa: BLE001 - any job failure becomes the cell's recorded reason
         if plan.stop.is_set() and not is_done(unit):
             return _interrupted(plan, unit_id, job, start)
