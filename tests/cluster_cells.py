@@ -3,9 +3,10 @@
 - `recorded_cell`: `pipeline.engine.run_cell` with a hook that appends `<pid> <host> <SLURM job>` to
   `<output_dir>/trained_by.txt` after the first iteration a process trains (a cell trained twice shows
   two lines); numbers are the engine's own.
-- `slow_first_attempt_cell`: the same, sleeping CLUSTER_TEST_SLEEP_S seconds after every iteration of a
-  job's first attempt (SLURM_RESTART_COUNT unset or 0), so a short time limit expires mid-training; the
-  requeued attempt runs at full speed. Sleeping does not change any number the engine computes.
+- `slow_first_attempt_cell`: the same, sleeping CLUSTER_TEST_SLEEP_S seconds after every iteration while
+  no checkpoint has been saved (the test's period is longer than training: only the signal's save
+  writes one), so a short time limit expires mid-training; the attempt after the save runs at full
+  speed. Sleeping does not change any number the engine computes.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def recorded_cell(config) -> dict:
 def slow_first_attempt_cell(config) -> dict:
     from pipeline.engine import run_cell
 
-    first = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) == 0
+    first = not (Path(config.run.output_dir) / "checkpoints" / "last.pt").exists()
     delay = float(os.environ.get("CLUSTER_TEST_SLEEP_S", "2"))
 
     def slow(it: int) -> None:
