@@ -253,8 +253,9 @@ def make_snapshot(plan: StudyPlan) -> Path | None:
     import submitit.helpers
 
     try:
-        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
+        # The checkout this code comes from (the study may run with another working directory).
+        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True,
+                              timeout=30, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     target = (plan.runs_dir / "_snapshots" / plan.run_id).resolve()

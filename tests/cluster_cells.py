@@ -43,3 +43,11 @@ def slow_first_attempt_cell(config) -> dict:
         if first:
             time.sleep(delay)
     return run_cell(config, hooks=[_record(Path(config.run.output_dir)), slow])
+
+
+def slow_stand_in(config) -> dict:
+    """tests.study_cells.config_cell after CLUSTER_TEST_SLEEP_S seconds (a job that outlives its orchestrator)."""
+    from tests.study_cells import config_cell
+
+    time.sleep(float(os.environ.get("CLUSTER_TEST_SLEEP_S", "30")))
+    return config_cell(config)

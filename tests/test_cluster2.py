@@ -173,3 +173,91 @@ def test_time_limit_mid_training_checkpoints_requeues_and_resumes_bit_identical(
     assert all(torch.equal(a[k], b[k]) for k in a)
     starts = [int(t.split()[3]) for t in (out / "trained_by.txt").read_text().splitlines()]
     assert starts[0] == 1 and starts[-1] == status["iteration"] + 1, starts  # the last attempt resumed after the save
+
+
+def _study_env(cluster2: dict[str, str], tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, **slurm_environ(cluster2), **extra)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a shared-filesystem store
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _study_cmd(params: Path, reports: Path, cell_fn: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "study", "--profile", "smoke", "--executor", "slurm",
+            "--params", str(params), "--reports", str(reports), "--cell-fn", cell_fn]
+
+
+def _jobs_since(start: str, name_part: str) -> list[str]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", start, "-o", "JobID,JobName,State"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return [line for line in out.splitlines() if name_part in line]
+
+
+def test_orchestrator_killed_mid_study_reattaches_instead_of_resubmitting(cluster2, tmp_path):
+    """SIGKILL the study while its SLURM jobs run, start it again: it waits on the recorded jobs
+    (sacct: one job per cell) and completes."""
+    from tests._study_helpers import write_params
+
+    params = write_params(tmp_path, {"table6": slice(0, 2)})
+    params.write_text(params.read_text().replace("tracking_server: auto", "tracking_server: never"))
+    env = _study_env(cluster2, tmp_path, CLUSTER_TEST_SLEEP_S="45")
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
+    first = subprocess.Popen(_study_cmd(params, tmp_path / "reports1", "tests.cluster_cells:slow_stand_in"),
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    runs = tmp_path / "runs" / "smoke"
+    try:
+        def all_running():
+            records = [json.loads(p.read_text()) for p in runs.glob("*/cell.json")]
+            return len(records) == 2 and all("RUNNING" in sacct(r["job_id"], "State") for r in records) and records
+        records = _wait(all_running, 120, "both cells running on SLURM")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    second = subprocess.run(_study_cmd(params, tmp_path / "reports2", "tests.cluster_cells:slow_stand_in"),
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    cells = json.loads((tmp_path / "reports2" / "study" / "cells.json").read_text())
+    assert cells["counts"]["done"] == cells["counts"]["total"] == 2
+    jobs = _jobs_since(since, "table6-ade20k")
+    print("\n".join(jobs))
+    assert len(jobs) == 2 and all(line.endswith("COMPLETED") for line in jobs), jobs  # one job per cell
+    assert sorted(line.split("|")[0] for line in jobs) == sorted(r["job_id"] for r in records)
+    for record in records:
+        again = json.loads((runs / record["cell_id"] / "cell.json").read_text())
+        assert again["job_id"] == record["job_id"] and again["reattached_from"] == record["study_run"]
+        assert (runs / record["cell_id"] / "calls.log").read_text().count("\n") == 1  # ran once
+
+
+def test_two_studies_sharing_a_cell_train_it_once(cluster2, twin, tmp_path):
+    """Two studies started together over the same run folders: the writer lock lets the cell train once."""
+    import shutil
+
+    from tests._study_helpers import write_params
+
+    shutil.copytree(twin, tmp_path / "data" / "ade20k")
+    params = write_params(tmp_path, {"table1": slice(0, 1)})
+    text = params.read_text().replace("tracking_server: auto", "tracking_server: never")
+    params.write_text(text)
+    import yaml
+
+    raw = yaml.safe_load(params.read_text())
+    raw["profiles"]["smoke"]["solver"].update(max_iter=6, warmup_iters=1)
+    raw["profiles"]["smoke"]["input"].update(crop=[32, 32], short_sizes=[32], max_size=64, test_short_size=32,
+                                             test_max_size=64)
+    raw["profiles"]["smoke"]["test"].update(max_images=2, fps_images=1)
+    raw["profiles"]["smoke"]["run"].update(threads=1)
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = _study_env(cluster2, tmp_path)
+    procs = [subprocess.Popen(_study_cmd(params, tmp_path / f"reports{i}", "tests.cluster_cells:recorded_cell"),
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in (1, 2)]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-1500:] for o in outs)
+    [run_dir] = [p.parent for p in (tmp_path / "runs" / "smoke").glob("*/cell.json")]
+    trained = (run_dir / "trained_by.txt").read_text().splitlines()
+    assert len(trained) == 1, trained  # one process trained it
+    assert not (run_dir / "writer.lock").exists()
+    for i in (1, 2):
+        cells = json.loads((tmp_path / f"reports{i}" / "study" / "cells.json").read_text())
+        assert cells["counts"]["done"] == cells["counts"]["total"] == 1
