@@ -1,6 +1,6 @@
 """Cell functions for the two-node cluster tests (tests/test_cluster2.py): the real engine plus markers.
 
-- `recorded_cell`: `pipeline.engine.run_cell` with a hook that appends `<pid> <host> <SLURM job>` to
+- `recorded_cell`: `pipeline.engine.run_cell` with a hook that appends `<pid> <host> <SLURM job> <first iteration> <pipeline package folder>` to
   `<output_dir>/trained_by.txt` after the first iteration a process trains (a cell trained twice shows
   two lines); numbers are the engine's own.
 - `slow_first_attempt_cell`: the same, sleeping CLUSTER_TEST_SLEEP_S seconds after every iteration while
@@ -23,7 +23,10 @@ def _record(out: Path):
         if not done:
             done.append(it)
             with open(out / "trained_by.txt", "a") as fh:
-                fh.write(f"{os.getpid()} {socket.gethostname()} {os.environ.get('SLURM_JOB_ID', '-')} {it}\n")
+                import pipeline
+
+                fh.write(f"{os.getpid()} {socket.gethostname()} {os.environ.get('SLURM_JOB_ID', '-')} {it} "
+                         f"{Path(pipeline.__file__).parent}\n")
     return hook
 
 
