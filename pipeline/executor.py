@@ -155,10 +155,15 @@ class CellJob(submitit.helpers.Checkpointable):
         self.init_from = init_from
         self.requeue = requeue
         self.snapshot = snapshot
+        self.workdir = os.getcwd() if snapshot else None
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
         if getattr(self, "snapshot", None):
+            # The job started in the snapshot (sbatch --chdir), so `python -m submitit...` put it first on
+            # sys.path and every import comes from it; relative paths of the config mean the study's folder.
             os.environ["MASKFORMER_CODE_SNAPSHOT"] = str(self.snapshot)
+            if getattr(self, "workdir", None):
+                os.chdir(self.workdir)
         env = submitit.JobEnvironment() if "SUBMITIT_EXECUTOR" in os.environ else None
         if env is not None and env.num_tasks > 1:
             # One process per GPU (SLURM tasks): MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from
@@ -267,9 +272,13 @@ class CellExecutor:
                 setup.append(f"export PYTHONPATH={shlex.quote(str(self.snapshot))}${{PYTHONPATH:+:$PYTHONPATH}}")
             if setup:
                 kwargs["slurm_setup"] = setup
-            for key in ("srun_args", "additional_parameters"):
-                if getattr(s, key):
-                    kwargs[f"slurm_{key}"] = getattr(s, key)
+            if s.srun_args:
+                kwargs["slurm_srun_args"] = s.srun_args
+            extra_sbatch = dict(s.additional_parameters)
+            if self.snapshot:  # the job starts in the snapshot: its code is first on sys.path (CellJob)
+                extra_sbatch["chdir"] = str(self.snapshot)
+            if extra_sbatch:
+                kwargs["slurm_additional_parameters"] = extra_sbatch
             kwargs.update({f"slurm_{k}": v for k, v in s.extra.items()})
             ex.update_parameters(**kwargs)
             return ex

@@ -146,6 +146,11 @@ def test_time_limit_mid_training_checkpoints_requeues_and_resumes_bit_identical(
         cluster2, MASKFORMER_SLURM_TIMEOUT_MIN="1", MASKFORMER_SLURM_SIGNAL_DELAY_S="40",
         MASKFORMER_SLURM_MAX_NUM_TIMEOUT="2"))
     ex = CellExecutor(params, "slurm", cell_fn="tests.cluster_cells:slow_first_attempt_cell", threads=1)
+    import submitit.helpers
+
+    with submitit.helpers.RsyncSnapshot(tmp_path / "snapshot", root_dir=REPO):  # as the study does
+        pass
+    ex.snapshot = str(tmp_path / "snapshot")
     out = tmp_path / "cut"
     start = time.monotonic()
     job = ex.submit(tiny(twin, out, **common).to_dict(), log_folder=tmp_path / "logs", name="table1-ade20k-timeout")
@@ -171,8 +176,13 @@ def test_time_limit_mid_training_checkpoints_requeues_and_resumes_bit_identical(
     assert_same_metrics(resumed, reference)  # bit-identical
     a, b = final_weights(tmp_path / "reference"), final_weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    starts = [int(t.split()[3]) for t in (out / "trained_by.txt").read_text().splitlines()]
+    attempts = [t.split() for t in (out / "trained_by.txt").read_text().splitlines()]
+    starts = [int(t[3]) for t in attempts]
     assert starts[0] == 1 and starts[-1] == status["iteration"] + 1, starts  # the last attempt resumed after the save
+    # every attempt, the requeued one included, imported the study's code snapshot, not the live tree
+    assert {t[4] for t in attempts} == {str(tmp_path / "snapshot" / "pipeline")}
+    done = read_status(out)
+    assert done["status"] == "done" and done["code_snapshot"] == str(tmp_path / "snapshot")
 
 
 def _study_env(cluster2: dict[str, str], tmp_path: Path, **extra: str) -> dict[str, str]:
