@@ -360,7 +360,8 @@ def resolve_cell(
         if source is not None:
             solver.update({k2: v for k2, v in source.model_dump().items() if v is not None})
     ps = profile.solver
-    solver.update({k2: v for k2, v in ps.model_dump(exclude={"ims_per_batch", "max_iter", "iter_scale"}).items() if v is not None})
+    solver.update({k2: v for k2, v in ps.model_dump(exclude={"ims_per_batch", "max_iter", "iter_scale", "scale_warmup"}).items()
+                   if v is not None})
     max_iter = ps.max_iter or max(1, round(recipe.max_iter * (ps.iter_scale or 1.0)))
     scale = max_iter / recipe.max_iter
     solver.update(
@@ -372,6 +373,8 @@ def resolve_cell(
             "ims_per_batch": ps.ims_per_batch or recipe.ims_per_batch,
         }
     )
+    if ps.scale_warmup and solver.get("warmup_iters", 0) > 0:
+        solver["warmup_iters"] = min(max_iter - 1, max(1, round(solver["warmup_iters"] * scale)))
     if solver.get("warmup_iters", 0) >= max_iter:
         raise UserError(
             f"{where}: warmup of {solver['warmup_iters']} iterations >= max_iter {max_iter} in profile {profile_name} "
@@ -515,6 +518,34 @@ def expand(
                 ids.append(eid)
             rows.append(GridRow(table, i, cell.row, dict(cell.columns or grid.columns), cell, ids))
     return Grid(profile, rows, train, evals)
+
+
+def profile_differences(params: Params, profile: str, tables: Iterable[str] | None = None) -> dict[str, tuple[set, set]]:
+    """What a rehearsal profile changes against the profile it rehearses (`profiles.<p>.rehearses`):
+    {flattened config key: (values there, values here)} over every table cell's training config,
+    leaving out the keys that only name folders, runs and data versions. {} for other profiles."""
+    base = params.profiles[profile].rehearses
+    if not base:
+        return {}
+    from pipeline.config import flatten
+
+    ours, theirs = expand(params, profile, tables), expand(params, base, tables)
+    skip = ("run.output_dir", "run.run_name", "run.tags", "run.experiment", "data.root", "run.seed")
+    diff: dict[str, tuple[set, set]] = {}
+    for a, b in zip(theirs.rows, ours.rows):
+        ca = flatten(theirs.train[theirs.evals[a.eval_ids[0]].train_id].config)
+        cb = flatten(ours.train[ours.evals[b.eval_ids[0]].train_id].config)
+        for key in sorted(set(ca) | set(cb)):
+            if key.startswith(skip) or ca.get(key) == cb.get(key):
+                continue
+            there, here = diff.setdefault(key, (set(), set()))
+            there.add(json.dumps(ca.get(key)))
+            here.add(json.dumps(cb.get(key)))
+        if len(a.eval_ids) != len(b.eval_ids):
+            there, here = diff.setdefault("seeds (runs per row)", (set(), set()))
+            there.add(str(len(a.eval_ids)))
+            here.add(str(len(b.eval_ids)))
+    return diff
 
 
 def find_cell(grid: Grid, cell_id: str) -> TrainUnit | EvalUnit:

@@ -111,6 +111,9 @@ class ProfileSolver(FamilySolver):
     ims_per_batch: int | None = Field(None, ge=1)
     max_iter: int | None = Field(None, ge=1)  # absolute iterations for every cell (smoke)
     iter_scale: float | None = Field(None, gt=0, le=10)  # multiplies the recipe's iterations
+    # Shrink warmups with the iterations (rehearsal): warmup x max_iter / recipe max_iter, kept >= 1
+    # where the recipe has one, so each family's schedule keeps its shape.
+    scale_warmup: bool | None = None
 
 
 class ProfileModel(BaseModel):
@@ -159,8 +162,8 @@ class Profile(BaseModel):
     # resolved into `run.num_gpus`. A.0: 8 GPUs per run, 64 for COCO panoptic (the official configs'
     # SOLVER.IMS_PER_BATCH is the total over them). CPU profiles run that many gloo processes.
     gpus: dict[str, int] = Field(default_factory=lambda: {"default": 1})
-    # What this profile changes against another profile, for `grid list` (free text per key).
-    differs_from: dict[str, Any] = Field(default_factory=dict)
+    # The profile this one rehearses (same cells, shrunk): `grid list` prints every key that differs.
+    rehearses: str | None = None
 
     @field_validator("gpus")
     @classmethod
