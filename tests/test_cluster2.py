@@ -271,3 +271,63 @@ def test_two_studies_sharing_a_cell_train_it_once(cluster2, twin, tmp_path):
     for i in (1, 2):
         cells = json.loads((tmp_path / f"reports{i}" / "study" / "cells.json").read_text())
         assert cells["counts"]["done"] == cells["counts"]["total"] == 1
+
+
+def test_loopback_tracking_on_two_nodes_is_refused_before_anything_runs(cluster2, tmp_path, monkeypatch):
+    from pipeline.errors import UserError
+    from pipeline.study import plan_study
+    from tests._study_helpers import write_params
+
+    params = write_params(tmp_path, {"table1": slice(0, 1)})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    text = params.read_text().replace("tracking_server: auto", "tracking_server: never")
+    params.write_text(text)
+    with pytest.raises(UserError, match="loopback address the compute nodes cannot reach: set MLFLOW_TRACKING_URI"):
+        plan_study(profile="smoke", executor="slurm", params_path=params)
+    params.write_text(text.replace("tracking_server: never", "tracking_server: always"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MASKFORMER_TRACKING_HOST")
+    with pytest.raises(UserError, match=r"would bind 127\.0\.0\.1.*set study\.tracking_host"):
+        plan_study(profile="smoke", executor="slurm", params_path=params)
+    assert not (tmp_path / "runs").exists()  # refused before any folder or job
+    monkeypatch.setenv("MASKFORMER_TRACKING_HOST", cluster2["MASKFORMER_TRACKING_HOST"])
+    plan_study(profile="smoke", executor="slurm", params_path=params)  # the bridge address is fine
+
+
+def test_study_cells_on_the_nodes_log_through_the_served_cluster_address_and_reach_the_tables(cluster2, twin, tmp_path):
+    """The study's MLflow server binds 10.231.0.1 (the nodes cannot reach 127.0.0.1); a real cell logs
+    to it from a node, and the tables are built from the finished cell."""
+    import shutil
+    import sqlite3
+
+    import yaml
+
+    from tests._study_helpers import write_params
+
+    shutil.copytree(twin, tmp_path / "data" / "ade20k")
+    params = write_params(tmp_path, {"table1": slice(0, 1)})
+    raw = yaml.safe_load(params.read_text())
+    raw["study"]["tracking_server"] = "always"
+    smoke = raw["profiles"]["smoke"]
+    smoke["solver"].update(max_iter=4, warmup_iters=1)
+    smoke["input"].update(crop=[32, 32], short_sizes=[32], max_size=64, test_short_size=32, test_max_size=64)
+    smoke["test"].update(max_images=2, fps_images=1)
+    smoke["run"].update(threads=1)
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = _study_env(cluster2, tmp_path)
+    run = subprocess.run(_study_cmd(params, tmp_path / "reports", "pipeline.engine:run_cell"), cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    [run_dir] = [p.parent for p in (tmp_path / "runs" / "smoke").glob("*/cell.json")]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "done" and status["tracking_uri"].startswith("http://10.231.0.1:"), status
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        [(state,)] = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (status["mlflow_run_id"],)).fetchall()
+        n = db.execute("SELECT COUNT(*) FROM metrics WHERE run_uuid = ? AND key = 'val/mIoU'",
+                       (status["mlflow_run_id"],)).fetchone()[0]
+    assert state == "FINISHED" and n >= 1
+    tables = subprocess.run([sys.executable, "-m", "pipeline", "tables", "--profile", "smoke", "--params", str(params),
+                             "--reports", str(tmp_path / "reports")], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert tables.returncode == 0, tables.stderr[-2000:]
+    assert any((tmp_path / "reports" / "tables").glob("table1*"))
