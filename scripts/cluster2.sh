@@ -153,7 +153,7 @@ ENV
 down() {
   local k
   if [ -f "$CONF" ] && alive "$PIDS/slurmctld.pid"; then
-    SLURM_CONF=$CONF scancel --cluster=maskformer2 --user=root >/dev/null 2>&1 || true
+    SLURM_CONF=$CONF scancel --user=root >/dev/null 2>&1 || true   # this cluster's jobs only (its own slurmctld)
   fi
   stop_pid "$PIDS/slurmctld.pid"
   for k in "${NODES[@]}"; do stop_pid "$PIDS/slurmd-node$k.pid"; done
