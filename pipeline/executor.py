@@ -215,14 +215,15 @@ def slurm_layout(world_size: int, gpus_per_node: int, device: str) -> dict[str, 
     """SLURM geometry of one cell: one task (process) per GPU, as many nodes as the world size needs.
 
     `{"nodes", "tasks_per_node", "gpus_per_node"}`; CPU cells (device cpu: rehearsal) ask for no GPU but
-    keep the same processes per node. A world size that does not fill whole nodes is an error.
+    keep the same processes per node; `gpus_per_node` 0 (CPU-only nodes) puts all processes on one node.
+    A world size that does not fill whole nodes is an error.
     """
-    per_node = min(world_size, gpus_per_node)
+    per_node = min(world_size, gpus_per_node) if gpus_per_node else world_size
     if world_size % per_node:
         raise UserError(f"run.num_gpus={world_size} does not fill whole nodes of executor.slurm.gpus_per_node="
                         f"{gpus_per_node} GPUs: use a multiple of {gpus_per_node} or at most {gpus_per_node}")
     return {"nodes": world_size // per_node, "tasks_per_node": per_node,
-            "gpus_per_node": 0 if device == "cpu" else per_node}
+            "gpus_per_node": 0 if device == "cpu" or not gpus_per_node else per_node}
 
 
 class CellExecutor:

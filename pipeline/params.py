@@ -224,7 +224,7 @@ class SlurmExecutor(BaseModel):
     constraint: str | None = None
     exclude: str | None = None
     exclusive: bool | None = None
-    gpus_per_node: int = Field(8, ge=1, le=16)  # GPUs (and processes) per node; A.0: 8 V100 per machine
+    gpus_per_node: int = Field(8, ge=0, le=16)  # GPUs (and processes) per node; A.0: 8 V100 per machine; 0: CPU nodes
     cpus_per_task: int = Field(10, ge=1, le=256)
     mem_gb: int = Field(64, ge=1)
     timeout_min: int = Field(4320, ge=1)

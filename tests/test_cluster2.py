@@ -110,6 +110,13 @@ def test_ddp_cell_across_two_nodes_equals_the_same_run_on_one_machine(cluster2, 
     assert worst <= 1e-6, worst
     assert ckpt.load_file(tmp_path / "slurm" / "checkpoints" / "final.pt")["world_size"] == 2
     assert_same_metrics(remote, local, rel=1e-5)
+    # A lock left by that (now ended) job is stale: SLURM says so, and the next writer clears it.
+    from pipeline.cluster import LOCK_FILE, WriterLock
+
+    (tmp_path / "slurm" / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "node1", "slurm_job_id": job.job_id}))
+    lock = WriterLock(tmp_path / "slurm")
+    assert lock.try_acquire() is None
+    lock.release()
 
 
 def assert_same_metrics(got: dict, want: dict, rel: float = 0.0) -> None:
