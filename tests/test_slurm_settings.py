@@ -53,3 +53,15 @@ def test_settings_reach_the_sbatch_script_and_the_world_size_sets_nodes_and_task
     assert slurm_layout(1, 8, "cuda") == {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 1}  # single_gpu
     with pytest.raises(UserError, match="run.num_gpus=12 does not fill whole nodes"):
         slurm_layout(12, 8, "cuda")
+
+
+def test_engine_stops_on_submitits_signal(monkeypatch):
+    """USR2 (submitit's default) and SIGTERM stop training at an iteration boundary; SUBMITIT_PREEMPT_SIGNAL moves it."""
+    import signal
+
+    from pipeline.engine import preempt_signals
+
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
+    assert {signal.SIGUSR2, signal.SIGTERM} <= set(preempt_signals())
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "SIGURG")
+    assert signal.SIGURG in preempt_signals() and signal.SIGTERM in preempt_signals()
