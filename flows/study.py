@@ -98,19 +98,25 @@ def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -
     if executor.kind != "slurm" or not plan.params.executor.slurm.use_array or plan.stop.is_set():
         return {}
     todo = st.pending(plan, ids)
-    by_dataset: dict[str, list[str]] = {}
+    by_dataset: dict[tuple[str, int, str], list[str]] = {}
     for uid in todo:
         unit = st._unit(plan, uid)
         if getattr(unit, "is_variant", False):
             if not st.is_done(plan.grid.train[unit.train_id]):
                 continue
-        by_dataset.setdefault(unit.config["data"]["dataset"], []).append(uid)
+        if st.recorded_live_job(plan, uid) is not None:  # re-attached in its task, never submitted twice
+            continue
+        run = unit.config["run"]  # one array per SLURM geometry (dataset, world size, device)
+        by_dataset.setdefault((unit.config["data"]["dataset"], int(run.get("num_gpus", 1)),
+                               str(run.get("device", "auto"))), []).append(uid)
     jobs = {}
-    for dataset, uids in by_dataset.items():
+    for (dataset, world, _device), uids in by_dataset.items():
         units = [st._unit(plan, u) for u in uids]
         init = [plan.grid.train[u.train_id].run_dir if getattr(u, "is_variant", False) else None for u in units]
-        folder = plan.array_folder() / dataset
-        submitted = executor.submit_array([st.cell_config(plan, u) for u in units], log_folder=folder, init_from=init)
+        folder = plan.array_folder() / f"{dataset}-w{world}"
+        tables = sorted({r.table for r in plan.grid.rows if r.cell.dataset == dataset})
+        submitted = executor.submit_array([st.cell_config(plan, u) for u in units], log_folder=folder, init_from=init,
+                                          name=f"{'+'.join(tables)}-{dataset}-array")
         jobs.update(dict(zip(uids, submitted)))
     return jobs
 
@@ -181,7 +187,10 @@ def _study_tracking_server(plan, logger):
     from pipeline.services import tracking_server
 
     start = time.monotonic()
-    with tracking_server(uri, concurrency=plan.max_concurrent) as served:
+    from pipeline.cluster import tracking_host
+
+    host = tracking_host(plan.params.study.tracking_host)  # nodes must reach it (pipeline.study.check_tracking_reachable)
+    with tracking_server(uri, concurrency=plan.max_concurrent, host=host) as served:
         logger.info("MLflow server %s in front of %s (ready in %.1f s)", served, uri, time.monotonic() - start)
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         plan.tracking_uri = served
@@ -210,6 +219,10 @@ def run_cells(
     logger = get_run_logger()
     plan = _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
     ex = CellExecutor(plan.params, plan.executor, cell_fn=plan.cell_fn, threads=plan.threads)
+    if plan.executor == "slurm":  # a requeued job runs the code of its study run, not the tree of later
+        snapshot = st.make_snapshot(plan)
+        ex.snapshot = str(snapshot) if snapshot else None
+        logger.info("code snapshot: %s", ex.snapshot)
     outcomes: dict[str, dict] = {}
     logger.info(
         "profile %s: %d training cells, %d evaluation variants, executor %s, %d concurrent, run %s",

@@ -74,6 +74,30 @@ def detect() -> DistEnv:
     return DistEnv()
 
 
+def resolve_master_addr(name: str) -> str:
+    """`name` when it resolves; else SLURM's NodeAddr for a node name that is not in DNS (`scontrol show node`).
+
+    submitit's TorchDistributedEnvironment takes the first SLURM host *name* as MASTER_ADDR; on clusters
+    whose node names are not resolvable (and on the two-node CI cluster, scripts/cluster2.sh) the node's
+    address is what slurm.conf calls NodeAddr.
+    """
+    try:
+        socket.getaddrinfo(name, None)
+        return name
+    except OSError:
+        pass
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "node", name, "-o"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return name
+    for field in out.split():
+        if field.startswith("NodeAddr="):
+            return field.split("=", 1)[1]
+    return name
+
+
 def init(env: DistEnv, device: torch.device) -> None:
     """Join the process group (NCCL for CUDA, gloo for CPU) when the job has several processes."""
     if not env.distributed or dist.is_initialized():

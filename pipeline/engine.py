@@ -44,6 +44,18 @@ log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again" — a requeued job resumes from checkpoints/last.pt
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def preempt_signals() -> tuple[int, ...]:
+    """SIGTERM, SIGUSR1 and the signal submitit is configured with (`SUBMITIT_PREEMPT_SIGNAL`, USR2 by
+    default: sbatch `--signal=USR2@<executor.slurm.signal_delay_s>` before a time limit or preemption).
+
+    The engine saves `last.pt` at the next iteration boundary, then hands the signal to submitit's own
+    handler, which requeues the job (pipeline.executor.CellJob.checkpoint).
+    """
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper()
+    extra = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", signal.SIGUSR2)
+    return tuple(dict.fromkeys(PREEMPT_SIGNALS + (extra,)))
 STATUS_FILE, METRICS_FILE, TRAIN_LOG, RUN_ID_FILE, CONFIG_FILE = (
     "status.json", "metrics.json", "train_log.jsonl", "mlflow_run_id", "config.yaml")
 
@@ -111,7 +123,10 @@ def owner_info() -> dict[str, Any]:
 
 def run_info(tracker: Tracker) -> dict[str, Any]:
     """`git_commit` and `tracking_uri` (None when tracking is off) for status.json."""
-    return {"git_commit": ckpt.git_commit(), "tracking_uri": None if tracker.disabled else tracker.uri}
+    info = {"git_commit": ckpt.git_commit(), "tracking_uri": None if tracker.disabled else tracker.uri}
+    if os.environ.get("MASKFORMER_CODE_SNAPSHOT"):
+        info["code_snapshot"] = os.environ["MASKFORMER_CODE_SNAPSHOT"]
+    return info
 
 
 def read_status(output_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -123,10 +138,10 @@ def read_status(output_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1; the loop checks it at iteration boundaries. Restores old handlers on exit."""
+    """Set by SIGTERM/SIGUSR1/submitit's signal (USR2); the loop checks it at iteration boundaries. Restores old handlers on exit."""
 
-    def __init__(self, signals: Iterable[int] = PREEMPT_SIGNALS):
-        self.signals = tuple(signals)
+    def __init__(self, signals: Iterable[int] | None = None):
+        self.signals = tuple(preempt_signals() if signals is None else signals)
         self.signum: int | None = None
         self.requested = False
         self.previous: dict[int, Any] = {}
@@ -524,6 +539,9 @@ def _tags(cfg: RunConfig) -> dict[str, str]:
             "config_hash": cfg.config_hash(), "output_dir": str(Path(cfg.run.output_dir).resolve())}
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    if os.environ.get("MASKFORMER_CODE_SNAPSHOT"):  # the study's code snapshot this job imports
+        tags["code_snapshot"] = os.environ["MASKFORMER_CODE_SNAPSHOT"]
+    tags["world_size"] = str(cfg.run.num_gpus)
     tags.update({k: str(v) for k, v in cfg.run.tags.items()})
     return tags
 
@@ -606,8 +624,14 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
     device = dist_utils.select_device(cfg.run.device, env)
     configure_determinism(cfg, device)
     dist_utils.init(env, device)
+    from pipeline.cluster import WriterLock
+
+    lock = WriterLock(output_dir)
     try:
         if env.is_main:
+            # One writer per run folder (concurrent studies, deployments, CLI runs): wait for another
+            # live writer, then find its result (a stale lock of a dead job is cleared).
+            lock.acquire()
             done = _existing_result(output_dir, cfg)
         else:
             done = None
@@ -640,6 +664,7 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
         return _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, train_records,
                                    val_records, tta, evaluate)
     finally:
+        lock.release()
         dist_utils.cleanup()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shlex
 import shutil
 import signal
 from pathlib import Path
@@ -140,14 +141,37 @@ def record_failure(run_dir: str | Path, exc: BaseException) -> None:
 
 
 class CellJob(submitit.helpers.Checkpointable):
-    """The callable submitted for one cell: `CellJob(cell_fn, threads, init_from)(config_dict) -> metrics`."""
+    """The callable submitted for one cell: `CellJob(cell_fn, threads, init_from)(config_dict) -> metrics`.
 
-    def __init__(self, cell_fn: str, threads: int | None = None, init_from: str | None = None) -> None:
+    `requeue`: whether `checkpoint()` (submitit's preemption/time-limit hook) asks for a requeue
+    (`executor.slurm.requeue_on_preemption`). `snapshot`: the study's code snapshot folder, recorded in
+    the job's environment (`MASKFORMER_CODE_SNAPSHOT`) for status.json and the MLflow tags.
+    """
+
+    def __init__(self, cell_fn: str, threads: int | None = None, init_from: str | None = None,
+                 requeue: bool = True, snapshot: str | None = None) -> None:
         self.cell_fn = cell_fn
         self.threads = threads
         self.init_from = init_from
+        self.requeue = requeue
+        self.snapshot = snapshot
+        self.workdir = os.getcwd() if snapshot else None
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        if getattr(self, "snapshot", None):
+            # The job started in the snapshot (sbatch --chdir), so `python -m submitit...` put it first on
+            # sys.path and every import comes from it; relative paths of the config mean the study's folder.
+            os.environ["MASKFORMER_CODE_SNAPSHOT"] = str(self.snapshot)
+            if getattr(self, "workdir", None):
+                os.chdir(self.workdir)
+        env = submitit.JobEnvironment() if "SUBMITIT_EXECUTOR" in os.environ else None
+        if env is not None and env.num_tasks > 1:
+            # One process per GPU (SLURM tasks): MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from
+            # submitit's helper; CUDA_VISIBLE_DEVICES is left alone (the engine takes GPU local_rank).
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            from pipeline.distributed import resolve_master_addr
+
+            os.environ["MASTER_ADDR"] = resolve_master_addr(os.environ["MASTER_ADDR"])
         if self.threads:
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 os.environ[var] = str(self.threads)
@@ -158,7 +182,7 @@ class CellJob(submitit.helpers.Checkpointable):
             except ImportError:
                 pass
         try:
-            if self.init_from:
+            if self.init_from and (env is None or env.global_rank == 0):
                 link_checkpoint(self.init_from, config["run"]["output_dir"])
             from pipeline.config import parse_config
 
@@ -170,9 +194,36 @@ class CellJob(submitit.helpers.Checkpointable):
             raise
         return dict(result) if isinstance(result, dict) else {"result": result}
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Requeue on preemption/timeout with the same arguments; the engine resumes from its checkpoints."""
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        """Requeue on preemption/timeout with the same arguments; the engine resumes from its checkpoints.
+
+        The engine has saved `last.pt` before this runs (it catches submitit's signal first, see
+        pipeline.engine.preempt_signals). None (no requeue) when `requeue_on_preemption` is false.
+        """
+        if not getattr(self, "requeue", True):
+            return None
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def job_result(job: Any) -> Any:
+    """The cell's result: rank 0's for a multi-task (one process per GPU) job, whose every task returns
+    the same metrics (the engine broadcasts them); `job.result()` refuses jobs with sub-tasks."""
+    return job.results()[0]
+
+
+def slurm_layout(world_size: int, gpus_per_node: int, device: str) -> dict[str, int]:
+    """SLURM geometry of one cell: one task (process) per GPU, as many nodes as the world size needs.
+
+    `{"nodes", "tasks_per_node", "gpus_per_node"}`; CPU cells (device cpu: rehearsal) ask for no GPU but
+    keep the same processes per node; `gpus_per_node` 0 (CPU-only nodes) puts all processes on one node.
+    A world size that does not fill whole nodes is an error.
+    """
+    per_node = min(world_size, gpus_per_node) if gpus_per_node else world_size
+    if world_size % per_node:
+        raise UserError(f"run.num_gpus={world_size} does not fill whole nodes of executor.slurm.gpus_per_node="
+                        f"{gpus_per_node} GPUs: use a multiple of {gpus_per_node} or at most {gpus_per_node}")
+    return {"nodes": world_size // per_node, "tasks_per_node": per_node,
+            "gpus_per_node": 0 if device == "cpu" or not gpus_per_node else per_node}
 
 
 class CellExecutor:
@@ -188,6 +239,7 @@ class CellExecutor:
         self.params = params
         self.kind = kind
         self.threads = threads
+        self.snapshot: str | None = None  # set by the study (pipeline.snapshot) for SLURM runs
         if kind == "slurm":
             self._check_slurm()
 
@@ -195,25 +247,40 @@ class CellExecutor:
         if shutil.which("sbatch") is None:
             raise UserError("executor slurm: `sbatch` not found on PATH (is this a SLURM login node?)")
 
-    def _executor(self, folder: Path, dataset: str | None, name: str) -> submitit.Executor:
+    def _executor(self, folder: Path, config: dict[str, Any], name: str) -> submitit.Executor:
         folder.mkdir(parents=True, exist_ok=True)
         if self.kind == "slurm":
             s = self.params.executor.slurm
-            ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-            gpus = s.gpus_by_dataset.get(dataset, s.gpus_per_node) if dataset else s.gpus_per_node
+            ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_num_timeout)
+            layout = slurm_layout(int(config["run"].get("num_gpus", 1)), s.gpus_per_node,
+                                  str(config["run"].get("device", "auto")))
             kwargs: dict[str, Any] = dict(
                 name=job_name(name),
                 timeout_min=s.timeout_min,
-                gpus_per_node=gpus,
-                tasks_per_node=s.tasks_per_node,
+                nodes=layout["nodes"],
+                tasks_per_node=layout["tasks_per_node"],
+                gpus_per_node=layout["gpus_per_node"],
                 cpus_per_task=s.cpus_per_task,
                 mem_gb=s.mem_gb,
                 slurm_array_parallelism=s.array_parallelism,
+                slurm_signal_delay_s=s.signal_delay_s,
             )
-            if s.partition:
-                kwargs["slurm_partition"] = s.partition
-            if s.account:
-                kwargs["slurm_account"] = s.account
+            for key in ("partition", "account", "qos", "constraint", "exclude", "exclusive"):
+                if getattr(s, key) is not None:
+                    kwargs[f"slurm_{key}"] = getattr(s, key)
+            setup = list(s.setup)
+            if self.snapshot:  # a (requeued) job imports the study's code snapshot, not the live tree
+                setup.append(f"export PYTHONPATH={shlex.quote(str(self.snapshot))}${{PYTHONPATH:+:$PYTHONPATH}}")
+            if setup:
+                kwargs["slurm_setup"] = setup
+            if s.srun_args:
+                kwargs["slurm_srun_args"] = s.srun_args
+            extra_sbatch = dict(s.additional_parameters)
+            if self.snapshot:  # the job starts in the snapshot: its code is first on sys.path (CellJob)
+                extra_sbatch["chdir"] = str(self.snapshot)
+            if extra_sbatch:
+                kwargs["slurm_additional_parameters"] = extra_sbatch
+            kwargs.update({f"slurm_{k}": v for k, v in s.extra.items()})
             ex.update_parameters(**kwargs)
             return ex
         ex = submitit.AutoExecutor(folder=folder, cluster=self.kind)
@@ -222,22 +289,29 @@ class CellExecutor:
             ex.update_parameters(local_setup=_LOCAL_SETUP)
         return ex
 
-    def submit(self, unit_config: dict[str, Any], *, log_folder: Path, init_from: str | None = None) -> submitit.Job:
-        """One cell as one job; logs under `log_folder` (unique per study run)."""
-        dataset = unit_config["data"]["dataset"]
-        ex = self._executor(log_folder, dataset, unit_config["run"].get("run_name", "cell"))
-        return ex.submit(CellJob(self.cell_fn, self.threads, init_from), unit_config)
+    def _job(self, init_from: str | None) -> CellJob:
+        return CellJob(self.cell_fn, self.threads, init_from,
+                       requeue=self.params.executor.slurm.requeue_on_preemption, snapshot=self.snapshot)
+
+    def submit(self, unit_config: dict[str, Any], *, log_folder: Path, init_from: str | None = None,
+               name: str | None = None) -> submitit.Job:
+        """One cell as one job; logs under `log_folder` (unique per study run). `name`: the job name."""
+        ex = self._executor(log_folder, unit_config, name or unit_config["run"].get("run_name", "cell"))
+        return ex.submit(self._job(init_from), unit_config)
 
     def submit_array(
-        self, configs: list[dict[str, Any]], *, log_folder: Path, init_from: list[str | None] | None = None
+        self, configs: list[dict[str, Any]], *, log_folder: Path, init_from: list[str | None] | None = None,
+        name: str = "maskformer-study",
     ) -> list[submitit.Job]:
-        """Many cells as one SLURM job array (`executor.batch()`); one folder for the array's logs."""
+        """Many cells as one SLURM job array (`executor.batch()`); one folder for the array's logs.
+
+        The cells must share a SLURM geometry (world size, device): the study groups them so."""
         if not configs:
             return []
         init_from = init_from or [None] * len(configs)
-        ex = self._executor(log_folder, configs[0]["data"]["dataset"], "maskformer-study")
+        ex = self._executor(log_folder, configs[0], name)
         jobs: list[submitit.Job] = []
         with ex.batch():
             for cfg, src in zip(configs, init_from):
-                jobs.append(ex.submit(CellJob(self.cell_fn, self.threads, src), cfg))
+                jobs.append(ex.submit(self._job(src), cfg))
         return jobs

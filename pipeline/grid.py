@@ -425,7 +425,8 @@ def resolve_cell(
     if recipe.micro_batch is not None:
         solver["micro_batch"] = recipe.micro_batch  # the official per-GPU batch (COCO panoptic: 1)
     ps = profile.solver_for(cell.dataset)
-    solver.update({k2: v for k2, v in ps.model_dump(exclude={"ims_per_batch", "max_iter", "iter_scale"}).items() if v is not None})
+    solver.update({k2: v for k2, v in ps.model_dump(exclude={"ims_per_batch", "max_iter", "iter_scale", "scale_warmup"}).items()
+                   if v is not None})
     max_iter = ps.max_iter or max(1, round(recipe.max_iter * (ps.iter_scale or 1.0)))
     scale = max_iter / recipe.max_iter
     solver.update(
@@ -439,11 +440,18 @@ def resolve_cell(
     )
     if solver.get("micro_batch") and solver["micro_batch"] >= solver["ims_per_batch"]:
         solver.pop("micro_batch")  # one pass per iteration anyway
+    if ps.scale_warmup and solver.get("warmup_iters", 0) > 0:
+        solver["warmup_iters"] = min(max_iter - 1, max(1, round(solver["warmup_iters"] * scale)))
     if solver.get("warmup_iters", 0) >= max_iter:
         raise UserError(
             f"{where}: warmup of {solver['warmup_iters']} iterations >= max_iter {max_iter} in profile {profile_name} "
             f"(set profiles.{profile_name}.solver.warmup_iters or solver_by_task)"
         )
+    num_gpus = profile.num_gpus(cell.dataset)  # world size: one process per GPU (A.0)
+    if solver["ims_per_batch"] % num_gpus:
+        raise UserError(
+            f"{where}: solver.ims_per_batch {solver['ims_per_batch']} is not divisible by the {num_gpus} "
+            f"processes of profile {profile_name} (profiles.{profile_name}.gpus): the per-GPU batch must be whole")
     dv = (data_versions or {}).get(cell.dataset) or data_version(root)
     train_hash_input = {
         "model": {k2: v for k2, v in model.items() if k2 != "pretrained"},
@@ -454,6 +462,8 @@ def resolve_cell(
         "seed": seed,
         "data_version": dv,
     }
+    if num_gpus != 1:  # the per-GPU batch (and the per-GPU CE mean) change results; 1 keeps earlier ids
+        train_hash_input["world_size"] = num_gpus
     arch_short = {"maskformer": "mf", "per_pixel": "pp", "per_pixel_plus": "ppp"}[cell.model]
     slug = f"{cell.dataset}-{arch_short}-{backbone}"
     if queries is not None and cell.model == "maskformer":
@@ -493,6 +503,7 @@ def resolve_cell(
         "run_name": train_id,
         "tags": {"profile": profile_name, "cell_id": train_id, "data_version": dv},
         "eval_period": recipe.eval_period,
+        "num_gpus": num_gpus,
     }
     run.update({k2: v for k2, v in profile.run.model_dump().items() if v is not None})
     train_cfg = {
@@ -600,6 +611,34 @@ def released_unit(params: Params, prof: Profile, entry: Any, ecfg: dict[str, Any
     cfg["run"].update(output_dir=str(Path(cfg["run"]["output_dir"]).with_name(uid)), run_name=uid,
                       eval_period=0, tags=dict(cfg["run"]["tags"], cell_id=uid, train_id=uid, **tags))
     return cfg, uid
+
+
+def profile_differences(params: Params, profile: str, tables: Iterable[str] | None = None) -> dict[str, tuple[set, set]]:
+    """What a rehearsal profile changes against the profile it rehearses (`profiles.<p>.rehearses`):
+    {flattened config key: (values there, values here)} over every table cell's training config,
+    leaving out the keys that only name folders, runs and data versions. {} for other profiles."""
+    base = params.profiles[profile].rehearses
+    if not base:
+        return {}
+    from pipeline.config import flatten
+
+    ours, theirs = expand(params, profile, tables), expand(params, base, tables)
+    skip = ("run.output_dir", "run.run_name", "run.tags", "run.experiment", "data.root", "run.seed")
+    diff: dict[str, tuple[set, set]] = {}
+    for a, b in zip(theirs.rows, ours.rows):
+        ca = flatten(theirs.train[theirs.evals[a.eval_ids[0]].train_id].config)
+        cb = flatten(ours.train[ours.evals[b.eval_ids[0]].train_id].config)
+        for key in sorted(set(ca) | set(cb)):
+            if key.startswith(skip) or ca.get(key) == cb.get(key):
+                continue
+            there, here = diff.setdefault(key, (set(), set()))
+            there.add(json.dumps(ca.get(key)))
+            here.add(json.dumps(cb.get(key)))
+        if len(a.eval_ids) != len(b.eval_ids):
+            there, here = diff.setdefault("seeds (runs per row)", (set(), set()))
+            there.add(str(len(a.eval_ids)))
+            here.add(str(len(b.eval_ids)))
+    return diff
 
 
 def find_cell(grid: Grid, cell_id: str) -> TrainUnit | EvalUnit:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import UserError
@@ -36,15 +37,7 @@ STRATEGIES = ("semantic", "general", "general_semantic", "detr")
 TWIN_DATA_ROOT = "data/synthetic"
 REAL_DATA_ROOT = "data/prepared"
 RAW_DATA_ROOT = "data/raw"
-SLURM_ENV = {  # environment variable -> executor.slurm key
-    "MASKFORMER_SLURM_PARTITION": "partition",
-    "MASKFORMER_SLURM_ACCOUNT": "account",
-    "MASKFORMER_SLURM_GPUS_PER_NODE": "gpus_per_node",
-    "MASKFORMER_SLURM_CPUS_PER_TASK": "cpus_per_task",
-    "MASKFORMER_SLURM_MEM_GB": "mem_gb",
-    "MASKFORMER_SLURM_TIMEOUT_MIN": "timeout_min",
-    "MASKFORMER_SLURM_ARRAY_PARALLELISM": "array_parallelism",
-}
+SLURM_ENV_PREFIX = "MASKFORMER_SLURM_"  # MASKFORMER_SLURM_<KEY> sets executor.slurm.<key> (any key, see SlurmExecutor)
 
 
 def backbone_family(backbone: str) -> str:
@@ -63,6 +56,10 @@ class StudyParams(BaseModel):
     stop_timeout_s: float = Field(120.0, gt=0)
     # One MLflow server in front of a local SQLite store while cells run concurrently (params.yaml).
     tracking_server: Literal["auto", "always", "never"] = "auto"
+    # Address the study's MLflow server binds (pipeline.cluster.tracking_host): null = 127.0.0.1 (one
+    # machine), an address of this host on the cluster network, or `auto` (the address this host
+    # uses towards the SLURM nodes). MASKFORMER_TRACKING_HOST wins.
+    tracking_host: str | None = None
     # Mirror of profiles.<profile>.data_root that dvc.yaml templates the study deps from
     # (`${study.data_root}/<dataset>`); must agree with the active profile (check_data_roots).
     data_root: str | None = None
@@ -120,6 +117,9 @@ class ProfileSolver(FamilySolver):
     micro_batch: int | None = Field(None, ge=1)  # overrides the recipe's images per forward pass
     max_iter: int | None = Field(None, ge=1)  # absolute iterations for every cell (smoke)
     iter_scale: float | None = Field(None, gt=0, le=10)  # multiplies the recipe's iterations
+    # Shrink warmups with the iterations (rehearsal): warmup x max_iter / recipe max_iter, kept >= 1
+    # where the recipe has one, so each family's schedule keeps its shape.
+    scale_warmup: bool | None = None
 
 
 class ProfileModel(BaseModel):
@@ -189,6 +189,28 @@ class Profile(BaseModel):
     # <checkpoint_root>/<file> instead of trained (pipeline/released.py).
     released: bool = False
     checkpoint_root: str = "checkpoints/released"
+    # Processes (GPUs) per training run, keyed like `seeds` (default / semantic / panoptic / dataset):
+    # resolved into `run.num_gpus`. A.0: 8 GPUs per run, 64 for COCO panoptic (the official configs'
+    # SOLVER.IMS_PER_BATCH is the total over them). CPU profiles run that many gloo processes.
+    gpus: dict[str, int] = Field(default_factory=lambda: {"default": 1})
+    # The profile this one rehearses (same cells, shrunk): `grid list` prints every key that differs.
+    rehearses: str | None = None
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: dict[str, int]) -> dict[str, int]:
+        if "default" not in v:
+            raise ValueError("needs a 'default' entry (processes per training run)")
+        for key, n in v.items():
+            if key not in ("default", "panoptic", "semantic") + DATASETS:
+                raise ValueError(f"unknown key {key!r}: expected default, semantic, panoptic or a dataset name")
+            if not 1 <= n <= 1024:
+                raise ValueError(f"{key}: processes per run must be in 1..1024, got {n}")
+        return v
+
+    def num_gpus(self, dataset: str) -> int:
+        task = "panoptic" if dataset in PANOPTIC_DATASETS else "semantic"
+        return self.gpus.get(dataset, self.gpus.get(task, self.gpus["default"]))
 
     @field_validator("seeds")
     @classmethod
@@ -232,28 +254,49 @@ class LocalExecutor(BaseModel):
 
 
 class SlurmExecutor(BaseModel):
+    """submitit SLURM settings. A cell of world size W (`run.num_gpus`) runs as W tasks, one per GPU:
+    `tasks_per_node = min(W, gpus_per_node)`, `nodes = W / tasks_per_node` (pipeline.executor.slurm_layout)."""
+
     model_config = _STRICT
     partition: str | None = None
     account: str | None = None
-    gpus_per_node: int = Field(8, ge=0, le=16)
-    gpus_by_dataset: dict[str, int] = Field(default_factory=dict)
-    tasks_per_node: int = Field(1, ge=1, le=16)
+    qos: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    exclusive: bool | None = None
+    gpus_per_node: int = Field(8, ge=0, le=16)  # GPUs (and processes) per node; A.0: 8 V100 per machine; 0: CPU nodes
     cpus_per_task: int = Field(10, ge=1, le=256)
     mem_gb: int = Field(64, ge=1)
     timeout_min: int = Field(4320, ge=1)
     array_parallelism: int = Field(16, ge=1)
     use_array: bool = True
+    # submitit requeues a job on preemption; after a time limit at most `max_num_timeout` times.
     requeue_on_preemption: bool = True
+    max_num_timeout: int = Field(3, ge=0, le=100)  # submitit default 3
+    signal_delay_s: int = Field(90, ge=10, le=3600)  # --signal=USR2@<s> (submitit default 90)
+    setup: list[str] = Field(default_factory=list)  # lines run before the job (`module load`, conda activate)
+    srun_args: list[str] = Field(default_factory=list)
+    additional_parameters: dict[str, Any] = Field(default_factory=dict)  # extra #SBATCH --key=value
+    # Any other submitit SlurmExecutor parameter (mail_user, gres, nodelist, ...), checked by name.
+    extra: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("gpus_by_dataset")
+    @field_validator("extra")
     @classmethod
-    def _gpus(cls, v: dict[str, int]) -> dict[str, int]:
-        for name, n in v.items():
-            if name not in DATASETS:
-                raise ValueError(f"unknown dataset {name!r}")
-            if not 0 <= n <= 16:
-                raise ValueError(f"{name}: gpus per node must be in 0..16, got {n}")
+    def _extra(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import submitit  # noqa: PLC0415 - the names submitit 1.5.x accepts
+
+        valid = submitit.SlurmExecutor._valid_parameters() - MANAGED_SLURM_KEYS
+        for key in v:
+            if key not in valid:
+                raise ValueError(f"unknown or managed submitit SLURM parameter {key!r}; allowed: {', '.join(sorted(valid))}")
         return v
+
+
+# Set by the executor from the cell (nodes, tasks, GPUs, name, time) or by the typed fields above.
+MANAGED_SLURM_KEYS = frozenset({
+    "job_name", "nodes", "ntasks_per_node", "gpus_per_node", "num_gpus", "gpus_per_task", "time", "mem",
+    "partition", "account", "qos", "constraint", "exclude", "exclusive", "cpus_per_task", "array_parallelism",
+    "signal_delay_s", "setup", "srun_args", "additional_parameters"})
 
 
 class ExecutorParams(BaseModel):
@@ -526,18 +569,33 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _env_overlay(environ: dict[str, str]) -> dict[str, Any]:
+    """`MASKFORMER_SLURM_<KEY>=value` -> executor.slurm.<key> (`<KEY>` of SlurmExecutor, or of submitit's
+    parameters -> `extra`). Values are YAML scalars/lists (`8`, `true`, `[a, b]`); an unknown name is an error."""
     slurm: dict[str, Any] = {}
-    for var, key in SLURM_ENV.items():
-        value = environ.get(var)
-        if value is None or value == "":
+    fields = set(SlurmExecutor.model_fields) - {"extra"}
+    for var in sorted(environ):
+        if not var.startswith(SLURM_ENV_PREFIX) or environ[var] == "":
             continue
-        if key in ("partition", "account"):
-            slurm[key] = value
+        key = var[len(SLURM_ENV_PREFIX):].lower()
+        text = environ[var]
+        if key in ("partition", "account", "qos", "constraint", "exclude"):
+            value: Any = text
         else:
             try:
-                slurm[key] = int(value)
-            except ValueError:
-                raise UserError(f"environment {var}={value!r}: expected an integer") from None
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise UserError(f"environment {var}={text!r}: not a YAML value") from None
+        if key in fields:
+            if isinstance(SlurmExecutor.model_fields[key].default, int) and not isinstance(value, int):
+                raise UserError(f"environment {var}={text!r}: expected an integer")
+            slurm[key] = value
+        else:
+            import submitit  # noqa: PLC0415
+
+            if key not in submitit.SlurmExecutor._valid_parameters() - MANAGED_SLURM_KEYS:
+                raise UserError(f"environment {var}: unknown SLURM setting {key!r}; expected one of "
+                                f"{', '.join(sorted(fields))} or a submitit SlurmExecutor parameter")
+            slurm.setdefault("extra", {})[key] = value
     return {"executor": {"slurm": slurm}} if slurm else {}
 
 

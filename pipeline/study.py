@@ -198,7 +198,7 @@ def plan_study(
                 )
         check_pretrained_files(grid, f"profiles.{profile}.model.pretrained")
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    return StudyPlan(
+    plan = StudyPlan(
         params=params,
         grid=grid,
         profile=profile,
@@ -211,6 +211,93 @@ def plan_study(
         threads=prof.run.threads,
         stop=StudyStop(hard_timeout_s=params.study.stop_timeout_s),
     )
+    if plan.executor == "slurm":
+        check_tracking_reachable(plan)
+    return plan
+
+
+def check_tracking_reachable(plan: StudyPlan) -> None:
+    """A SLURM study on more than one node must not hand its cells a loopback tracking URI."""
+    from pipeline.cluster import is_loopback, slurm_nodes, tracking_host
+    from pipeline.tracking import resolve_tracking_uri
+    from urllib.parse import urlparse
+
+    nodes = slurm_nodes()
+    if len(nodes) <= 1:
+        return
+    if shared_sqlite_uri(plan) is not None:  # the study serves the store: the server's address counts
+        host = tracking_host(plan.params.study.tracking_host)
+        if is_loopback(host):
+            raise UserError(
+                f"executor slurm on {len(nodes)} nodes, but the study's MLflow server would bind {host}, which "
+                f"the compute nodes cannot reach: set study.tracking_host (local.yaml) or MASKFORMER_TRACKING_HOST "
+                f"to this host's cluster address (or `auto`), or MLFLOW_TRACKING_URI to a shared server")
+        return
+    for unit in plan.grid.train.values():
+        if not unit.config["run"].get("tracking", True):
+            continue
+        uri = resolve_tracking_uri(unit.config["run"].get("tracking_uri"))
+        host = urlparse(uri).hostname
+        if uri.startswith(("http://", "https://")) and host and is_loopback(host):
+            raise UserError(
+                f"executor slurm on {len(nodes)} nodes, but cell {unit.train_id} would log to {uri}, a loopback "
+                f"address the compute nodes cannot reach: set MLFLOW_TRACKING_URI (or run.tracking_uri) to the "
+                f"server's cluster address, or let the study serve it (study.tracking_host)")
+        return
+
+
+def make_snapshot(plan: StudyPlan) -> Path | None:
+    """A copy of the repository's tracked files for this study run (submitit's RsyncSnapshot), which the
+    SLURM jobs import (PYTHONPATH, pipeline.executor) also after a requeue; None outside a git checkout."""
+    import subprocess
+
+    os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
+    import submitit.helpers
+
+    try:
+        # The checkout this code comes from (the study may run with another working directory).
+        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True,
+                              timeout=30, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    target = (plan.runs_dir / "_snapshots" / plan.run_id).resolve()
+    if not submitit.helpers.RsyncSnapshot.available():
+        raise UserError("executor slurm takes a code snapshot per study run with rsync: install rsync "
+                        "(apt-get install rsync)")
+    with submitit.helpers.RsyncSnapshot(snapshot_dir=target, root_dir=Path(root)):
+        pass  # copies the tracked files (working-tree state); we stay in our folder
+    return target
+
+
+def job_name_for(plan: StudyPlan, unit_id: str) -> str:
+    """`<tables>-<dataset>-<cell id>`: squeue/sacct say which table and dataset a job belongs to."""
+    unit = _unit(plan, unit_id)
+    tables = sorted({r.table for r in plan.grid.rows
+                     if any(plan.grid.evals[e].train_id == unit.train_id or e == unit_id for e in r.eval_ids)})
+    return f"{'+'.join(tables) or 'cell'}-{unit.config['data']['dataset']}-{unit_id}"
+
+
+def recorded_live_job(plan: StudyPlan, unit_id: str) -> Any:
+    """The cell's job recorded in cell.json when SLURM says it is still live (re-attach), else None."""
+    if plan.executor != "slurm":
+        return None
+    unit = _unit(plan, unit_id)
+    record = read_json(Path(unit.run_dir) / CELL_FILE)
+    if not isinstance(record, dict) or not record.get("job_id") or record.get("executor", "slurm") != "slurm":
+        return None
+    from pipeline.cluster import is_live_state, job_state
+
+    job_id = str(record["job_id"])
+    if not job_id.split("_")[0].isdigit():
+        return None
+    folder = Path(record["stdout"]).parent if record.get("stdout") else plan.log_folder(unit_id)
+    state = job_state(job_id, folder)
+    if not is_live_state(state):
+        return None
+    os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
+    import submitit
+
+    return submitit.SlurmJob(folder=folder, job_id=job_id)
 
 
 def shared_sqlite_uri(plan: StudyPlan) -> str | None:
@@ -324,14 +411,23 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
         init_from = train.run_dir
     start = time.time()
     since = plan.created if job is not None else start  # a failure.json older than this job's submission is stale
+    reattached = False
     if job is None:
-        job = executor.submit(cell_config(plan, unit), log_folder=plan.log_folder(unit_id), init_from=init_from)
+        job = recorded_live_job(plan, unit_id)  # an earlier study run's job still queued or running
+        reattached = job is not None
+    if job is None:
+        job = executor.submit(cell_config(plan, unit), log_folder=plan.log_folder(unit_id), init_from=init_from,
+                              name=job_name_for(plan, unit_id))
+    previous = read_json(run_dir / CELL_FILE) if reattached else None
     write_json(
         run_dir / CELL_FILE,
         {
             "cell_id": unit_id,
             "train_id": unit.train_id,
             "study_run": plan.run_id,
+            "executor": plan.executor,
+            "reattached_from": (previous or {}).get("study_run") if reattached else None,
+            "code_snapshot": (previous or {}).get("code_snapshot") if reattached else getattr(executor, "snapshot", None),
             "job_id": str(job.job_id),
             "stdout": str(job.paths.stdout),
             "stderr": str(job.paths.stderr),
@@ -340,7 +436,9 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     )
     plan.stop.register(unit_id, job)
     try:
-        job.result()
+        from pipeline.executor import job_result
+
+        job_result(job)
     except Exception as exc:  # noqa: BLE001 - any job failure becomes the cell's recorded reason
         if plan.stop.is_set() and not is_done(unit):
             return _interrupted(plan, unit_id, job, start)

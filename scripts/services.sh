@@ -54,7 +54,8 @@ stop_pid() {  # stop_pid PIDFILE [SIG]: signal, wait up to 15 s, then SIGKILL
 
 install_packages() {
   local missing=0
-  for bin in slurmctld slurmd sbatch sacct munged slurmdbd mariadbd mariadb-install-db chromium; do
+  # rsync: the code snapshot of every SLURM study run (submitit's RsyncSnapshot, pipeline.study.make_snapshot)
+  for bin in slurmctld slurmd sbatch sacct munged slurmdbd mariadbd mariadb-install-db chromium rsync; do
     command -v "$bin" >/dev/null 2>&1 || missing=1
   done
   [ "$missing" = 0 ] && return 0
@@ -63,7 +64,7 @@ install_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
-    slurmctld slurmd slurm-client munge slurmdbd mariadb-server chromium >"$ROOT/apt.log" 2>&1 \
+    slurmctld slurmd slurm-client munge slurmdbd mariadb-server chromium rsync >"$ROOT/apt.log" 2>&1 \
     || die "apt-get install failed; see $ROOT/apt.log"
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh-machine test entry point (used as-is by .ci/run): installs the project, starts the test
-# services (SLURM, MariaDB, Prefect, MLflow; scripts/services.sh), runs the WHOLE test suite
+# services (SLURM, MariaDB, Prefect, MLflow; scripts/services.sh) and the two-node SLURM of the
+# cluster tests (scripts/cluster2.sh), runs the WHOLE test suite
 # (slow, services, faults and browser tests included) and stops the services it started.
 # Extra arguments go to pytest: bash scripts/test.sh tests/test_report.py -x
 set -euo pipefail
@@ -10,11 +11,24 @@ bash scripts/install.sh
 echo "test.sh: install took $((SECONDS - t0)) s"
 
 t1=$SECONDS
+stop_services=0 stop_cluster2=0
+cleanup() {  # by pid, in reverse order of start; only what this run started
+  if [ "$stop_cluster2" = 1 ]; then bash scripts/cluster2.sh down || true; fi
+  if [ "$stop_services" = 1 ]; then bash scripts/services.sh down || true; fi
+}
+trap cleanup EXIT
 if bash scripts/services.sh status >/dev/null 2>&1; then
   echo "test.sh: services already running; leaving them running afterwards"
 else
-  trap 'bash scripts/services.sh down' EXIT
+  stop_services=1
   bash scripts/services.sh up
+fi
+# The two-node SLURM of the cluster tests (tests/test_cluster2.py), on the services' slurmdbd.
+if bash scripts/cluster2.sh status >/dev/null 2>&1; then
+  echo "test.sh: cluster2 already running; leaving it running afterwards"
+else
+  stop_cluster2=1
+  bash scripts/cluster2.sh up
 fi
 echo "test.sh: services took $((SECONDS - t1)) s"
 # shellcheck disable=SC1091

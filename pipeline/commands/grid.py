@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
         grid = expand(params, args.profile)
         unit = find_cell(grid, args.cell)
         print(f"# cell {getattr(unit, 'eval_id', None) or unit.train_id} (train cell {unit.train_id})")
+        world = int(unit.config["run"].get("num_gpus", 1))
+        print(f"# world size {world} (one process per GPU), per-GPU batch "
+              f"{unit.config['solver']['ims_per_batch'] // world} of {unit.config['solver']['ims_per_batch']}")
         print(yaml.safe_dump(unit.config, sort_keys=False), end="")
         return 0
     grid = expand(params, args.profile, args.table)
@@ -49,4 +52,11 @@ def run(args: argparse.Namespace) -> int:
         label = row.row + (" [eval-only]" if first.is_variant else "")
         print(f"{row.table:<10} {label[:34]:<34} {len(row.eval_ids):>5} {state:<8} {hours:>8.1f}  {row.eval_ids[0]}")
     print(f"estimated GPU-hours (unique training runs, V100, time_model in params.yaml): {grid.gpu_hours():.1f}")
+    base = params.profiles[grid.profile].rehearses
+    if base:
+        from pipeline.grid import profile_differences
+
+        print(f"differs from profile {base} only in (there -> here, over the listed cells):")
+        for key, (there, here) in profile_differences(params, grid.profile, args.table).items():
+            print(f"  {key}: {', '.join(sorted(there))[:70]} -> {', '.join(sorted(here))[:70]}")
     return 0
