@@ -30,6 +30,7 @@ from pipeline.params import Params, load_params
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 CELL_FILE = "cell.json"  # written by the study: which study run submitted this folder, and where its logs are
+REASON_CHARS = 1000  # a failure reason is the exception's message: long enough for a path, a URL and what to do
 
 
 class CellFailed(RuntimeError):
@@ -374,14 +375,14 @@ def _reason(run_dir: Path, exc: BaseException, job_id: str | None = None, since:
         fresh = since is None or path.stat().st_mtime >= since - 1.0
         if (job_id is not None and failure.get("job_id") == job_id) or (fresh and since is not None) or \
                 (job_id is None and since is None):
-            return str(failure["reason"])[:300]
+            return str(failure["reason"])[:REASON_CHARS]
     state, reason = unit_state(run_dir)
     if reason and state == "failed":
         return reason
     text = str(exc).strip().splitlines()
     # submitit's FailedJobError ends with the remote traceback's last line: the actual error.
     tail = [line for line in text if line.strip()][-1:] if text else []
-    return (tail[0] if tail else type(exc).__name__)[:300]
+    return (tail[0] if tail else type(exc).__name__)[:REASON_CHARS]
 
 
 def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> dict[str, Any]:
@@ -406,7 +407,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
 
             failure = read_json(Path(train.run_dir) / FAILURE_FILE)  # the training job's own exception
             if state != "failed" and isinstance(failure, dict) and failure.get("reason"):
-                state, reason = "failed", str(failure["reason"])[:300]
+                state, reason = "failed", str(failure["reason"])[:REASON_CHARS]
             raise CellFailed(f"training cell {unit.train_id} is {state}" + (f": {reason}" if reason else ""))
         init_from = train.run_dir
     start = time.time()
