@@ -154,7 +154,9 @@ def ui_base_url(tracking_uri: str | None = None, ui_url: str | None = None) -> s
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/")
-    return DEFAULT_UI_URL
+    # A local store: the services' server (scripts/services.sh) serves it on MLFLOW_PORT.
+    port = os.environ.get("MLFLOW_PORT")
+    return f"http://127.0.0.1:{int(port)}" if port and port.isdigit() else DEFAULT_UI_URL
 
 
 def mlflow_link(ui: str, experiment_id: str, run_id: str) -> str:

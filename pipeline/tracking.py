@@ -9,7 +9,8 @@ Tracking URI: `MLFLOW_TRACKING_URI`, else `run.tracking_uri` from the config, el
 store is created under a file lock before anyone logs (several processes racing to create a store
 crash, see shared INFRA notes). Metrics are logged synchronously in batches (`log_batch`).
 
-Browse: `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`.
+Browse: `bash scripts/services.sh up` (or `python -m pipeline.services up --only mlflow`) starts one
+light `mlflow server` (1 worker, job execution off) over this same store; README "Browse MLflow".
 """
 from __future__ import annotations
 
@@ -27,11 +28,22 @@ PARAM_BATCH = 100
 
 
 def default_tracking_uri() -> str:
+    """The repository's store: `sqlite:///<repo>/mlruns/mlflow.db` (artifacts in `<repo>/mlruns/artifacts`)."""
     return f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
 
 
+def backend_store_uri() -> str:
+    """The store the services' MLflow server serves (scripts/services.sh): `MLFLOW_BACKEND_STORE_URI`,
+    else the repository's store, i.e. the very file `dvc repro` writes when no server is configured."""
+    return os.environ.get("MLFLOW_BACKEND_STORE_URI") or default_tracking_uri()
+
+
 def resolve_tracking_uri(config_uri: str | None = None) -> str:
-    """`MLFLOW_TRACKING_URI` > config `run.tracking_uri` > repository default (sqlite)."""
+    """The one place every entry point (dvc repro, CLI, deployments, SLURM cells, status and report
+    links) resolves the tracking URI: `MLFLOW_TRACKING_URI` > config `run.tracking_uri` > repository
+    default (sqlite). With scripts/services.env sourced, `MLFLOW_TRACKING_URI` is the services' server,
+    which serves the repository default store (`backend_store_uri`), so both paths reach one store.
+    SLURM cells inherit the variable (sbatch exports the submitting environment)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or config_uri or default_tracking_uri()
 
 
