@@ -26,7 +26,7 @@ import submitit  # noqa: E402,F401  (imported at module top on purpose, see INFR
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
-from prefect.runtime import task_run  # noqa: E402
+from prefect.runtime import flow_run, task_run  # noqa: E402
 from prefect.states import Cancelled, Completed, Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
@@ -214,12 +214,19 @@ def run_cells(
         "profile %s: %d training cells, %d evaluation variants, executor %s, %d concurrent, run %s",
         plan.profile, len(plan.grid.train), len(plan.variant_ids()), plan.executor, plan.max_concurrent, plan.run_id,
     )
-    # SIGINT/SIGTERM: stop submitting, SIGTERM to running jobs, record them interrupted (StudyStop).
-    with plan.stop.handling_signals(), _study_tracking_server(plan, logger), \
-            _progress(len(plan.train_ids()) + len(plan.variant_ids())) as progress:
-        _run_phase(plan, ex, plan.train_ids(), outcomes, logger, progress)
-        _run_phase(plan, ex, plan.variant_ids(), outcomes, logger, progress)
-    counts = st.summarize(plan, outcomes)
+    parent = _open_parent_run(plan, logger)
+    counts = None
+    try:
+        # SIGINT/SIGTERM: stop submitting, SIGTERM to running jobs, record them interrupted (StudyStop).
+        with plan.stop.handling_signals(), _study_tracking_server(plan, logger), \
+                _progress(len(plan.train_ids()) + len(plan.variant_ids())) as progress:
+            _run_phase(plan, ex, plan.train_ids(), outcomes, logger, progress)
+            _run_phase(plan, ex, plan.variant_ids(), outcomes, logger, progress)
+        counts = st.summarize(plan, outcomes)
+    finally:
+        status = "KILLED" if plan.stop.is_set() else ("FINISHED" if counts and not counts["failed"] else "FAILED")
+        with contextlib.suppress(Exception):
+            st.close_parent_run(plan, parent, counts, status)
     message = st.final_message(counts)
     logger.info(message)
     if plan.stop.is_set():
@@ -227,6 +234,16 @@ def run_cells(
     if counts["failed"]:
         return Failed(message=message, data=counts)
     return Completed(message=message, data=counts)
+
+
+def _open_parent_run(plan, logger):
+    """The study's MLflow run (cells nest under it); a tracking store that cannot be reached is logged
+    and the study runs without a parent run (each cell then reports its own tracking error)."""
+    try:
+        return st.open_parent_run(plan, source_name=f"flows.study:{flow_run.flow_name or 'run-cells'}")
+    except Exception as exc:  # noqa: BLE001 - the cells still run and record their own state
+        logger.warning("no MLflow parent run for study %s: %s", plan.run_id, exc)
+        return None
 
 
 def _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir):

@@ -139,6 +139,8 @@ class StudyPlan:
     # HTTP URI of the study's MLflow server (study.tracking_server), given to every cell; None: cells
     # resolve their own URI (pipeline.tracking.resolve_tracking_uri).
     tracking_uri: str | None = None
+    # MLflow run of this study run (pipeline.study.open_parent_run); the cells' runs nest under it.
+    parent_run_id: str | None = None
 
     @property
     def runs_dir(self) -> Path:
@@ -225,11 +227,67 @@ def shared_sqlite_uri(plan: StudyPlan) -> str | None:
     return uri if uri.startswith("sqlite:///") else None
 
 
+def unit_rows(plan: StudyPlan, unit_id: str) -> list[Any]:
+    """The table rows a cell serves: rows evaluating it directly, else rows whose evaluation variant it trains."""
+    direct = [r for r in plan.grid.rows if unit_id in r.eval_ids]
+    if direct:
+        return direct
+    return [r for r in plan.grid.rows if any(plan.grid.evals[e].train_id == unit_id for e in r.eval_ids)]
+
+
+def study_tags(plan: StudyPlan, unit_id: str) -> dict[str, str]:
+    """MLflow tags of a cell's run from the study: `table` and `row` (the first row it serves; a
+    deduplicated cell serves several, all in `rows` as `table:row; ...`), `study_run` and, when the
+    study opened one, `mlflow.parentRunId` (MLflow nests the run under the study's run)."""
+    rows = unit_rows(plan, unit_id)
+    tags = {"study_run": plan.run_id, "profile": plan.profile}
+    if rows:
+        tags.update(table=rows[0].table, row=rows[0].row, rows="; ".join(f"{r.table}:{r.row}" for r in rows))
+    if plan.parent_run_id:
+        tags["mlflow.parentRunId"] = plan.parent_run_id
+    return tags
+
+
 def cell_config(plan: StudyPlan, unit: TrainUnit | EvalUnit) -> dict[str, Any]:
-    """The config a cell's job gets: the unit's, with the study's tracking server URI when there is one."""
-    if not plan.tracking_uri:
-        return unit.config
-    return {**unit.config, "run": {**unit.config["run"], "tracking_uri": plan.tracking_uri}}
+    """The config a cell's job gets: the unit's, with the study's tags (`study_tags`; `run.tags` is left
+    out of the result hash) and the study's tracking server URI when there is one."""
+    unit_id = unit.eval_id if isinstance(unit, EvalUnit) else unit.train_id
+    run = {**unit.config["run"], "tags": {**(unit.config["run"].get("tags") or {}), **study_tags(plan, unit_id)}}
+    if plan.tracking_uri:
+        run["tracking_uri"] = plan.tracking_uri
+    return {**unit.config, "run": run}
+
+
+def open_parent_run(plan: StudyPlan, source_name: str = "pipeline.study") -> Any:
+    """Open the MLflow run of this study run (tags `profile`, `tables`, `study_run`) in the cells'
+    experiment and store its id in `plan.parent_run_id`; None when the cells are not tracked.
+    Returns the `Tracker` to close with `close_parent_run`."""
+    from pipeline.tracking import Tracker
+
+    units = list(plan.grid.train.values())
+    tracked = [u for u in units if u.config["run"].get("tracking", True)]
+    if not tracked:
+        return None
+    run = tracked[0].config["run"]
+    tracker = Tracker(plan.tracking_uri or run.get("tracking_uri"), run.get("experiment", "maskformer"))
+    tags = {"profile": plan.profile, "tables": ",".join(plan.grid.tables()), "study_run": plan.run_id,
+            "executor": plan.executor}
+    params = {"profile": plan.profile, "tables": plan.grid.tables(), "executor": plan.executor,
+              "max_concurrent": plan.max_concurrent, "cells": len(plan.grid.train) + len(plan.variant_ids())}
+    plan.parent_run_id = tracker.start(params, tags, run_name=f"study-{plan.run_id}", source_name=source_name)
+    return tracker
+
+
+def close_parent_run(plan: StudyPlan, tracker: Any, counts: dict[str, int] | None, status: str) -> None:
+    """Log the study's counts and records (cells.json, metrics.json) to its run and close it with `status`."""
+    if tracker is None:
+        return
+    try:
+        if counts:
+            tracker.log_final({f"study/{k}": v for k, v in counts.items()}, 0)
+        tracker.log_artifacts([plan.reports_dir / "study" / "cells.json", plan.reports_dir / "metrics.json"])
+    finally:
+        tracker.end(status)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -388,7 +446,8 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
     }
     write_json(
         plan.reports_dir / "study" / "cells.json",
-        {"profile": plan.profile, "study_run": plan.run_id, "counts": counts, "cells": cells},
+        {"profile": plan.profile, "study_run": plan.run_id, "mlflow_run_id": plan.parent_run_id,
+         "counts": counts, "cells": cells},
     )
     write_json(plan.reports_dir / "metrics.json", key_metrics(plan.grid))
     write_queries_plot(plan.grid, plan.reports_dir / "plots" / "queries.csv")
