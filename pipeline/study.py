@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -276,6 +277,29 @@ def open_parent_run(plan: StudyPlan, source_name: str = "pipeline.study") -> Any
               "max_concurrent": plan.max_concurrent, "cells": len(plan.grid.train) + len(plan.variant_ids())}
     plan.parent_run_id = tracker.start(params, tags, run_name=f"study-{plan.run_id}", source_name=source_name)
     return tracker
+
+
+def log_report(html_path: str | os.PathLike, cells_json: str | os.PathLike | None = None) -> str | None:
+    """Log the report (`index.html` and its `figures/`) to the MLflow run of the study run that wrote
+    `reports/study/cells.json` (`mlflow_run_id`); returns that run id, None when there is none or the
+    store cannot be reached (the report itself is written either way)."""
+    from pipeline.tracking import Tracker
+
+    html_path = Path(html_path)
+    record = read_json(Path(cells_json) if cells_json else html_path.parent / "study" / "cells.json") or {}
+    run_id = record.get("mlflow_run_id")
+    if not run_id:
+        return None
+    tracker = Tracker()
+    try:
+        tracker.client.get_run(run_id)
+        tracker.run_id = run_id
+        tracker.log_artifacts([html_path], artifact_path="report")
+        tracker.log_artifacts(sorted((html_path.parent / "figures").glob("*.png")), artifact_path="report/figures")
+    except Exception as exc:  # noqa: BLE001 - tracking is a copy; the report on disk is the result
+        print(f"report: not logged to MLflow run {run_id}: {exc}", file=sys.stderr)
+        return None
+    return run_id
 
 
 def close_parent_run(plan: StudyPlan, tracker: Any, counts: dict[str, int] | None, status: str) -> None:

@@ -77,3 +77,16 @@ def test_study_runs_nest_under_a_parent_and_group_by_row(tmp_path, services_env)
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert metrics["table1"]["MaskFormer R50"]["mIoU (s.s.)"] == pytest.approx(
         round(statistics.median(by_row["MaskFormer R50"]), 3))
+
+    # The report of that study run lands in the parent run (what `python -m pipeline report` does).
+    from pipeline.params import load_params
+    from pipeline.report import build_report
+    from pipeline.study import log_report
+    from pipeline.tables import build_tables
+
+    reports = tmp_path / "reports"
+    build_tables(params=load_params(params_path), reports_dir=reports)
+    html = build_report("smoke", runs_root=tmp_path / "runs", tables_dir=reports / "tables", out_dir=reports,
+                        params_path=params_path)
+    assert log_report(html) == parent_id
+    assert "report/index.html" in {a.path for a in client.list_artifacts(parent_id, "report")}
