@@ -98,7 +98,9 @@ class Server:
             # Otherwise the server forks 8 job-runner processes (~2 GB RSS; INFRA notes).
             env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         else:
-            env.update(PREFECT_HOME=str(self.state_dir / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            # The UI calls the API at PREFECT_UI_API_URL (default 127.0.0.1:4200): give it this server's port.
+            env.update(PREFECT_HOME=str(self.state_dir / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                       PREFECT_UI_API_URL=self.url + "/api", PREFECT_API_URL=self.url + "/api")
         return env
 
 

@@ -168,3 +168,40 @@ def test_services_mlflow_serves_the_store_dvc_repro_writes(tmp_path, monkeypatch
     uri = local.get_run(served_id).info.artifact_uri
     assert uri.startswith((db.parent / "artifacts").as_uri())
     assert (Path(uri[len("file://"):]) / "served.txt").read_text() == "served\n"
+
+
+@pytest.mark.slow
+def test_prefect_ui_api_url_has_the_port_and_down_stops_flows_serve(tmp_path):
+    """A Prefect server on a moved port tells its UI that port (PREFECT_UI_API_URL); `services.sh serve`
+    starts the deployments' process with a pid file and `services.sh down` stops it (and the server)."""
+    import os
+    import signal
+
+    root = tmp_path / "root"
+    server = services.Server("prefect", root / "prefect", port=services.free_port())
+    assert server.environment()["PREFECT_UI_API_URL"] == server.url + "/api"
+    services.start(server)
+    try:
+        with urllib.request.urlopen(server.url + "/ui-settings", timeout=30) as resp:  # noqa: S310
+            assert json.loads(resp.read())["api_url"] == server.url + "/api"
+        env_file = tmp_path / "services.env"
+        env_file.write_text(f"export PREFECT_API_URL={server.url}/api\nexport PREFECT_HOME={root / 'prefect' / 'home'}\n"
+                            "export SUBMITIT_LOG_LEVEL=NOCONFIG\nexport PREFECT_SERVER_ANALYTICS_ENABLED=false\n")
+        env = dict(os.environ, SERVICES_ROOT=str(root), SERVICES_ENV_FILE=str(env_file), VENV=str(VENV_BIN.parent),
+                   PREFECT_PORT=str(server.port), MLFLOW_PORT=str(services.free_port()))
+        script = str(Path(__file__).resolve().parents[1] / "scripts" / "services.sh")
+        out = subprocess.run(["bash", script, "serve"], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        pid_file = root / "pids" / "prefect_serve.pid"
+        pid = int(pid_file.read_text())
+        assert services.pid_alive(pid)
+        try:
+            out = subprocess.run(["bash", script, "down"], env=env, capture_output=True, text=True, timeout=180)
+            assert out.returncode == 0, out.stderr
+            assert not services.pid_alive(pid) and not pid_file.exists()
+            assert "prefect: stopped" in out.stdout
+        finally:
+            if services.pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        services.stop(server)
