@@ -438,15 +438,44 @@ def pending(plan: StudyPlan, ids: list[str]) -> list[str]:
 # Recording
 
 
+def full_grid(plan: StudyPlan) -> Grid:
+    """The grid of every table of the profile: the plan's own when it runs them all, else expanded anew
+    (a partial run, `--table N` or a deployment of some tables, records into the whole study's files)."""
+    if set(plan.grid.tables()) >= set(plan.params.grid):
+        return plan.grid
+    return expand(plan.params, plan.profile, None)
+
+
+def _count(cells: list[dict[str, Any]]) -> dict[str, int]:
+    return {
+        "total": len(cells),
+        "done": sum(c["status"] == "done" for c in cells),
+        "failed": sum(c["status"] not in ("done", "interrupted") for c in cells),
+        "interrupted": sum(c["status"] == "interrupted" for c in cells),
+        "skipped": sum(c["skipped"] for c in cells),
+    }
+
+
 def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Write cells.json, metrics.json and the queries plot; return counts {total, done, failed, skipped}."""
+    """Write cells.json, metrics.json and the queries plot; return this run's counts {total, done, failed, skipped}.
+
+    The files always describe the whole study of the profile (every table): a partial run (`--table N`,
+    a deployment of some tables) updates its cells' records and its tables' metrics; the other cells keep
+    their recorded outcome (skipped, seconds, logs) and their state is read from their run folders, the
+    other tables' metrics from their cells' metrics.json, so `dvc metrics show` keeps every table.
+    """
+    grid = full_grid(plan)
+    previous = read_json(plan.reports_dir / "study" / "cells.json") or {}
+    before = ({c["cell_id"]: c for c in previous.get("cells", []) if isinstance(c, dict) and "cell_id" in c}
+              if previous.get("profile") == plan.profile else {})
+    mine = set(plan.grid.train) | set(plan.variant_ids())
     cells = []
-    for uid, unit in list(plan.grid.train.items()) + [(e, u) for e, u in plan.grid.evals.items() if u.is_variant]:
+    for uid, unit in list(grid.train.items()) + [(e, u) for e, u in grid.evals.items() if u.is_variant]:
         state, reason = unit_state(unit.run_dir)
-        out = outcomes.get(uid, {})
+        out = outcomes.get(uid, {}) if uid in mine else before.get(uid, {})
         if out.get("status") in ("failed", "interrupted") and state != "done":
             state, reason = out["status"], out.get("reason") or reason
-        rows = [f"{r.table}:{r.row}" for r in plan.grid.rows if uid in r.eval_ids]
+        rows = [f"{r.table}:{r.row}" for r in grid.rows if uid in r.eval_ids]
         cells.append(
             {
                 "cell_id": uid,
@@ -461,20 +490,14 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
                 "rows": rows,
             }
         )
-    counts = {
-        "total": len(cells),
-        "done": sum(c["status"] == "done" for c in cells),
-        "failed": sum(c["status"] not in ("done", "interrupted") for c in cells),
-        "interrupted": sum(c["status"] == "interrupted" for c in cells),
-        "skipped": sum(c["skipped"] for c in cells),
-    }
+    counts = _count([c for c in cells if c["cell_id"] in mine])
     write_json(
         plan.reports_dir / "study" / "cells.json",
-        {"profile": plan.profile, "study_run": plan.run_id, "mlflow_run_id": plan.parent_run_id,
-         "counts": counts, "cells": cells},
+        {"profile": plan.profile, "study_run": plan.run_id, "tables": plan.grid.tables(),
+         "mlflow_run_id": plan.parent_run_id, "counts": _count(cells), "cells": cells},
     )
-    write_json(plan.reports_dir / "metrics.json", key_metrics(plan.grid))
-    write_queries_plot(plan.grid, plan.reports_dir / "plots" / "queries.csv")
+    write_json(plan.reports_dir / "metrics.json", key_metrics(grid))
+    write_queries_plot(grid, plan.reports_dir / "plots" / "queries.csv")
     return counts
 
 

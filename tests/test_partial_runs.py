@@ -1,0 +1,41 @@
+"""A partial study run (`study --table N`, a deployment of some tables) updates only its part of the
+study's records: reports/study/cells.json keeps the other tables' cells, reports/metrics.json their
+metrics, reports/plots/queries.csv its Table 6 lines."""
+from __future__ import annotations
+
+import json
+
+from pipeline.study import plan_study, summarize
+from tests._study_helpers import STAND_IN, write_params
+from tests.test_study import _run_all
+
+
+def test_partial_run_merges_into_the_whole_study_records(tmp_path):
+    params_path = write_params(tmp_path, {"table6": slice(0, 2), "table7": slice(0, 3)})
+    reports = tmp_path / "reports"
+
+    whole = plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=reports)
+    counts = summarize(whole, _run_all(whole))
+    assert counts["failed"] == 0
+    cells = json.loads((reports / "study" / "cells.json").read_text())
+    metrics = json.loads((reports / "metrics.json").read_text())
+    queries = (reports / "plots" / "queries.csv").read_text()
+    assert set(metrics) == {"table6", "table7"} and len(queries.splitlines()) == 2
+    all_ids = {c["cell_id"] for c in cells["cells"]}
+
+    part = plan_study(params_path=params_path, tables=["7"], cell_fn=STAND_IN, reports_dir=reports)
+    part_counts = summarize(part, _run_all(part))
+    mine = set(part.grid.train) | set(part.variant_ids())
+    assert part_counts["total"] == len(mine) < len(all_ids)
+    assert part_counts["skipped"] == len(mine)  # all done in the first run
+    after = json.loads((reports / "study" / "cells.json").read_text())
+    assert {c["cell_id"] for c in after["cells"]} == all_ids
+    assert after["tables"] == ["table7"] and after["counts"]["total"] == len(all_ids)
+    kept = {c["cell_id"]: c for c in cells["cells"] if c["cell_id"] not in mine}
+    for c in after["cells"]:
+        if c["cell_id"] in kept:  # the other table's cells keep their recorded outcome
+            assert c == kept[c["cell_id"]]
+        else:
+            assert c["skipped"] and c["status"] == "done"
+    assert json.loads((reports / "metrics.json").read_text()) == metrics
+    assert (reports / "plots" / "queries.csv").read_text() == queries
