@@ -261,7 +261,7 @@ def run_cells(
     """Train every pending training cell, then evaluate the variants; write the study records."""
     logger = get_run_logger()
     plan = _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
-    ex = CellExecutor(plan.params, plan.executor, cell_fn=plan.cell_fn, threads=plan.threads)
+    ex = CellExecutor(plan.params, plan.executor, cell_fn=plan.cell_fn, threads=plan.threads, profile=plan.profile)
     outcomes: dict[str, dict] = {}
     logger.info(
         "profile %s: %d training cells, %d evaluation variants, executor %s, %d concurrent, run %s",

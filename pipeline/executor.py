@@ -144,19 +144,42 @@ class CellJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+def sbatch_header(s: Any, dataset: str, name: str, count: int, folder: Path) -> str:
+    """The `#SBATCH` lines submitit writes for an array of `count` cells of `dataset` with the SLURM
+    resources `s` (`pipeline.params.slurm_resources`); nothing is submitted (`study --dry-run`)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    ex = submitit.SlurmExecutor(folder=folder)
+    ex.update_parameters(job_name=job_name(name), time=s.timeout_min,
+                         gpus_per_node=s.gpus_by_dataset.get(dataset, s.gpus_per_node),
+                         ntasks_per_node=s.tasks_per_node, cpus_per_task=s.cpus_per_task, mem=f"{s.mem_gb}GB",
+                         array_parallelism=s.array_parallelism,
+                         **({"partition": s.partition} if s.partition else {}),
+                         **({"account": s.account} if s.account else {}))
+    params = dict(ex.parameters)
+    if count > 1:
+        params["map_count"] = count
+    text = _make_sbatch_string(command="<cell>", folder=folder, **params)
+    return "\n".join(line for line in text.splitlines() if line.startswith("#SBATCH"))
+
+
 class CellExecutor:
     """Submits cells through submitit. `kind` is 'local' (subprocesses), 'slurm' or 'debug' (in-process)."""
 
     def __init__(
-        self, params: Params, kind: str, *, cell_fn: str, threads: int | None = None
+        self, params: Params, kind: str, *, cell_fn: str, threads: int | None = None, profile: str | None = None
     ) -> None:
         if kind not in ("local", "slurm", "debug"):
             raise UserError(f"executor {kind!r}: expected local, slurm or debug")
         import_callable(cell_fn)  # fail before anything is submitted
+        from pipeline.params import slurm_resources
+
         self.cell_fn = cell_fn
         self.params = params
         self.kind = kind
         self.threads = threads
+        # executor.slurm with the profile's resources (profiles.<p>.slurm): smoke asks for a CPU and minutes.
+        self.slurm = slurm_resources(params, profile)
         if kind == "slurm":
             self._check_slurm()
 
@@ -167,7 +190,7 @@ class CellExecutor:
     def _executor(self, folder: Path, dataset: str | None, name: str) -> submitit.Executor:
         folder.mkdir(parents=True, exist_ok=True)
         if self.kind == "slurm":
-            s = self.params.executor.slurm
+            s = self.slurm
             ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
             gpus = s.gpus_by_dataset.get(dataset, s.gpus_per_node) if dataset else s.gpus_per_node
             kwargs: dict[str, Any] = dict(

@@ -165,6 +165,28 @@ class ProfileRun(BaseModel):
     threads: int | None = Field(None, ge=1)
 
 
+class ProfileSlurm(BaseModel):
+    """A profile's SLURM resources: each field set here replaces `executor.slurm`'s for that profile's jobs
+    (the smoke profile asks for a CPU and minutes, the paper profile for the official 8 GPUs)."""
+
+    model_config = _STRICT
+    gpus_per_node: int | None = Field(None, ge=0, le=16)
+    gpus_by_dataset: dict[str, int] | None = None
+    cpus_per_task: int | None = Field(None, ge=1, le=256)
+    mem_gb: int | None = Field(None, ge=1)
+    timeout_min: int | None = Field(None, ge=1)
+
+    @field_validator("gpus_by_dataset")
+    @classmethod
+    def _gpus(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        for name, n in (v or {}).items():
+            if name not in DATASETS:
+                raise ValueError(f"unknown dataset {name!r}")
+            if not 0 <= n <= 16:
+                raise ValueError(f"{name}: gpus per node must be in 0..16, got {n}")
+        return v
+
+
 class Profile(BaseModel):
     model_config = _STRICT
     description: str
@@ -179,6 +201,7 @@ class Profile(BaseModel):
     run: ProfileRun = Field(default_factory=ProfileRun)
     executor: Literal["local", "slurm"] = "local"
     max_concurrent: int = Field(2, ge=1, le=1024)
+    slurm: ProfileSlurm = Field(default_factory=ProfileSlurm)
 
     @field_validator("seeds")
     @classmethod
@@ -493,3 +516,16 @@ def load_params(
         raw = _deep_merge(raw, overlay)
     raw = _deep_merge(raw, _env_overlay(dict(os.environ if environ is None else environ)))
     return validate_params(raw, source=str(path))
+
+
+def slurm_resources(params: "Params", profile: str | None, environ: dict[str, str] | None = None) -> SlurmExecutor:
+    """The jobs' SLURM resources: `executor.slurm` < `profiles.<profile>.slurm` < `MASKFORMER_SLURM_*`
+    (a cluster's own setting in the environment still wins over the profile's scale)."""
+    base = params.executor.slurm
+    if not profile or profile not in params.profiles:
+        return base
+    environ = dict(os.environ if environ is None else environ)
+    from_env = {field for var, field in SLURM_ENV.items() if environ.get(var)}
+    update = {k: v for k, v in params.profiles[profile].slurm.model_dump(exclude_none=True).items()
+              if k not in from_env and not (k == "gpus_by_dataset" and "gpus_per_node" in from_env)}
+    return base.model_copy(update=update)

@@ -538,6 +538,30 @@ def write_queries_plot(grid: Grid, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def dry_run_text(plan: StudyPlan) -> str:
+    """What `study` would submit, nothing submitted: per phase (training, then evaluation variants) and
+    dataset one SLURM array with its `#SBATCH` header (the profile's resources, pipeline.params
+    `slurm_resources`) and its cells; with a local executor the cells only. Done cells are marked skip."""
+    from pipeline.executor import sbatch_header
+    from pipeline.params import slurm_resources
+
+    resources = slurm_resources(plan.params, plan.profile)
+    lines = [f"profile {plan.profile}, executor {plan.executor}, {len(plan.grid.train)} training cells, "
+             f"{len(plan.variant_ids())} evaluation variants (dry run: nothing submitted)"]
+    for phase, ids in (("training", plan.train_ids()), ("evaluation variants", plan.variant_ids())):
+        by_dataset: dict[str, list[str]] = {}
+        for uid in ids:
+            by_dataset.setdefault(_unit(plan, uid).config["data"]["dataset"], []).append(uid)
+        for dataset, uids in by_dataset.items():
+            todo = [u for u in uids if not is_done(_unit(plan, u))]
+            lines += ["", f"# {phase}, {dataset}: {len(todo)} to run, {len(uids) - len(todo)} done"]
+            if plan.executor == "slurm" and todo:
+                lines.append(sbatch_header(resources, dataset, f"maskformer-{plan.profile}-{dataset}", len(todo),
+                                           plan.array_folder() / dataset))
+            lines += [f"  {'run ' if u in todo else 'skip'} {u}" for u in uids]
+    return "\n".join(lines)
+
+
 def final_message(counts: dict[str, int]) -> str:
     msg = f"{counts['total']} cells: {counts['done']} done ({counts['skipped']} skipped as already done), {counts['failed']} failed"
     if counts.get("interrupted"):

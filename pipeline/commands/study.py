@@ -15,6 +15,8 @@ def register(subparsers) -> None:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--reports", default="reports")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when cells failed")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each job array's #SBATCH header (the profile's resources) and its cells; submit nothing")
     p.set_defaults(func=run)
     s = subparsers.add_parser("serve", help="serve the study flows as Prefect deployments (needs PREFECT_API_URL)")
     s.set_defaults(func=run_serve)
@@ -22,6 +24,15 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.stages import run_study
+
+    if args.dry_run:
+        from pipeline.study import dry_run_text, plan_study
+
+        plan = plan_study(profile=args.profile, tables=args.table, executor=args.executor,
+                          max_concurrent=args.max_concurrent, retries=args.retries, cell_fn=args.cell_fn,
+                          params_path=args.params, reports_dir=args.reports)
+        print(dry_run_text(plan))
+        return 0
 
     return run_study(
         profile=args.profile, tables=args.table, executor=args.executor, max_concurrent=args.max_concurrent,
