@@ -523,8 +523,11 @@ def key_metrics(grid: Grid) -> dict[str, Any]:
 
 
 def write_queries_plot(grid: Grid, path: Path) -> None:
-    """Table 6 as a plot source: dataset, queries, mIoU (median over seeds)."""
+    """Table 6 as a plot source: dataset, queries, mIoU (median over seeds) in `path`, and the same lines
+    per dataset in `<path folder>/queries/<dataset>.csv` (queries, mIoU): DVC draws one line per file, so
+    `dvc plots show` (dvc.yaml top-level `plots:`) draws one line per dataset."""
     lines = ["dataset,queries,mIoU"]
+    per_dataset: dict[str, list[str]] = {}
     for row in grid.rows:
         if row.table != "table6" or row.cell.model != "maskformer":
             continue
@@ -532,9 +535,16 @@ def write_queries_plot(grid: Grid, path: Path) -> None:
         if values:
             q = grid.train[grid.evals[row.eval_ids[0]].train_id].config["model"]["num_queries"]
             lines.append(f"{row.cell.dataset},{q},{statistics.median(values):.3f}")
+            per_dataset.setdefault(row.cell.dataset, ["queries,mIoU"]).append(f"{q},{statistics.median(values):.3f}")
+    _write_text(path, "\n".join(lines) + "\n")
+    for dataset, rows in per_dataset.items():
+        _write_text(path.parent / "queries" / f"{dataset}.csv", "\n".join(rows) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

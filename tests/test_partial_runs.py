@@ -39,3 +39,41 @@ def test_partial_run_merges_into_the_whole_study_records(tmp_path):
             assert c["skipped"] and c["status"] == "done"
     assert json.loads((reports / "metrics.json").read_text()) == metrics
     assert (reports / "plots" / "queries.csv").read_text() == queries
+
+
+def test_queries_plot_draws_one_line_per_dataset_in_dvc(tmp_path):
+    """Table 6 over two datasets -> one CSV per dataset; DVC's top-level plot (dvc.yaml) reads each file
+    as its own line (`dvc plots show --json`, real DVC in a scratch repository)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    params_path = write_params(tmp_path, {"table6": slice(0, 14)})
+    plan = plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=tmp_path / "reports")
+    summarize(plan, _run_all(plan))
+    folder = tmp_path / "reports" / "plots" / "queries"
+    files = sorted(p.name for p in folder.glob("*.csv"))
+    assert len(files) == 2
+    for name in files:  # one line: queries ascending, one dataset
+        lines = (folder / name).read_text().splitlines()
+        assert lines[0] == "queries,mIoU" and len(lines) >= 5
+
+    repo_dvc = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())
+    plot = repo_dvc["plots"][0]["queries_per_dataset"]
+    scratch = tmp_path / "scratch"
+    shutil.copytree(tmp_path / "reports", scratch / "reports")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=scratch, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=scratch, check=True)
+    wanted = {f"reports/plots/queries/{n}": "mIoU" for n in files}
+    assert set(wanted) <= set(plot["y"])  # the datasets drawn are the ones dvc.yaml lists
+    (scratch / "dvc.yaml").write_text(yaml.safe_dump({"plots": [{"queries_per_dataset": dict(plot, y=wanted)}]}))
+    out = subprocess.run([dvc, "plots", "show", "--json"], cwd=scratch, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    content = shown["data"]["queries_per_dataset"][0]["content"]
+    assert {v["filename"] for v in content["data"]["values"]} == set(files)
+    assert content["encoding"]["strokeDash"]["field"] == "filename"  # one line per file = per dataset
