@@ -262,6 +262,16 @@ def run_cells(
     logger = get_run_logger()
     plan = _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
     ex = CellExecutor(plan.params, plan.executor, cell_fn=plan.cell_fn, threads=plan.threads, profile=plan.profile)
+    # A fresh clone after `dvc pull`: trained cells come back from the DVC-cached models/<profile>/ into
+    # their absent run folders (pipeline.models_store), so they are done and skipped, not retrained.
+    from pathlib import Path
+
+    from pipeline.models_store import restore_models
+
+    restored = restore_models(plan.grid, Path(plan.params.study.models_root) / plan.profile)
+    if restored:
+        logger.info("restored %d trained cells from %s/%s (dvc pull)", len(restored),
+                    plan.params.study.models_root, plan.profile)
     outcomes: dict[str, dict] = {}
     logger.info(
         "profile %s: %d training cells, %d evaluation variants, executor %s, %d concurrent, run %s",

@@ -56,6 +56,8 @@ class StudyParams(BaseModel):
     model_config = _STRICT
     profile: str = "smoke"
     runs_root: str = "runs"
+    # Trained cells exported for DVC (dvc.yaml `models` stage): models/<profile>/<cell_id>/ (pipeline.models_store).
+    models_root: str = "models"
     retries: int = Field(1, ge=0, le=10)
     retry_delay_s: float = Field(2.0, ge=0)
     cell_fn: str = "pipeline.engine:run_cell"

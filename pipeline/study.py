@@ -537,8 +537,13 @@ def write_queries_plot(grid: Grid, path: Path) -> None:
             lines.append(f"{row.cell.dataset},{q},{statistics.median(values):.3f}")
             per_dataset.setdefault(row.cell.dataset, ["queries,mIoU"]).append(f"{q},{statistics.median(values):.3f}")
     _write_text(path, "\n".join(lines) + "\n")
+    folder = path.parent / "queries"  # a DVC output of the study stage: exists even without Table 6
+    folder.mkdir(parents=True, exist_ok=True)
     for dataset, rows in per_dataset.items():
-        _write_text(path.parent / "queries" / f"{dataset}.csv", "\n".join(rows) + "\n")
+        _write_text(folder / f"{dataset}.csv", "\n".join(rows) + "\n")
+    for stale in folder.glob("*.csv"):  # a dataset no longer in Table 6 (this folder is written only here)
+        if stale.stem not in per_dataset:
+            stale.unlink()
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -18,6 +18,12 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print each job array's #SBATCH header (the profile's resources) and its cells; submit nothing")
     p.set_defaults(func=run)
+    m = subparsers.add_parser("models", help="export done cells to models/<profile>/ (the DVC-cached `models` stage)")
+    m.add_argument("action", choices=["export"])
+    m.add_argument("--profile", help="profile in params.yaml (default: study.profile)")
+    m.add_argument("--params", default="params.yaml")
+    m.add_argument("--out", help="default: models/<profile>")
+    m.set_defaults(func=run_models)
     s = subparsers.add_parser("serve", help="serve the study flows as Prefect deployments (needs PREFECT_API_URL)")
     s.set_defaults(func=run_serve)
 
@@ -45,3 +51,16 @@ def run_serve(args: argparse.Namespace) -> int:
     from flows.serve import main
 
     return main()
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from pipeline.grid import expand
+    from pipeline.models_store import export_models
+    from pipeline.params import load_params
+
+    params = load_params(args.params)
+    profile = args.profile or params.study.profile
+    out = args.out or f"models/{profile}"
+    exported = export_models(expand(params, profile), out)
+    print(f"models: exported {len(exported)} done cells to {out}")
+    return 0
