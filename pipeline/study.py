@@ -496,9 +496,23 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
         {"profile": plan.profile, "study_run": plan.run_id, "tables": plan.grid.tables(),
          "mlflow_run_id": plan.parent_run_id, "counts": _count(cells), "cells": cells},
     )
-    write_json(plan.reports_dir / "metrics.json", key_metrics(grid))
+    metrics = key_metrics(grid)
+    write_json(plan.reports_dir / "metrics.json", metrics)
+    write_table_metrics(metrics, plan.reports_dir / "metrics")
     write_queries_plot(grid, plan.reports_dir / "plots" / "queries.csv")
     return counts
+
+
+def write_table_metrics(metrics: dict[str, Any], folder: Path) -> None:
+    """One `<table>.json` ({row: {column: median}}) per table: the DVC metrics (dvc.yaml), so
+    `dvc metrics show reports/metrics/table1.json` / `dvc metrics diff --targets ...` read one table.
+    The folder exists even when no row has finished (it is a stage output); stale tables are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for table, rows in metrics.items():
+        write_json(folder / f"{table}.json", rows)
+    for stale in folder.glob("*.json"):
+        if stale.stem not in metrics:
+            stale.unlink()
 
 
 def row_values(grid: Grid, row: Any, metric: str) -> list[float]:

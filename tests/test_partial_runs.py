@@ -77,3 +77,15 @@ def test_queries_plot_draws_one_line_per_dataset_in_dvc(tmp_path):
     content = shown["data"]["queries_per_dataset"][0]["content"]
     assert {v["filename"] for v in content["data"]["values"]} == set(files)
     assert content["encoding"]["strokeDash"]["field"] == "filename"  # one line per file = per dataset
+
+
+def test_metrics_are_split_per_table_for_dvc(tmp_path):
+    params_path = write_params(tmp_path, {"table6": slice(0, 2), "table7": slice(0, 3)})
+    reports = tmp_path / "reports"
+    plan = plan_study(params_path=params_path, cell_fn=STAND_IN, reports_dir=reports)
+    summarize(plan, _run_all(plan))
+    combined = json.loads((reports / "metrics.json").read_text())
+    files = sorted(p.name for p in (reports / "metrics").glob("*.json"))
+    assert files == ["table6.json", "table7.json"]
+    for table in ("table6", "table7"):
+        assert json.loads((reports / "metrics" / f"{table}.json").read_text()) == combined[table]
