@@ -366,7 +366,9 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     """
     unit = _unit(plan, unit_id)
     run_dir = Path(unit.run_dir)
-    if is_done(unit):
+    # A job already submitted in an array was pending at submission: when it finished before this task
+    # started, the cell is done by this study run, not skipped; its result is collected below.
+    if job is None and is_done(unit):
         return {"cell_id": unit_id, "status": "done", "skipped": True, "seconds": 0.0}
     if plan.stop.is_set():  # queued when the study was interrupted: never started
         if job is not None:  # already submitted in a SLURM array: cancel it
