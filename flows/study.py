@@ -24,9 +24,16 @@ os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")  # INFRA trap: before su
 import submitit  # noqa: E402,F401  (imported at module top on purpose, see INFRA.md)
 
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect import tags as prefect_tags  # noqa: E402
+from prefect.artifacts import (  # noqa: E402
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NONE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
-from prefect.runtime import task_run  # noqa: E402
+from prefect.runtime import flow_run, task_run  # noqa: E402
 from prefect.states import Cancelled, Completed, Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
@@ -86,11 +93,29 @@ def _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_pa
     )
 
 
+SKIPPED = "Skipped"  # the state name of a cell task whose run folder was already done (Completed type)
+
+
 @task(name="cell", cache_policy=NONE, persist_result=False, task_run_name="{unit_id}")
-def cell_task(plan: st.StudyPlan, executor: CellExecutor, unit_id: str, jobs: dict) -> dict:
-    """One cell: submit through submitit, block on the result; the first attempt may reuse an array job."""
+def cell_task(plan: st.StudyPlan, executor: CellExecutor, unit_id: str, jobs: dict):
+    """One cell: submit through submitit, block on the result; the first attempt may reuse an array job.
+
+    A cell already done is not run again and its task ends in a Completed state named "Skipped".
+    """
     job = jobs.get(unit_id) if task_run.run_count <= 1 else None
-    return st.run_unit(plan, executor, unit_id, job=job)
+    outcome = st.run_unit(plan, executor, unit_id, job=job)
+    if outcome.get("skipped"):
+        return Completed(name=SKIPPED, message="already done: run folder status done", data=outcome)
+    return outcome
+
+
+def cell_tags(plan: st.StudyPlan, unit_id: str) -> list[str]:
+    """Prefect tags of a cell's task run: `table:<t>` and `row:<row>` of every row it serves, `dataset:<d>`."""
+    unit = st._unit(plan, unit_id)
+    tags = [f"dataset:{unit.config['data']['dataset']}", f"profile:{plan.profile}"]
+    for row in st.unit_rows(plan, unit_id):
+        tags += [f"table:{row.table}", f"row:{row.row}"]
+    return list(dict.fromkeys(tags))
 
 
 def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -> dict:
@@ -121,12 +146,37 @@ def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -
     return jobs
 
 
-def _progress(total: int):
-    """Study-level bar on stderr: cells finished (done, failed, skipped or interrupted) of `total`; off off a TTY."""
-    from tqdm import tqdm
+class _Progress:
+    """Cells finished (done, failed, skipped or interrupted) of `total`: a bar on stderr (off off a TTY)
+    and a Prefect progress artifact (`study-progress`) on the flow run, updated as each cell ends."""
 
-    return tqdm(total=total, desc="study", unit="cell", file=sys.stderr, disable=not sys.stderr.isatty(),
-                dynamic_ncols=True)
+    def __init__(self, total: int, plan: st.StudyPlan):
+        from tqdm import tqdm
+
+        self.total, self.done = total, 0
+        self.bar = tqdm(total=total, desc="study", unit="cell", file=sys.stderr, disable=not sys.stderr.isatty(),
+                        dynamic_ncols=True)
+        self.artifact = None
+        with contextlib.suppress(Exception):  # the artifact is a view; a failed API call never stops the study
+            self.artifact = create_progress_artifact(
+                0.0, key="study-progress", description=f"{plan.profile}: cells finished of {total} ({plan.run_id})")
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        if self.artifact is not None and self.total:
+            with contextlib.suppress(Exception):
+                update_progress_artifact(self.artifact, 100.0 * self.done / self.total)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _progress(total: int, plan: st.StudyPlan) -> _Progress:
+    return _Progress(total, plan)
 
 
 def _run_phase(plan, executor, ids, outcomes, logger, progress=None) -> None:
@@ -141,7 +191,10 @@ def _run_phase(plan, executor, ids, outcomes, logger, progress=None) -> None:
     jobs = _submit_arrays(plan, executor, ids)
     task_fn = cell_task.with_options(retries=plan.retries, retry_delay_seconds=plan.params.study.retry_delay_s)
     # quote(): Prefect passes these objects through as they are (no introspection of the plan or jobs).
-    futures = [task_fn.submit(quote(plan), quote(executor), uid, quote(jobs)) for uid in ids]
+    futures = []
+    for uid in ids:
+        with prefect_tags(*cell_tags(plan, uid)):
+            futures.append(task_fn.submit(quote(plan), quote(executor), uid, quote(jobs)))
     by_future = {id(f): uid for uid, f in zip(ids, futures)}
     for fut in as_completed(futures):
         uid = by_future[id(fut)]
@@ -218,29 +271,127 @@ def run_cells(
     """Train every pending training cell, then evaluate the variants; write the study records."""
     logger = get_run_logger()
     plan = _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
-    ex = CellExecutor(plan.params, plan.executor, cell_fn=plan.cell_fn, threads=plan.threads)
+    ex = CellExecutor(plan.params, plan.executor, cell_fn=plan.cell_fn, threads=plan.threads, profile=plan.profile)
     if plan.executor == "slurm":  # a requeued job runs the code of its study run, not the tree of later
         snapshot = st.make_snapshot(plan)
         ex.snapshot = str(snapshot) if snapshot else None
         logger.info("code snapshot: %s", ex.snapshot)
+    # A fresh clone after `dvc pull`: trained cells come back from the DVC-cached models/<profile>/ into
+    # their absent run folders (pipeline.models_store), so they are done and skipped, not retrained.
+    from pathlib import Path
+
+    from pipeline.models_store import restore_models
+
+    restored = restore_models(plan.grid, Path(plan.params.study.models_root) / plan.profile)
+    if restored:
+        logger.info("restored %d trained cells from %s/%s (dvc pull)", len(restored),
+                    plan.params.study.models_root, plan.profile)
     outcomes: dict[str, dict] = {}
     logger.info(
         "profile %s: %d training cells, %d evaluation variants, executor %s, %d concurrent, run %s",
         plan.profile, len(plan.grid.train), len(plan.variant_ids()), plan.executor, plan.max_concurrent, plan.run_id,
     )
-    # SIGINT/SIGTERM: stop submitting, SIGTERM to running jobs, record them interrupted (StudyStop).
-    with plan.stop.handling_signals(), _study_tracking_server(plan, logger), \
-            _progress(len(plan.train_ids()) + len(plan.variant_ids())) as progress:
-        _run_phase(plan, ex, plan.train_ids(), outcomes, logger, progress)
-        _run_phase(plan, ex, plan.variant_ids(), outcomes, logger, progress)
-    counts = st.summarize(plan, outcomes)
+    parent = _open_parent_run(plan, logger)
+    counts = None
+    try:
+        # SIGINT/SIGTERM: stop submitting, SIGTERM to running jobs, record them interrupted (StudyStop).
+        with plan.stop.handling_signals(), _study_tracking_server(plan, logger), \
+                _progress(len(plan.train_ids()) + len(plan.variant_ids()), plan) as progress:
+            _run_phase(plan, ex, plan.train_ids(), outcomes, logger, progress)
+            _run_phase(plan, ex, plan.variant_ids(), outcomes, logger, progress)
+        counts = st.summarize(plan, outcomes)
+    finally:
+        status = "KILLED" if plan.stop.is_set() else ("FINISHED" if counts and not counts["failed"] else "FAILED")
+        with contextlib.suppress(Exception):
+            st.close_parent_run(plan, parent, counts, status)
     message = st.final_message(counts)
     logger.info(message)
+    _summary_artifact(plan, counts, message)
     if plan.stop.is_set():
         return Cancelled(message=f"{plan.stop.reason}: {message}", data=counts)
     if counts["failed"]:
         return Failed(message=message, data=counts)
     return Completed(message=message, data=counts)
+
+
+def _summary_artifact(plan: st.StudyPlan, counts: dict, message: str) -> None:
+    """Markdown artifact `study-summary`: counts, each cell's state and rows, the key metrics and (when the
+    study's claims were evaluated, `reports/claims.json`) the claims' verdicts."""
+    cells = st.read_json(plan.reports_dir / "study" / "cells.json") or {}
+    lines = [f"# Study {plan.run_id} ({plan.profile})", "", message, "",
+             "| cell | status | rows | seconds | reason |", "|---|---|---|---|---|"]
+    for c in cells.get("cells", []):
+        status = "skipped (done)" if c.get("skipped") else c["status"]
+        lines.append(f"| `{c['cell_id']}` | {status} | {'; '.join(c.get('rows', []))} | {c.get('seconds') or ''} "
+                     f"| {(c.get('reason') or '').replace('|', '/')[:120]} |")
+    lines += ["", metrics_markdown(plan.reports_dir), claims_markdown(plan.reports_dir)]
+    with contextlib.suppress(Exception):
+        create_markdown_artifact("\n".join(lines), key="study-summary", description=message)
+
+
+def metrics_markdown(reports_dir) -> str:
+    """`reports/metrics.json` (median over seeds per table row) as markdown tables."""
+    from pathlib import Path
+
+    metrics = st.read_json(Path(reports_dir) / "metrics.json") or {}
+    out = []
+    for table, rows in metrics.items():
+        cols = list(dict.fromkeys(c for r in rows.values() for c in r))
+        out += [f"## {table}", "", "| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        out += [f"| {row} | " + " | ".join(str(vals.get(c, "")) for c in cols) + " |" for row, vals in rows.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def claims_markdown(reports_dir) -> str:
+    """Hook for the paper's claims: `reports/claims.json` (written by the claims step when the project has
+    one) as a markdown list `claim: verdict`; empty when there is no such file."""
+    from pathlib import Path
+
+    claims = st.read_json(Path(reports_dir) / "claims.json")
+    if not claims:
+        return ""
+    items = claims.get("claims", claims) if isinstance(claims, dict) else claims
+    if isinstance(items, dict):
+        items = [dict(v, id=k) if isinstance(v, dict) else {"id": k, "verdict": v} for k, v in items.items()]
+    lines = ["## Claims", ""]
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict):
+            lines.append(f"- **{item.get('id', '')}**: {item.get('verdict', item.get('status', ''))} "
+                         f"{item.get('text', item.get('claim', ''))}".rstrip())
+    return "\n".join(lines)
+
+
+def table_artifacts(paths, profile: str | None) -> int:
+    """One Prefect table artifact per written table CSV (key `<profile>-<table>`, caption as description)."""
+    import math
+    from pathlib import Path
+
+    import pandas as pd
+
+    made = 0
+    for path in paths:
+        path = Path(path)
+        if path.suffix != ".csv":
+            continue
+        caption = path.read_text().splitlines()[0].lstrip("# ").strip()
+        df = pd.read_csv(path, comment="#")
+        records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                   for r in df.to_dict("records")]
+        key = f"{profile or 'study'}-{path.stem}".lower().replace("_", "-")
+        create_table_artifact(records, key=key, description=caption)
+        made += 1
+    return made
+
+
+def _open_parent_run(plan, logger):
+    """The study's MLflow run (cells nest under it); a tracking store that cannot be reached is logged
+    and the study runs without a parent run (each cell then reports its own tracking error)."""
+    try:
+        return st.open_parent_run(plan, source_name=f"flows.study:{flow_run.flow_name or 'run-cells'}")
+    except Exception as exc:  # noqa: BLE001 - the cells still run and record their own state
+        logger.warning("no MLflow parent run for study %s: %s", plan.run_id, exc)
+        return None
 
 
 def _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir):
@@ -310,13 +461,27 @@ def tables(profile: str | None = None, params_path: str = "params.yaml", reports
     from pipeline.stages import tables_summary
     from pipeline.tables import build_tables
 
-    written = build_tables(profile=profile, params_path=params_path, reports_dir=reports_dir)
+    from pipeline.params import load_params
+    from pipeline.report import build_report
+
     logger = get_run_logger()
+    params = load_params(params_path)
+    profile = profile or params.study.profile
+    written = build_tables(profile=profile, params=params, reports_dir=reports_dir)
     logger.info("wrote %d table files", len(written))
+    logger.info("%d table artifacts", table_artifacts(written, profile))
     claims = tables_summary(reports_dir)
     for line in claims["lines"]:
         logger.info("%s", line)
-    return {"files": [str(p) for p in written], "claims": claims["counts"], "verdicts": claims["verdicts"]}
+    # Tables changed: refresh the report so index.html never shows older tables than reports/tables.
+    html = build_report(profile, runs_root=params.study.runs_root, tables_dir=f"{reports_dir}/tables",
+                        out_dir=reports_dir, params_path=params_path)
+    logger.info("report %s", html)
+    create_markdown_artifact(f"# Tables ({profile})\n\nReport: `{html}`\n\n" + metrics_markdown(reports_dir)
+                             + "\n" + claims_markdown(reports_dir), key="tables-summary",
+                             description=f"{len(written)} table files, report refreshed")
+    return {"files": [str(p) for p in written] + [str(html)], "claims": claims["counts"],
+            "verdicts": claims["verdicts"]}
 
 
 FLOWS = {"study": study, "main-results": main_results, "ablations": ablations, "tables": tables}

@@ -236,6 +236,13 @@ class RunConfig(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+    def group_hash(self, length: int = 10) -> str:
+        """`config_hash` without `run.seed`: the seeds of one table row share it (MLflow tag `group`)."""
+        flat = {k: v for k, v in flatten(self.to_dict()).items() if not _result_free(k) and k != "run.seed"}
+        blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
 # Keys that never change the trained weights or metrics: allowed to differ on resume, left out of the hash.
 RESULT_FREE_KEYS = (
     "run.output_dir",

@@ -535,8 +535,12 @@ def check_data(cfg: RunConfig, validate: Iterable[str] = ()):
 
 
 def _tags(cfg: RunConfig) -> dict[str, str]:
+    # `group` pools the seeds of a row (config hash without the seed); the study adds `table`, `row`,
+    # `rows`, `study_run` and `mlflow.parentRunId` through run.tags (pipeline.study.cell_config).
     tags = {"git_commit": ckpt.git_commit(), "seed": str(cfg.run.seed), "dataset": cfg.data.dataset,
-            "config_hash": cfg.config_hash(), "output_dir": str(Path(cfg.run.output_dir).resolve())}
+            "config_hash": cfg.config_hash(), "group": cfg.group_hash(),
+            "cell": cfg.run.tags.get("cell_id") or Path(cfg.run.output_dir).name,
+            "output_dir": str(Path(cfg.run.output_dir).resolve())}
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     if os.environ.get("MASKFORMER_CODE_SNAPSHOT"):  # the study's code snapshot this job imports
@@ -544,6 +548,13 @@ def _tags(cfg: RunConfig) -> dict[str, str]:
     tags["world_size"] = str(cfg.run.num_gpus)
     tags.update({k: str(v) for k, v in cfg.run.tags.items()})
     return tags
+
+
+def _log_datasets(tracker: Tracker, cfg: RunConfig, contexts: tuple[str, ...]) -> None:
+    """The cell's dataset and its version (`run.tags.data_version`) as MLflow inputs, one per split read."""
+    version = cfg.run.tags.get("data_version") or "none"
+    for context in contexts:
+        tracker.log_dataset(cfg.data.dataset, version, cfg.data.root, context=context)
 
 
 def run_cell(config: RunConfig, *, hooks: Iterable[Callable[[int], None]] = (), tta: bool | None = None) -> dict[str, Any]:
@@ -659,6 +670,7 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
                                                   run_name=cfg.run.run_name or output_dir.name)
             if trainer.mlflow_run_id:
                 atomic_write_text(run_id_file, trainer.mlflow_run_id + "\n")
+                _log_datasets(tracker, cfg, ("train", "val"))
             write_status(output_dir, "running", iteration=trainer.start_iter, mlflow_run_id=trainer.mlflow_run_id,
                          **({"restart": restart} if restart else {}), **run_info(tracker))
         return _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, train_records,
@@ -697,6 +709,7 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
             write_json_atomic(output_dir / METRICS_FILE, metrics)
             tracker.log_final(metrics, result.iteration)
             tracker.log_artifacts([output_dir / CONFIG_FILE, output_dir / METRICS_FILE, output_dir / TRAIN_LOG])
+            tracker.log_artifacts([trainer.ckpt_dir / "final.pt"], artifact_path="checkpoints")
             write_status(output_dir, "done", iteration=result.iteration, mlflow_run_id=trainer.mlflow_run_id, **info)
         dist_utils.barrier(env)
         metrics = dist_utils.broadcast_object(metrics, env)
@@ -823,7 +836,9 @@ def evaluate_cell(config: RunConfig, *, checkpoint: str | os.PathLike | None = N
     info = run_info(tracker)
     status = "FAILED"
     try:
-        run_id = tracker.start(cfg.to_dict(), tags, run_id=run_id, run_name=cfg.run.run_name or output_dir.name)
+        run_id = tracker.start(cfg.to_dict(), tags, run_id=run_id, run_name=cfg.run.run_name or output_dir.name,
+                               source_name="pipeline.engine.evaluate_cell")
+        _log_datasets(tracker, cfg, ("val",))
         if own_folder:
             output_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, output_dir / CONFIG_FILE)

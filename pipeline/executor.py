@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -226,20 +227,39 @@ def slurm_layout(world_size: int, gpus_per_node: int, device: str) -> dict[str, 
             "gpus_per_node": 0 if device == "cpu" or not gpus_per_node else per_node}
 
 
+def sbatch_header(executor: "CellExecutor", config: dict[str, Any], name: str, count: int, folder: Path) -> str:
+    """The `#SBATCH` lines submitit would write for an array of `count` cells like `config`, built by the
+    same code as a real submission (`CellExecutor._executor`: the profile's resources, the cell's world
+    size -> nodes x tasks); nothing is submitted and nothing is created (`study --dry-run`)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ex = executor._executor(Path(tmp), config, name)
+        params = dict(ex._executor.parameters)
+    if count > 1:
+        params["map_count"] = count
+    text = _make_sbatch_string(command="<cell>", folder=folder, **params)
+    return "\n".join(line for line in text.splitlines() if line.startswith("#SBATCH"))
+
+
 class CellExecutor:
     """Submits cells through submitit. `kind` is 'local' (subprocesses), 'slurm' or 'debug' (in-process)."""
 
     def __init__(
-        self, params: Params, kind: str, *, cell_fn: str, threads: int | None = None
+        self, params: Params, kind: str, *, cell_fn: str, threads: int | None = None, profile: str | None = None
     ) -> None:
         if kind not in ("local", "slurm", "debug"):
             raise UserError(f"executor {kind!r}: expected local, slurm or debug")
         import_callable(cell_fn)  # fail before anything is submitted
+        from pipeline.params import slurm_resources
+
         self.cell_fn = cell_fn
         self.params = params
         self.kind = kind
         self.threads = threads
         self.snapshot: str | None = None  # set by the study (pipeline.snapshot) for SLURM runs
+        # executor.slurm with the profile's resources (profiles.<p>.slurm): smoke asks for a CPU and minutes.
+        self.slurm = slurm_resources(params, profile)
         if kind == "slurm":
             self._check_slurm()
 
@@ -250,7 +270,7 @@ class CellExecutor:
     def _executor(self, folder: Path, config: dict[str, Any], name: str) -> submitit.Executor:
         folder.mkdir(parents=True, exist_ok=True)
         if self.kind == "slurm":
-            s = self.params.executor.slurm
+            s = self.slurm
             ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_num_timeout)
             layout = slurm_layout(int(config["run"].get("num_gpus", 1)), s.gpus_per_node,
                                   str(config["run"].get("device", "auto")))
@@ -291,7 +311,7 @@ class CellExecutor:
 
     def _job(self, init_from: str | None) -> CellJob:
         return CellJob(self.cell_fn, self.threads, init_from,
-                       requeue=self.params.executor.slurm.requeue_on_preemption, snapshot=self.snapshot)
+                       requeue=self.slurm.requeue_on_preemption, snapshot=self.snapshot)
 
     def submit(self, unit_config: dict[str, Any], *, log_folder: Path, init_from: str | None = None,
                name: str | None = None) -> submitit.Job:

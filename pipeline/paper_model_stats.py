@@ -18,7 +18,7 @@ Input sizes (FACTS E.4 / H.2):
 Output JSON (`write_stats`, atomic): {"schema", "created_by", "device", "torch", "params_convention",
 "flops_convention", "rows": [{"table", "row", "dataset", "backbone", "model_kwargs", "params",
 "params_M", "input_size", "input_note", "gflops", "gflops_last_layer_only" (null unless
---last-layer), "gflops_status", "seconds", "cpu_seconds"}]}; `gflops_status` is "computed",
+--last-layer), "gflops_status"}]} (the build/count `seconds`, `cpu_seconds` are printed, not stored); `gflops_status` is "computed",
 "not computed (cost)" or "not requested".
 """
 from __future__ import annotations
@@ -143,12 +143,18 @@ def measure(specs: list[dict[str, Any]], *, flops: bool = True, skip_flops: Iter
     return out
 
 
+TIMING_KEYS = ("seconds", "cpu_seconds")  # measured per run: printed by `measure`, never written
+
+
 def write_stats(rows: list[dict[str, Any]], out: str | os.PathLike) -> Path:
     """Write the stats JSON atomically (temp file in the same folder, then rename)."""
     import torch
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # The file is tracked in git (dvc.yaml model_stats, cache: false): only deterministic values go in it,
+    # so a fresh clone's `dvc repro` rewrites it byte for byte; timings are printed, not stored.
+    rows = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
     doc = {"schema": SCHEMA, "created_by": "python -m pipeline model-stats-table", "device": "cpu",
            "torch": torch.__version__, "params_convention": PARAMS_CONVENTION, "flops_convention": FLOPS_CONVENTION,
            "rows": rows}

@@ -49,6 +49,8 @@ class StudyParams(BaseModel):
     model_config = _STRICT
     profile: str = "smoke"
     runs_root: str = "runs"
+    # Trained cells exported for DVC (dvc.yaml `models` stage): models/<profile>/<cell_id>/ (pipeline.models_store).
+    models_root: str = "models"
     retries: int = Field(1, ge=0, le=10)
     retry_delay_s: float = Field(2.0, ge=0)
     cell_fn: str = "pipeline.engine:run_cell"
@@ -166,6 +168,17 @@ class ProfileRun(BaseModel):
     tracking: bool | None = None  # MLflow on/off for every cell (None: the run config's default, on)
 
 
+class ProfileSlurm(BaseModel):
+    """A profile's SLURM resources: each field set here replaces `executor.slurm`'s for that profile's jobs
+    (the smoke profile asks for a CPU and minutes, the paper profile for the official 8 GPUs)."""
+
+    model_config = _STRICT
+    gpus_per_node: int | None = Field(None, ge=0, le=16)
+    cpus_per_task: int | None = Field(None, ge=1, le=256)
+    mem_gb: int | None = Field(None, ge=1)
+    timeout_min: int | None = Field(None, ge=1)
+
+
 class Profile(BaseModel):
     model_config = _STRICT
     description: str
@@ -211,6 +224,8 @@ class Profile(BaseModel):
     def num_gpus(self, dataset: str) -> int:
         task = "panoptic" if dataset in PANOPTIC_DATASETS else "semantic"
         return self.gpus.get(dataset, self.gpus.get(task, self.gpus["default"]))
+    # SLURM resources at this profile's scale (replace executor.slurm's; MASKFORMER_SLURM_* still wins).
+    slurm: ProfileSlurm = Field(default_factory=ProfileSlurm)
 
     @field_validator("seeds")
     @classmethod
@@ -618,3 +633,15 @@ def load_params(
         raw = _deep_merge(raw, overlay)
     raw = _deep_merge(raw, _env_overlay(dict(os.environ if environ is None else environ)))
     return validate_params(raw, source=str(path))
+
+
+def slurm_resources(params: "Params", profile: str | None, environ: dict[str, str] | None = None) -> SlurmExecutor:
+    """The jobs' SLURM resources: `executor.slurm` < `profiles.<profile>.slurm` < `MASKFORMER_SLURM_*`
+    (a cluster's own setting in the environment still wins over the profile's scale)."""
+    base = params.executor.slurm
+    if not profile or profile not in params.profiles:
+        return base
+    environ = dict(os.environ if environ is None else environ)
+    from_env = set(_env_overlay(environ).get("executor", {}).get("slurm", {}))
+    update = {k: v for k, v in params.profiles[profile].slurm.model_dump(exclude_none=True).items() if k not in from_env}
+    return base.model_copy(update=update)

@@ -314,13 +314,15 @@ def plot_per_class_iou(cells: list[CellState], fig_dir: Path, provenance: str) -
         chosen += baseline
         classes = [k[len("val/IoU/"):] for k in chosen[0].metrics if k.startswith("val/IoU/")]
         if len(classes) > MAX_CLASS_BARS:
-            ordered = sorted(classes, key=lambda n: chosen[0].metrics[f"val/IoU/{n}"])
+            ordered = sorted(classes, key=lambda n: chosen[0].metrics[f"val/IoU/{n}"]
+                             if isinstance(chosen[0].metrics[f"val/IoU/{n}"], (int, float)) else -1.0)
             classes = ordered[:MAX_CLASS_BARS // 2] + ordered[-MAX_CLASS_BARS // 2:]
         width = 0.8 / len(chosen)
         fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(classes) * len(chosen) + 2), 3.8))
         for i, cell in enumerate(chosen):
-            ys = [cell.metrics.get(f"val/IoU/{n}", float("nan")) for n in classes]
-            ys = [0.0 if (isinstance(y, float) and math.isnan(y)) else y for y in ys]
+            ys = [cell.metrics.get(f"val/IoU/{n}") for n in classes]
+            # A class absent from the evaluated images has no IoU (NaN, stored as null in metrics.json).
+            ys = [y if isinstance(y, (int, float)) and math.isfinite(y) else 0.0 for y in ys]
             ax.bar([j + i * width for j in range(len(classes))], ys, width=width,
                    label=f"{(cell.config.get('model') or {}).get('arch', 'maskformer')}: {cell.cell_id}")
         ax.set_xticks([j + width * (len(chosen) - 1) / 2 for j in range(len(classes))])

@@ -68,12 +68,25 @@ class Server:
         return self.url + HEALTH_PATHS[self.name]
 
     def command(self) -> list[str]:
-        """The argv that starts the server (no shell; every value is a separate argument)."""
+        """The argv that starts the server (no shell; every value is a separate argument).
+
+        MLflow: the backend is ``backend_uri`` (default: the repository's store, the one ``dvc repro``
+        and the CLI write without a server, ``pipeline.tracking.default_tracking_uri``). Artifacts stay
+        where a direct SQLite client puts them (``<db folder>/artifacts``, ``--default-artifact-root``)
+        and are not proxied (``--no-serve-artifacts``), so runs logged through the server and runs
+        logged straight into the file have the same artifact locations and the UI shows both.
+        """
         if self.name == "mlflow":
-            backend = self.backend_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
-            return [_tool("mlflow"), "server", "--backend-store-uri", backend,
-                    "--artifacts-destination", str(self.state_dir / "artifacts"),
-                    "--host", self.host, "--port", str(self.port), "--workers", "1"]
+            from pipeline.tracking import default_artifact_root, default_tracking_uri
+
+            backend = self.backend_uri or default_tracking_uri()
+            cmd = [_tool("mlflow"), "server", "--backend-store-uri", backend]
+            artifacts = default_artifact_root(backend)
+            if artifacts:
+                cmd += ["--default-artifact-root", artifacts, "--no-serve-artifacts"]
+            else:
+                cmd += ["--artifacts-destination", str(self.state_dir / "artifacts")]
+            return cmd + ["--host", self.host, "--port", str(self.port), "--workers", "1"]
         if self.name == "prefect":
             return [_tool("prefect"), "server", "start", "--host", self.host, "--port", str(self.port)]
         raise ValueError(f"unknown server {self.name!r}")
@@ -85,7 +98,9 @@ class Server:
             # Otherwise the server forks 8 job-runner processes (~2 GB RSS; INFRA notes).
             env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         else:
-            env.update(PREFECT_HOME=str(self.state_dir / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            # The UI calls the API at PREFECT_UI_API_URL (default 127.0.0.1:4200): give it this server's port.
+            env.update(PREFECT_HOME=str(self.state_dir / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                       PREFECT_UI_API_URL=self.url + "/api", PREFECT_API_URL=self.url + "/api")
         return env
 
 
@@ -308,10 +323,19 @@ def default_root() -> Path:
 
 
 def standard_servers(root: Path, host: str | None = None) -> dict[str, Server]:
-    """The MLflow and Prefect servers of a services root, ports from MLFLOW_PORT / PREFECT_PORT."""
+    """The MLflow and Prefect servers of a services root, ports from MLFLOW_PORT / PREFECT_PORT.
+
+    The MLflow server serves the study's own store (``pipeline.tracking.backend_store_uri``: the
+    repository's ``mlruns/mlflow.db`` unless ``MLFLOW_BACKEND_STORE_URI`` names another), never a
+    store of its own in the state folder: runs written by ``dvc repro`` without a server and runs
+    logged through it are the same runs.
+    """
     host = host or os.environ.get("SERVICES_BIND_HOST", DEFAULT_HOST)
+    from pipeline.tracking import backend_store_uri
+
     return {
-        name: Server(name, root / name, host=host, port=int(os.environ.get(f"{name.upper()}_PORT", port)))
+        name: Server(name, root / name, host=host, port=int(os.environ.get(f"{name.upper()}_PORT", port)),
+                     backend_uri=backend_store_uri() if name == "mlflow" else None)
         for name, port in DEFAULT_PORTS.items()
     }
 

@@ -37,6 +37,9 @@ class CellState:
     metrics: dict[str, Any] = field(default_factory=dict)
     rows: list[str] = field(default_factory=list)  # "table3: MaskFormer R50+6Enc" labels from the grid
     link: str | None = None
+    job_id: str | None = None  # the job that last ran the cell (cell.json, written by the study)
+    job_state: str | None = None  # SLURM's view while the job is queued or running: PENDING, RUNNING, ...
+    job_reason: str | None = None  # SLURM's pending reason (squeue %r), e.g. Priority, PartitionConfig
 
     def train_log(self) -> list[dict[str, Any]]:
         """``train_log.jsonl`` entries (``iter``, ``train/total_loss``, ``train/lr``, ...); bad lines skipped."""
@@ -199,6 +202,7 @@ def scan(profile: str, runs_root: str | os.PathLike = "runs", params_path: str |
             if folder.name not in cells:
                 cells[folder.name] = read_cell(folder)
     result = sorted(cells.values(), key=lambda c: (STATES.index(c.state), c.cell_id))
+    attach_jobs(result)
     if resolve_links:
         attach_links(result, ui_url, runs_root)
     return result, note
@@ -213,7 +217,9 @@ def ui_base_url(tracking_uri: str | None = None, ui_url: str | None = None) -> s
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/")
-    return DEFAULT_UI_URL
+    # A local store: the services' server (scripts/services.sh) serves it on MLFLOW_PORT.
+    port = os.environ.get("MLFLOW_PORT")
+    return f"http://127.0.0.1:{int(port)}" if port and port.isdigit() else DEFAULT_UI_URL
 
 
 def mlflow_link(ui: str, experiment_id: str, run_id: str) -> str:
@@ -251,6 +257,54 @@ def attach_links(cells: list[CellState], ui_url: str | None = None, runs_root: s
         cell.link = mlflow_link(ui, experiment_id, cell.mlflow_run_id)
 
 
+# Pending reasons SLURM will not clear by waiting (squeue(1) "JOB REASON CODES"): the job asks for more
+# than the partition allows, for nodes that are down/drained, or depends on a job that failed.
+NEVER_CLEARS = ("PartitionConfig", "ReqNodeNotAvail", "PartitionNodeLimit", "PartitionTimeLimit",
+                "DependencyNeverSatisfied", "BadConstraints", "InvalidAccount", "InvalidQOS", "PartitionDown",
+                "PartitionInactive", "AssocMaxJobsLimit")
+
+
+def attach_jobs(cells: list[CellState]) -> None:
+    """Fill ``job_id`` from each run folder's ``cell.json`` and, where SLURM answers (``squeue``), the job's
+    state and pending reason. Jobs SLURM no longer lists keep only their id."""
+    import shutil
+    import subprocess
+
+    for cell in cells:
+        record = _read_json(cell.path / "cell.json")
+        if isinstance(record, dict) and record.get("job_id"):
+            cell.job_id = str(record["job_id"])
+    ids = sorted({c.job_id for c in cells if c.job_id and c.job_id.replace("_", "").isdigit()})
+    if not ids or shutil.which("squeue") is None:
+        return
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return
+    jobs = {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            jobs[parts[0]] = (parts[1], parts[2])
+    for cell in cells:
+        if cell.job_id in jobs:
+            cell.job_state, reason = jobs[cell.job_id]
+            cell.job_reason = reason if reason and reason != "None" else None
+
+
+def stuck_jobs(cells: list[CellState]) -> list[str]:
+    """Warnings for jobs pending for a reason that never clears (``NEVER_CLEARS``), naming job and cell."""
+    out = []
+    for cell in cells:
+        reason = cell.job_reason or ""
+        if cell.job_state == "PENDING" and any(reason.startswith(r) for r in NEVER_CLEARS):
+            out.append(f"warning: job {cell.job_id} ({cell.cell_id}) pends for {reason}, which SLURM will not clear "
+                       f"by waiting: check its resources (`study --dry-run` shows the #SBATCH header) and "
+                       f"`scontrol show job {cell.job_id}`, then scancel it")
+    return out
+
+
 def progress(cell: CellState) -> str:
     """``1234/5000`` iterations from the last train_log entry (running cells), else ''."""
     if cell.state not in ("running", "interrupted"):
@@ -281,6 +335,9 @@ def format_table(cells: list[CellState]) -> str:
             parts.append("[" + "; ".join(cell.rows[:2]) + ("; ..." if len(cell.rows) > 2 else "") + "]")
         if cell.reason and cell.state != "done":
             parts.append(f"reason: {cell.reason[:200]}")
+        if cell.job_id and cell.state != "done":
+            parts.append(f"job {cell.job_id}" + (f" {cell.job_state}" if cell.job_state else "")
+                         + (f" ({cell.job_reason})" if cell.job_reason else ""))
         if cell.link:
             parts.append(cell.link)
         lines.append("  ".join(parts))

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -149,6 +150,8 @@ class StudyPlan:
     # resolve their own URI (pipeline.tracking.resolve_tracking_uri).
     tracking_uri: str | None = None
     created: float = dataclasses.field(default_factory=time.time)  # jobs submitted by this plan are newer
+    # MLflow run of this study run (pipeline.study.open_parent_run); the cells' runs nest under it.
+    parent_run_id: str | None = None
 
     @property
     def runs_dir(self) -> Path:
@@ -322,11 +325,90 @@ def shared_sqlite_uri(plan: StudyPlan) -> str | None:
     return uri if uri.startswith("sqlite:///") else None
 
 
+def unit_rows(plan: StudyPlan, unit_id: str) -> list[Any]:
+    """The table rows a cell serves: rows evaluating it directly, else rows whose evaluation variant it trains."""
+    direct = [r for r in plan.grid.rows if unit_id in r.eval_ids]
+    if direct:
+        return direct
+    return [r for r in plan.grid.rows if any(plan.grid.evals[e].train_id == unit_id for e in r.eval_ids)]
+
+
+def study_tags(plan: StudyPlan, unit_id: str) -> dict[str, str]:
+    """MLflow tags of a cell's run from the study: `table` and `row` (the first row it serves; a
+    deduplicated cell serves several, all in `rows` as `table:row; ...`), `study_run` and, when the
+    study opened one, `mlflow.parentRunId` (MLflow nests the run under the study's run)."""
+    rows = unit_rows(plan, unit_id)
+    tags = {"study_run": plan.run_id, "profile": plan.profile}
+    if rows:
+        tags.update(table=rows[0].table, row=rows[0].row, rows="; ".join(f"{r.table}:{r.row}" for r in rows))
+    if plan.parent_run_id:
+        tags["mlflow.parentRunId"] = plan.parent_run_id
+    return tags
+
+
 def cell_config(plan: StudyPlan, unit: TrainUnit | EvalUnit) -> dict[str, Any]:
-    """The config a cell's job gets: the unit's, with the study's tracking server URI when there is one."""
-    if not plan.tracking_uri:
-        return unit.config
-    return {**unit.config, "run": {**unit.config["run"], "tracking_uri": plan.tracking_uri}}
+    """The config a cell's job gets: the unit's, with the study's tags (`study_tags`; `run.tags` is left
+    out of the result hash) and the study's tracking server URI when there is one."""
+    unit_id = unit.eval_id if isinstance(unit, EvalUnit) else unit.train_id
+    run = {**unit.config["run"], "tags": {**(unit.config["run"].get("tags") or {}), **study_tags(plan, unit_id)}}
+    if plan.tracking_uri:
+        run["tracking_uri"] = plan.tracking_uri
+    return {**unit.config, "run": run}
+
+
+def open_parent_run(plan: StudyPlan, source_name: str = "pipeline.study") -> Any:
+    """Open the MLflow run of this study run (tags `profile`, `tables`, `study_run`) in the cells'
+    experiment and store its id in `plan.parent_run_id`; None when the cells are not tracked.
+    Returns the `Tracker` to close with `close_parent_run`."""
+    from pipeline.tracking import Tracker
+
+    units = list(plan.grid.train.values())
+    tracked = [u for u in units if u.config["run"].get("tracking", True)]
+    if not tracked:
+        return None
+    run = tracked[0].config["run"]
+    tracker = Tracker(plan.tracking_uri or run.get("tracking_uri"), run.get("experiment", "maskformer"))
+    tags = {"profile": plan.profile, "tables": ",".join(plan.grid.tables()), "study_run": plan.run_id,
+            "executor": plan.executor}
+    params = {"profile": plan.profile, "tables": plan.grid.tables(), "executor": plan.executor,
+              "max_concurrent": plan.max_concurrent, "cells": len(plan.grid.train) + len(plan.variant_ids())}
+    plan.parent_run_id = tracker.start(params, tags, run_name=f"study-{plan.run_id}", source_name=source_name)
+    return tracker
+
+
+def log_report(html_path: str | os.PathLike, cells_json: str | os.PathLike | None = None) -> str | None:
+    """Log the report (`index.html` and its `figures/`) to the MLflow run of the study run that wrote
+    `reports/study/cells.json` (`mlflow_run_id`); returns that run id, None when there is none or the
+    store cannot be reached (the report itself is written either way)."""
+    from pipeline.tracking import Tracker
+
+    html_path = Path(html_path)
+    record = read_json(Path(cells_json) if cells_json else html_path.parent / "study" / "cells.json") or {}
+    run_id = record.get("mlflow_run_id")
+    if not run_id:
+        return None
+    tracker = Tracker()
+    try:
+        tracker.client.get_run(run_id)
+        tracker.run_id = run_id
+        tracker.log_artifacts([html_path], artifact_path="report")
+        tracker.log_artifacts(sorted((html_path.parent / "figures").glob("*.png")), artifact_path="report/figures")
+    except Exception as exc:  # noqa: BLE001 - tracking is a copy; the report on disk is the result
+        print(f"report: not logged to MLflow run {run_id}: {exc}", file=sys.stderr)
+        return None
+    return run_id
+
+
+def close_parent_run(plan: StudyPlan, tracker: Any, counts: dict[str, int] | None, status: str) -> None:
+    """Log the study's counts and records (cells.json, metrics.json) to its run and close it with `status`."""
+    if tracker is None:
+        return
+    try:
+        if counts:
+            tracker.log_final({f"study/{k}": v for k, v in counts.items()}, 0)
+        tracker.log_artifacts([plan.reports_dir / "study" / "cells.json", plan.reports_dir / "metrics.json"])
+    finally:
+        tracker.end(status)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -392,7 +474,9 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     """
     unit = _unit(plan, unit_id)
     run_dir = Path(unit.run_dir)
-    if is_done(unit):
+    # A job already submitted in an array was pending at submission: when it finished before this task
+    # started, the cell is done by this study run, not skipped; its result is collected below.
+    if job is None and is_done(unit):
         return {"cell_id": unit_id, "status": "done", "skipped": True, "seconds": 0.0}
     if plan.stop.is_set():  # queued when the study was interrupted: never started
         if job is not None:  # already submitted in a SLURM array: cancel it
@@ -481,15 +565,44 @@ def pending(plan: StudyPlan, ids: list[str]) -> list[str]:
 # Recording
 
 
+def full_grid(plan: StudyPlan) -> Grid:
+    """The grid of every table of the profile: the plan's own when it runs them all, else expanded anew
+    (a partial run, `--table N` or a deployment of some tables, records into the whole study's files)."""
+    if set(plan.grid.tables()) >= set(plan.params.grid):
+        return plan.grid
+    return expand(plan.params, plan.profile, None)
+
+
+def _count(cells: list[dict[str, Any]]) -> dict[str, int]:
+    return {
+        "total": len(cells),
+        "done": sum(c["status"] == "done" for c in cells),
+        "failed": sum(c["status"] not in ("done", "interrupted") for c in cells),
+        "interrupted": sum(c["status"] == "interrupted" for c in cells),
+        "skipped": sum(c["skipped"] for c in cells),
+    }
+
+
 def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Write cells.json, metrics.json and the queries plot; return counts {total, done, failed, skipped}."""
+    """Write cells.json, metrics.json and the queries plot; return this run's counts {total, done, failed, skipped}.
+
+    The files always describe the whole study of the profile (every table): a partial run (`--table N`,
+    a deployment of some tables) updates its cells' records and its tables' metrics; the other cells keep
+    their recorded outcome (skipped, seconds, logs) and their state is read from their run folders, the
+    other tables' metrics from their cells' metrics.json, so `dvc metrics show` keeps every table.
+    """
+    grid = full_grid(plan)
+    previous = read_json(plan.reports_dir / "study" / "cells.json") or {}
+    before = ({c["cell_id"]: c for c in previous.get("cells", []) if isinstance(c, dict) and "cell_id" in c}
+              if previous.get("profile") == plan.profile else {})
+    mine = set(plan.grid.train) | set(plan.variant_ids())
     cells = []
-    for uid, unit in list(plan.grid.train.items()) + [(e, u) for e, u in plan.grid.evals.items() if u.is_variant]:
+    for uid, unit in list(grid.train.items()) + [(e, u) for e, u in grid.evals.items() if u.is_variant]:
         state, reason = unit_state(unit.run_dir)
-        out = outcomes.get(uid, {})
+        out = outcomes.get(uid, {}) if uid in mine else before.get(uid, {})
         if out.get("status") in ("failed", "interrupted") and state != "done":
             state, reason = out["status"], out.get("reason") or reason
-        rows = [f"{r.table}:{r.row}" for r in plan.grid.rows if uid in r.eval_ids]
+        rows = [f"{r.table}:{r.row}" for r in grid.rows if uid in r.eval_ids]
         cells.append(
             {
                 "cell_id": uid,
@@ -504,20 +617,29 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
                 "rows": rows,
             }
         )
-    counts = {
-        "total": len(cells),
-        "done": sum(c["status"] == "done" for c in cells),
-        "failed": sum(c["status"] not in ("done", "interrupted") for c in cells),
-        "interrupted": sum(c["status"] == "interrupted" for c in cells),
-        "skipped": sum(c["skipped"] for c in cells),
-    }
+    counts = _count([c for c in cells if c["cell_id"] in mine])
     write_json(
         plan.reports_dir / "study" / "cells.json",
-        {"profile": plan.profile, "study_run": plan.run_id, "counts": counts, "cells": cells},
+        {"profile": plan.profile, "study_run": plan.run_id, "tables": plan.grid.tables(),
+         "mlflow_run_id": plan.parent_run_id, "counts": _count(cells), "cells": cells},
     )
-    write_json(plan.reports_dir / "metrics.json", key_metrics(plan.grid))
-    write_queries_plot(plan.grid, plan.reports_dir / "plots" / "queries.csv")
+    metrics = key_metrics(grid)
+    write_json(plan.reports_dir / "metrics.json", metrics)
+    write_table_metrics(metrics, plan.reports_dir / "metrics")
+    write_queries_plot(grid, plan.reports_dir / "plots" / "queries.csv")
     return counts
+
+
+def write_table_metrics(metrics: dict[str, Any], folder: Path) -> None:
+    """One `<table>.json` ({row: {column: median}}) per table: the DVC metrics (dvc.yaml), so
+    `dvc metrics show reports/metrics/table1.json` / `dvc metrics diff --targets ...` read one table.
+    The folder exists even when no row has finished (it is a stage output); stale tables are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for table, rows in metrics.items():
+        write_json(folder / f"{table}.json", rows)
+    for stale in folder.glob("*.json"):
+        if stale.stem not in metrics:
+            stale.unlink()
 
 
 def row_values(grid: Grid, row: Any, metric: str) -> list[float]:
@@ -542,8 +664,11 @@ def key_metrics(grid: Grid) -> dict[str, Any]:
 
 
 def write_queries_plot(grid: Grid, path: Path) -> None:
-    """Table 6 as a plot source: dataset, queries, mIoU (median over seeds)."""
+    """Table 6 as a plot source: dataset, queries, mIoU (median over seeds) in `path`, and the same lines
+    per dataset in `<path folder>/queries/<dataset>.csv` (queries, mIoU): DVC draws one line per file, so
+    `dvc plots show` (dvc.yaml top-level `plots:`) draws one line per dataset."""
     lines = ["dataset,queries,mIoU"]
+    per_dataset: dict[str, list[str]] = {}
     for row in grid.rows:
         if row.table != "table6" or row.cell.model != "maskformer":
             continue
@@ -551,7 +676,40 @@ def write_queries_plot(grid: Grid, path: Path) -> None:
         if values:
             q = grid.train[grid.evals[row.eval_ids[0]].train_id].config["model"]["num_queries"]
             lines.append(f"{row.cell.dataset},{q},{statistics.median(values):.3f}")
+            per_dataset.setdefault(row.cell.dataset, ["queries,mIoU"]).append(f"{q},{statistics.median(values):.3f}")
     atomic_write_text(path, "\n".join(lines) + "\n")
+    folder = path.parent / "queries"  # a DVC output of the study stage: exists even without Table 6
+    folder.mkdir(parents=True, exist_ok=True)
+    for dataset, rows in per_dataset.items():
+        atomic_write_text(folder / f"{dataset}.csv", "\n".join(rows) + "\n")
+    for stale in folder.glob("*.csv"):  # a dataset no longer in Table 6 (this folder is written only here)
+        if stale.stem not in per_dataset:
+            stale.unlink()
+
+
+def dry_run_text(plan: StudyPlan) -> str:
+    """What `study` would submit, nothing submitted: per phase (training, then evaluation variants) and
+    dataset one SLURM array with its `#SBATCH` header (the profile's resources, pipeline.params
+    `slurm_resources`) and its cells; with a local executor the cells only. Done cells are marked skip."""
+    from pipeline.executor import CellExecutor, sbatch_header
+
+    executor = CellExecutor(plan.params, plan.executor, cell_fn=plan.cell_fn, threads=plan.threads,
+                            profile=plan.profile) if plan.executor == "slurm" else None
+    lines = [f"profile {plan.profile}, executor {plan.executor}, {len(plan.grid.train)} training cells, "
+             f"{len(plan.variant_ids())} evaluation variants (dry run: nothing submitted)"]
+    for phase, ids in (("training", plan.train_ids()), ("evaluation variants", plan.variant_ids())):
+        by_dataset: dict[str, list[str]] = {}
+        for uid in ids:
+            by_dataset.setdefault(_unit(plan, uid).config["data"]["dataset"], []).append(uid)
+        for dataset, uids in by_dataset.items():
+            todo = [u for u in uids if not is_done(_unit(plan, u))]
+            lines += ["", f"# {phase}, {dataset}: {len(todo)} to run, {len(uids) - len(todo)} done"]
+            if executor is not None and todo:
+                tables = sorted({r.table for r in plan.grid.rows if r.cell.dataset == dataset})
+                lines.append(sbatch_header(executor, cell_config(plan, _unit(plan, todo[0])),
+                                           f"{'+'.join(tables)}-{dataset}-array", len(todo), plan.array_folder() / dataset))
+            lines += [f"  {'run ' if u in todo else 'skip'} {u}" for u in uids]
+    return "\n".join(lines)
 
 
 def final_message(counts: dict[str, int]) -> str:

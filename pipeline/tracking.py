@@ -9,7 +9,8 @@ Tracking URI: `MLFLOW_TRACKING_URI`, else `run.tracking_uri` from the config, el
 store is created under a file lock before anyone logs (several processes racing to create a store
 crash, see shared INFRA notes). Metrics are logged synchronously in batches (`log_batch`).
 
-Browse: `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`.
+Browse: `bash scripts/services.sh up` (or `python -m pipeline.services up --only mlflow`) starts one
+light `mlflow server` (1 worker, job execution off) over this same store; README "Browse MLflow".
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import fcntl
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,22 @@ PARAM_BATCH = 100
 
 
 def default_tracking_uri() -> str:
+    """The repository's store: `sqlite:///<repo>/mlruns/mlflow.db` (artifacts in `<repo>/mlruns/artifacts`)."""
     return f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
 
 
+def backend_store_uri() -> str:
+    """The store the services' MLflow server serves (scripts/services.sh): `MLFLOW_BACKEND_STORE_URI`,
+    else the repository's store, i.e. the very file `dvc repro` writes when no server is configured."""
+    return os.environ.get("MLFLOW_BACKEND_STORE_URI") or default_tracking_uri()
+
+
 def resolve_tracking_uri(config_uri: str | None = None) -> str:
-    """`MLFLOW_TRACKING_URI` > config `run.tracking_uri` > repository default (sqlite)."""
+    """The one place every entry point (dvc repro, CLI, deployments, SLURM cells, status and report
+    links) resolves the tracking URI: `MLFLOW_TRACKING_URI` > config `run.tracking_uri` > repository
+    default (sqlite). With scripts/services.env sourced, `MLFLOW_TRACKING_URI` is the services' server,
+    which serves the repository default store (`backend_store_uri`), so both paths reach one store.
+    SLURM cells inherit the variable (sbatch exports the submitting environment)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or config_uri or default_tracking_uri()
 
 
@@ -64,6 +77,28 @@ def ensure_store(uri: str) -> None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def system_tags(source_name: str) -> dict[str, str]:
+    """MLflow's own tags, as its fluent API would set them: source commit, user, entry point, source type.
+
+    Set explicitly because the explicit `MlflowClient` (no fluent global state) does not add them.
+    """
+    import getpass
+
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    from pipeline.checkpoint import git_commit
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = str(os.getuid())
+    tags = {MLFLOW_USER: user, MLFLOW_SOURCE_NAME: source_name, MLFLOW_SOURCE_TYPE: "LOCAL"}
+    commit = git_commit()
+    if commit and commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 
 def flatten_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -114,13 +149,19 @@ class Tracker:
             return exp.experiment_id
 
     def start(self, params: dict[str, Any], tags: dict[str, str], run_id: str | None = None,
-              run_name: str | None = None) -> str | None:
-        """Open (or, with `run_id`, reopen) the MLflow run; log params and tags once. Returns the run id."""
+              run_name: str | None = None, source_name: str = "pipeline.engine.run_cell") -> str | None:
+        """Open (or, with `run_id`, reopen) the MLflow run; log params and tags once. Returns the run id.
+
+        MLflow's system tags (`system_tags(source_name)`) come first, `tags` override them; a
+        `mlflow.parentRunId` tag nests the run under the study's parent run. A reopened run gets the
+        study tags again (a later study run becomes its parent).
+        """
         if self.disabled:
             return None
         from mlflow.entities import Param, RunTag
 
         ensure_store(self.uri)
+        tags = {**system_tags(source_name), **{k: str(v) for k, v in tags.items()}}
         resumed = False
         if run_id:
             try:
@@ -131,7 +172,7 @@ class Tracker:
         if resumed:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "resumed", "true")
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**tags, "resumed": "true"}.items()])
             return run_id
         run = self.client.create_run(self._experiment_id(), tags=dict(tags), run_name=run_name)
         self.run_id = run.info.run_id
@@ -170,12 +211,31 @@ class Tracker:
         self.log_step(scalars, step)
         self.flush()
 
-    def log_artifacts(self, paths: list[Path]) -> None:
+    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
+        """Copy the existing files of `paths` into the run's artifacts (under `artifact_path`)."""
         if self.disabled or self.run_id is None:
             return
         for path in paths:
             if Path(path).is_file():
-                self.client.log_artifact(self.run_id, str(path))
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, name: str, version: str, source: str | Path, context: str = "train") -> None:
+        """Log the dataset the run reads as an MLflow input (the run page's "Datasets"): `name` (e.g.
+        `ade20k`), `version` as its digest (the DVC md5 or twin hash, `pipeline.grid.data_version`),
+        `source` the data folder, `context` train or eval."""
+        if self.disabled or self.run_id is None:
+            return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        with warnings.catch_warnings():  # a local folder matches the registry's local source twice: same class
+            warnings.simplefilter("ignore", UserWarning)
+            src = resolve_dataset_source(str(Path(source).resolve()))
+        dataset = MetaDataset(src, name=name, digest=version)
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.disabled or self.run_id is None:

@@ -7,6 +7,8 @@
 #   bash scripts/services.sh down    # stop everything by pid (Prefect serve processes first)
 #   bash scripts/services.sh env     # print the path of the env file to source
 #   bash scripts/services.sh status  # exit 0 when every service answers
+#   bash scripts/services.sh serve   # start `python -m flows.serve` (the deployments) in the background;
+#                                    # pid in $ROOT/pids/prefect_serve.pid, log $ROOT/prefect/serve.log; `down` stops it
 #
 # Everything listens on 127.0.0.1 (SERVICES_BIND_HOST for the two HTTP servers). Ports can be moved
 # for a second instance on the same machine: MLFLOW_PORT (5000), PREFECT_PORT (4200),
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 ROOT=$(realpath -m "${SERVICES_ROOT:-$REPO/.ci-state}")
 VENV=${VENV:-$REPO/.venv}
-ENV_FILE=$REPO/scripts/services.env
+ENV_FILE=${SERVICES_ENV_FILE:-$REPO/scripts/services.env}
 BIND=${SERVICES_BIND_HOST:-127.0.0.1}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 PREFECT_PORT=${PREFECT_PORT:-4200}
@@ -188,6 +190,8 @@ export SLURM_CONF=$SLURM_CONF
 export PREFECT_HOME=$ROOT/prefect/home
 export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
 export PREFECT_UI_URL=http://127.0.0.1:$PREFECT_PORT
+export PREFECT_UI_API_URL=http://127.0.0.1:$PREFECT_PORT/api
+export MLFLOW_PORT=$MLFLOW_PORT
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_RUNNER_POLL_FREQUENCY=1
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
@@ -239,6 +243,19 @@ down() {
   log "services stopped"
 }
 
+serve() {
+  # The deployments' process, managed like the servers: one pid file, started once, stopped by `down`.
+  [ -f "$ENV_FILE" ] || die "$ENV_FILE does not exist; run: bash scripts/services.sh up"
+  if alive "$PIDS/prefect_serve.pid"; then log "flows.serve already running (pid $(cat "$PIDS/prefect_serve.pid"))"; return 0; fi
+  mkdir -p "$PIDS" "$ROOT/prefect"
+  # shellcheck disable=SC1090
+  ( . "$ENV_FILE"; cd "$REPO" && exec setsid "$VENV/bin/python" -m flows.serve ) >>"$ROOT/prefect/serve.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/prefect_serve.pid"
+  sleep 1
+  alive "$PIDS/prefect_serve.pid" || die "flows.serve exited at once; see $ROOT/prefect/serve.log"
+  log "flows.serve started (pid $(cat "$PIDS/prefect_serve.pid"), log $ROOT/prefect/serve.log)"
+}
+
 status() {
   local ok=0
   munge -n 2>/dev/null | unmunge >/dev/null 2>&1 || { echo "munge: down"; ok=1; }
@@ -257,5 +274,6 @@ case "${1:-}" in
   down) down ;;
   env) [ -f "$ENV_FILE" ] || die "$ENV_FILE does not exist; run: bash scripts/services.sh up"; echo "$ENV_FILE" ;;
   status) status ;;
-  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+  serve) serve ;;
+  *) echo "usage: $0 up|down|env|status|serve" >&2; exit 2 ;;
 esac

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO / "scripts" / "services.env"
+
+# The suite never writes into the Prefect database a user's UI shows: a private PREFECT_HOME (the
+# ephemeral server's database lives there) and no API URL inherited from a sourced services.env.
+# Tests of the live services get theirs from the ``services`` / ``services_env`` fixtures.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="maskformer-tests-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("PREFECT_UI_API_URL", None)
+# Likewise MLflow: runs of tests that do not choose a store (flows' study runs, cells) go to a private
+# store, never the repository's mlruns/ or the user's server.
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='maskformer-tests-mlflow-')}/mlflow.db"
 
 
 def _required() -> bool:

@@ -135,3 +135,86 @@ def test_services_env_fixture_matches_live_servers(services):
     out = subprocess.run(["sinfo", "-h", "-o", "%G"], env=services.subprocess_env(), capture_output=True, text=True,
                          timeout=30)
     assert "gpu:2" in out.stdout  # the fake GPUs the SLURM executor requests with gpus_per_node
+
+
+@pytest.mark.slow
+def test_services_mlflow_serves_the_store_dvc_repro_writes(tmp_path, monkeypatch):
+    """The services' MLflow server (scripts/services.sh -> standard_servers) serves the same SQLite store
+    a serverless `dvc repro` writes: a run logged straight into the file is listed by the server with
+    its artifact, and a run logged through the server lands in the file with its artifact beside it."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import Tracker
+
+    db = tmp_path / "repo" / "mlruns" / "mlflow.db"
+    sqlite_uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", sqlite_uri)
+    monkeypatch.setenv("MLFLOW_PORT", str(services.free_port()))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "note.txt").write_text("direct\n")
+    direct = Tracker(sqlite_uri, experiment="one-store")
+    direct_id = direct.start({"a": 1}, {"cell": "direct"}, run_name="direct")
+    direct.log_artifacts([tmp_path / "note.txt"])
+    direct.end("FINISHED")
+
+    server = services.standard_servers(tmp_path / "state")["mlflow"]
+    assert server.backend_uri == sqlite_uri
+    assert "--no-serve-artifacts" in server.command() and "--workers" in server.command()
+    services.start(server)
+    try:
+        http = MlflowClient(tracking_uri=server.url)
+        exp = http.get_experiment_by_name("one-store")
+        runs = http.search_runs([exp.experiment_id])
+        assert [r.info.run_id for r in runs] == [direct_id]
+        got = http.download_artifacts(direct_id, "note.txt", str(tmp_path))
+        assert Path(got).read_text() == "direct\n"
+
+        (tmp_path / "served.txt").write_text("served\n")
+        served = Tracker(server.url, experiment="one-store")
+        served_id = served.start({"a": 2}, {"cell": "served"}, run_name="served")
+        served.log_artifacts([tmp_path / "served.txt"])
+        served.end("FINISHED")
+    finally:
+        services.stop(server)
+    local = MlflowClient(tracking_uri=sqlite_uri)
+    assert local.get_run(served_id).data.tags["cell"] == "served"
+    uri = local.get_run(served_id).info.artifact_uri
+    assert uri.startswith((db.parent / "artifacts").as_uri())
+    assert (Path(uri[len("file://"):]) / "served.txt").read_text() == "served\n"
+
+
+@pytest.mark.slow
+def test_prefect_ui_api_url_has_the_port_and_down_stops_flows_serve(tmp_path):
+    """A Prefect server on a moved port tells its UI that port (PREFECT_UI_API_URL); `services.sh serve`
+    starts the deployments' process with a pid file and `services.sh down` stops it (and the server)."""
+    import os
+    import signal
+
+    root = tmp_path / "root"
+    server = services.Server("prefect", root / "prefect", port=services.free_port())
+    assert server.environment()["PREFECT_UI_API_URL"] == server.url + "/api"
+    services.start(server)
+    try:
+        with urllib.request.urlopen(server.url + "/ui-settings", timeout=30) as resp:  # noqa: S310
+            assert json.loads(resp.read())["api_url"] == server.url + "/api"
+        env_file = tmp_path / "services.env"
+        env_file.write_text(f"export PREFECT_API_URL={server.url}/api\nexport PREFECT_HOME={root / 'prefect' / 'home'}\n"
+                            "export SUBMITIT_LOG_LEVEL=NOCONFIG\nexport PREFECT_SERVER_ANALYTICS_ENABLED=false\n")
+        env = dict(os.environ, SERVICES_ROOT=str(root), SERVICES_ENV_FILE=str(env_file), VENV=str(VENV_BIN.parent),
+                   PREFECT_PORT=str(server.port), MLFLOW_PORT=str(services.free_port()))
+        script = str(Path(__file__).resolve().parents[1] / "scripts" / "services.sh")
+        out = subprocess.run(["bash", script, "serve"], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        pid_file = root / "pids" / "prefect_serve.pid"
+        pid = int(pid_file.read_text())
+        assert services.pid_alive(pid)
+        try:
+            out = subprocess.run(["bash", script, "down"], env=env, capture_output=True, text=True, timeout=180)
+            assert out.returncode == 0, out.stderr
+            assert not services.pid_alive(pid) and not pid_file.exists()
+            assert "prefect: stopped" in out.stdout
+        finally:
+            if services.pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        services.stop(server)

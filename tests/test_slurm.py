@@ -35,7 +35,6 @@ def test_smoke_cells_run_as_a_slurm_job_array(tmp_path, services_env):
     # the fake node has no GPUs: ask for none, small memory and short time limits
     raw = params_path.read_text().replace("gpus_per_node: 8", "gpus_per_node: 0").replace("mem_gb: 64", "mem_gb: 1")
     raw = raw.replace("cpus_per_task: 10", "cpus_per_task: 1").replace("timeout_min: 4320", "timeout_min: 10")
-    raw = raw.replace("gpus_by_dataset: {coco_panoptic: 8}", "gpus_by_dataset: {}")
     params_path.write_text(raw)
     state = study(profile="smoke", executor="slurm", cell_fn=STAND_IN, params_path=str(params_path),
                   reports_dir=str(tmp_path / "reports"), return_state=True)

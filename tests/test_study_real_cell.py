@@ -115,7 +115,7 @@ def test_real_cell_and_its_variant_on_slurm(twin_data, direct, tmp_path, service
     from tests.test_slurm import _require_slurm
 
     _require_slurm(dict(os.environ))
-    plan = _plan(tmp_path, twin_data, gpus_per_node=0, gpus_by_dataset={}, mem_gb=1, cpus_per_task=1, timeout_min=10)
+    plan = _plan(tmp_path, twin_data, gpus_per_node=0, mem_gb=1, cpus_per_task=1, timeout_min=10)
     got = _run_study(plan, "slurm")
     assert got["job"].split("_")[0].isdigit()  # a SLURM job id
     _check_against_direct(got, direct)

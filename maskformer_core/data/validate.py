@@ -152,3 +152,56 @@ def validate(name: str, root: str | Path, split: Optional[str] = None,
         else:
             counts[s] = _validate_semantic(name, meta, root, s)
     return counts
+
+
+# Images per split of the official releases, as the official preparation leaves them (paper appendix A
+# "Datasets": ADE20K 20k/2k, COCO-Stuff-10K 9k/1k, ADE20K-Full 25k/2k, Cityscapes 2975/500, Mapillary
+# Vistas 18k/2k; COCO panoptic: the 2017 splits; ADE20K panoptic: the ADE20K images). Exact counts of
+# ADEChallengeData2016, ADE20K_2021_17_01, cocostuff-10k-v1.1 (imageLists train.txt/test.txt),
+# Cityscapes gtFine, Mapillary Vistas v1.2 and COCO 2017 panoptic.
+OFFICIAL_SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "ade20k": {"train": 20210, "val": 2000},
+    "ade20k_full": {"train": 25574, "val": 2000},
+    "coco_stuff_10k": {"train": 9000, "test": 1000},
+    "cityscapes": {"train": 2975, "val": 500},
+    "mapillary_vistas": {"train": 18000, "val": 2000},
+    "coco_panoptic": {"train": 118287, "val": 5000},
+    "ade20k_panoptic": {"train": 20210, "val": 2000},
+}
+# Class-list files an official ADE20K download carries (ADEChallengeData2016/objectInfo150.txt: a
+# header line, then one line per class, Idx 1..150), copied into the prepared root by `prepare`.
+CLASS_LIST_FILES = {"ade20k": "objectInfo150.txt", "ade20k_panoptic": "objectInfo150.txt"}
+
+
+def check_real_root(name: str, root: str | Path, counts: dict[str, int], *, subset: bool = False) -> list[str]:
+    """Checks a prepared *real* dataset must pass beyond `validate`: no synthetic-twin marker, the official
+    number of images per split (`subset=True`: at most that many, knowingly), and the official class list
+    (K classes with ids 1..K) where the download carries one. Raises DataError naming the file or split;
+    returns notes (the splits that are a knowing subset)."""
+    from maskformer_core.data.metadata import SYNTHETIC_MARKER
+
+    root = Path(root)
+    marker = root / SYNTHETIC_MARKER
+    if marker.exists():
+        raise DataError(f"{marker}: a synthetic twin's marker in a real data root; the data here would be read "
+                        f"as a twin. Remove it if the data is the official release, or keep twins under "
+                        f"data/synthetic/")
+    meta = get_metadata(name)
+    notes = []
+    for split, n in counts.items():
+        official = OFFICIAL_SPLIT_SIZES.get(name, {}).get(split)
+        if official is None or n == official:
+            continue
+        if subset and n < official:
+            notes.append(f"{split}: {n} of the official {official} images (--subset)")
+            continue
+        raise DataError(f"{root}: split {split!r} has {n} images, the official {name} release has {official}"
+                        + ("" if n > official else "; pass --subset to accept a subset knowingly"))
+    listing = CLASS_LIST_FILES.get(name)
+    if listing and (root / listing).is_file():
+        rows = [line.split("\t") for line in (root / listing).read_text().splitlines()[1:] if line.strip()]
+        ids = sorted(int(r[0]) for r in rows if r and r[0].strip().isdigit())
+        if ids != list(range(1, meta.num_classes + 1)):
+            raise DataError(f"{root / listing}: lists {len(ids)} classes (ids {ids[:3]}...), the official {name} "
+                            f"has K = {meta.num_classes} with ids 1..{meta.num_classes}")
+    return notes

@@ -78,6 +78,11 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="prepared root, e.g. data/prepared/ade20k")
     p.add_argument("--split", default=None, help="one split (default: all)")
+    p.add_argument("--real", action="store_true",
+                   help="the root holds the official release (implied under data/prepared): also check the "
+                        "official split sizes and class list, and refuse a SYNTHETIC.json marker")
+    p.add_argument("--subset", action="store_true",
+                   help="with a real root: accept fewer images than the official splits, knowingly")
     p.set_defaults(func=run)
 
     p = sub.add_parser("make", help="synth + prepare (+ validate): the smoke twin of one dataset")
@@ -103,11 +108,18 @@ def run(args) -> int:
         prepare(args.dataset, args.raw, args.out, progress=not args.no_progress)
         print(f"prepared {args.dataset} into {args.out}")
     elif action == "validate":
+        from maskformer_core.data.validate import check_real_root
+
+        real = args.real or _under_real_root(args.root)
+        if real:  # the marker is refused before anything reads the root as a twin
+            check_real_root(args.dataset, args.root, {}, subset=args.subset)
         counts = validate(args.dataset, args.root, args.split)
+        notes = check_real_root(args.dataset, args.root, counts, subset=args.subset) if real else []
         meta = get_metadata(args.dataset, args.root)
-        twin = " (synthetic twin)" if meta.synthetic else ""
+        twin = " (synthetic twin)" if meta.synthetic else (" (official release)" if real else "")
         print(f"{args.dataset}{twin}: K={meta.num_classes}, ok: "
-              + ", ".join(f"{k} {v} images" for k, v in counts.items()))
+              + ", ".join(f"{k} {v} images" for k, v in counts.items())
+              + "".join(f"; note: {n}" for n in notes))
     elif action == "make":
         s = _twin_settings(args)
         check_replaceable(args.out, "--out")  # both targets are checked before the twin is written
@@ -121,3 +133,12 @@ def run(args) -> int:
         print(f"made synthetic {args.dataset} twin at {args.out}: "
               + ", ".join(f"{k} {v} images" for k, v in counts.items()))
     return 0
+
+
+def _under_real_root(root: str) -> bool:
+    """True for a root inside the prepared real-data folder (`data/prepared`, pipeline.params.REAL_DATA_ROOT)."""
+    from pipeline.params import REAL_DATA_ROOT
+
+    real = (Path.cwd() / REAL_DATA_ROOT).resolve()
+    path = Path(root).resolve()
+    return path == real or real in path.parents

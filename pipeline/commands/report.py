@@ -29,4 +29,9 @@ def run(args) -> int:
     out = build_report(profile, runs_root=args.runs_root or params.study.runs_root, tables_dir=args.tables,
                        out_dir=args.out, params_path=args.params)
     print(f"report: {out}")
+    from pipeline.study import log_report
+
+    logged = log_report(out)
+    if logged:
+        print(f"report: logged to MLflow run {logged}")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from pipeline.status import scan, format_table
 
@@ -34,10 +35,15 @@ def run(args) -> int:
     if args.json:
         print(json.dumps([{"cell_id": c.cell_id, "state": c.state, "reason": c.reason, "time": c.time,
                            "path": str(c.path), "rows": c.rows, "mlflow_run_id": c.mlflow_run_id,
-                           "mlflow_link": c.link} for c in cells], indent=2))
+                           "mlflow_link": c.link, "job_id": c.job_id, "job_state": c.job_state,
+                           "job_reason": c.job_reason} for c in cells], indent=2))
     else:
         print(f"profile {profile} ({runs_root}/{profile})")
         if note:
             print(f"note: {note}")
         print(format_table(cells))
+    from pipeline.status import stuck_jobs
+
+    for warning in stuck_jobs(cells):
+        print(warning, file=sys.stderr)
     return 0
