@@ -15,10 +15,17 @@ from tests._study_helpers import REPO, STAND_IN, write_params
 from tests.test_slurm import _require_slurm
 
 
-def _sacct(job_id: str, env: dict) -> list[str]:
-    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "ReqTRES,Timelimit,State"], env=env,
-                         capture_output=True, text=True, timeout=30)
-    return [line for line in out.stdout.splitlines() if line.strip()]
+def _sacct(job_id: str, env: dict, wait_s: float = 20.0) -> list[str]:
+    """sacct's allocation rows of a job. slurmdbd records a finished array task before its request
+    details arrive (a row `||COMPLETED`), so wait until every row carries its ReqTRES (bounded)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "ReqTRES,Timelimit,State"], env=env,
+                             capture_output=True, text=True, timeout=30)
+        rows = [line for line in out.stdout.splitlines() if line.strip()]
+        if (rows and all(row.split("|")[0] for row in rows)) or time.monotonic() > deadline:
+            return rows
+        time.sleep(1.0)
 
 
 @pytest.mark.services
