@@ -372,7 +372,7 @@ def table_artifacts(paths, profile: str | None) -> int:
     made = 0
     for path in paths:
         path = Path(path)
-        if path.suffix != ".csv":
+        if path.suffix != ".csv" or path.name.endswith(".wide.csv"):  # the long CSV (machine-readable source)
             continue
         caption = path.read_text().splitlines()[0].lstrip("# ").strip()
         df = pd.read_csv(path, comment="#")

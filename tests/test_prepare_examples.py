@@ -99,7 +99,9 @@ def test_ade20k_panoptic_stuff_first_then_instances_and_void(tmp_path):
     segs = {s["category_id"]: s for s in ann["segments_info"]}
     assert set(segs) == {0, 3, 12, 19}
     assert [segs[c]["id"] for c in (0, 3, 12, 19)] == [wall, floor, person, chair]
-    assert [segs[c]["area"] for c in (0, 3, 12, 19)] == [11, 14, 9, 8]
+    # Areas are counted before instances overwrite stuff, as the official prepare_ade20k_pan_seg.py does:
+    # the wall's 12 semantic pixels include (2, 3), which the person instance then takes.
+    assert [segs[c]["area"] for c in (0, 3, 12, 19)] == [12, 14, 9, 8]
     assert segs[12]["bbox"] == [1, 2, 3, 4] and segs[19]["bbox"] == [5, 2, 2, 4]  # x, y, w, h
     assert all(s["iscrowd"] == 0 for s in ann["segments_info"])
     # The semantic GT of ADE panoptic is the SceneParse150 label - 1 (E.1), unchanged by the instances.

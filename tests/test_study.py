@@ -54,11 +54,12 @@ def test_unchanged_cells_are_skipped_and_changed_cells_rerun(tmp_path):
     counts = summarize(plan3, third)
     assert counts == {"total": 4, "done": 4, "failed": 0, "interrupted": 0, "skipped": 3}  # the variant keeps its d6 training
     # reports/metrics.json (`dvc metrics`): each row's columns, medians over seeds, from the stand-in's numbers
-    # (mIoU = 30 + Q/10 + seed, +1 for the general_semantic variant; PQSt = mIoU / 2; Q = K = 8 for PP+).
+    # (mIoU = 30 + Q/10 + seed, +1 for the general_semantic variant; PQSt = mIoU / 2; Q = K = 8 for PP+;
+    # Q = 20 for MaskFormer: the smoke profile's default_queries).
     assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == {"table7": {
         "PerPixelBaseline+ ADE20K": {"mIoU": 30.8, "PQSt": 15.4},
-        "general ADE20K": {"mIoU": 41.0, "PQSt": 20.5},
-        "semantic ADE20K": {"mIoU": 40.0, "PQSt": 20.0}}}
+        "general ADE20K": {"mIoU": 33.0, "PQSt": 16.5},
+        "semantic ADE20K": {"mIoU": 32.0, "PQSt": 16.0}}}
 
 
 def test_done_status_without_metrics_is_run_again(tmp_path):
