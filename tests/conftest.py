@@ -19,6 +19,7 @@ reproduces); ``HYPOTHESIS_PROFILE=explore`` draws fresh random examples locally.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -41,12 +42,14 @@ ENV_FILE = REPO / "scripts" / "services.env"
 # The suite never writes into the Prefect database a user's UI shows: a private PREFECT_HOME (the
 # ephemeral server's database lives there) and no API URL inherited from a sourced services.env.
 # Tests of the live services get theirs from the ``services`` / ``services_env`` fixtures.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="maskformer-tests-prefect-")
+_PRIVATE_HOMES = [tempfile.mkdtemp(prefix="maskformer-tests-prefect-"), tempfile.mkdtemp(prefix="maskformer-tests-mlflow-")]
+atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _PRIVATE_HOMES])  # the suite leaves none behind
+os.environ["PREFECT_HOME"] = _PRIVATE_HOMES[0]
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_UI_API_URL", None)
 # Likewise MLflow: runs of tests that do not choose a store (flows' study runs, cells) go to a private
 # store, never the repository's mlruns/ or the user's server.
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='maskformer-tests-mlflow-')}/mlflow.db"
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_PRIVATE_HOMES[1]}/mlflow.db"
 
 
 def _required() -> bool:
