@@ -398,6 +398,23 @@ def dump_config(cfg: RunConfig, path: str | os.PathLike) -> None:
     atomic_write_text(Path(path), text)
 
 
+def check_output_file(path: str | os.PathLike | None, flag: str, overwrite: bool) -> None:
+    """UserError naming `path` when a command would replace a file it may not have written.
+
+    An explicit output file (`--out`, `--output`) is written only when it does not exist yet, or when the
+    user says `--overwrite`; a folder is always refused. Called before any work starts. (DVC removes a
+    stage's outputs before it runs it, so stage commands need no flag.)
+    """
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p}: is a folder; give a file path")
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise UserError(f"{flag} {p}: exists; nothing was written. Pass --overwrite to replace it, or choose "
+                        f"another path")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers see the old or the new file, never a partial one.
 

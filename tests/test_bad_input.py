@@ -733,3 +733,27 @@ def test_failure_reason_is_the_exception_message(tmp_path, run_cli):
     for c in failed:  # training cells: the message itself; evaluation variants: their training's message
         assert "ValueError: the first line names the real cause" in c["reason"], c
         assert c["kind"] == "eval" or c["reason"].startswith("ValueError: the first line"), c
+
+
+def test_explicit_output_file_is_never_replaced_silently(tmp_path):
+    """Class 1 for single files: `--out` / `--output` of an existing file (the user's, or an earlier run's) is
+    refused naming it and left byte for byte; `--overwrite` replaces it; a folder is refused even then."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir(), pred.mkdir()
+    label = np.arange(12, dtype=np.uint8).reshape(3, 4) % 3
+    Image.fromarray(label).save(gt / "a.png")
+    Image.fromarray(label).save(pred / "a.png")
+    mine = tmp_path / "results.json"
+    mine.write_text("my notes, not metrics\n")
+    base = ["evaluate-semantic", "--gt-folder", str(gt), "--pred-folder", str(pred), "--num-classes", "3",
+            "--ignore-label", "255", "--workers", "1", "--out", str(mine)]
+    assert_refused(cli(base, REPO), str(mine), "--overwrite")
+    assert mine.read_text() == "my notes, not metrics\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt", "pred", "results.json"]  # no temp file
+    proc = cli(base + ["--overwrite"], REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(mine.read_text())["mIoU"] == 100.0
+    assert_refused(cli(base[:-1] + [str(gt), "--overwrite"], REPO), str(gt), "folder")
+    for cmd in (["model-stats-table", "--params", str(REPO / "params.yaml"), "--params-only", "--out", str(mine)],
+                ["evaluate", "--config", str(tmp_path / "none.yaml"), "--output", str(mine)]):
+        assert_refused(cli(cmd, REPO), str(mine))  # refused before the params, config or data are read

@@ -35,7 +35,7 @@ def test_evaluate_semantic_cli(tmp_path, capsys):
     Image.fromarray(np.zeros((2, 2), dtype=np.uint8)).save(pred_dir / "y.png")
     out = tmp_path / "m.json"
     args = ["evaluate-semantic", "--gt-folder", str(gt_dir), "--pred-folder", str(pred_dir), "--num-classes", "3",
-            "--ignore-label", "255", "--pq-stuff", "--workers", "2", "--out", str(out)]
+            "--ignore-label", "255", "--pq-stuff", "--workers", "2", "--out", str(out), "--overwrite"]
     assert main(args) == 0
     data = json.loads(out.read_text())
     assert data["mIoU"] == pytest.approx(100 / 3) and data["pACC"] == pytest.approx(60) and "PQ_St" in data

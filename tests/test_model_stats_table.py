@@ -105,7 +105,8 @@ def test_stage_command_writes_r50_params_atomically(tmp_path, capsys):
     out = tmp_path / "model_stats" / "paper_models.json"
     out.parent.mkdir()
     out.write_text("old")
-    base = ["model-stats-table", "--params", str(REPO / "params.yaml"), "--out", str(out), "--threads", "1"]
+    base = ["model-stats-table", "--params", str(REPO / "params.yaml"), "--out", str(out), "--threads", "1",
+            "--overwrite"]
     # bad input: refused before any work, the old file untouched
     assert cli_main(base + ["--row", "MaskFormer R5O"]) == 2
     assert out.read_text() == "old" and "R5O" in capsys.readouterr().err

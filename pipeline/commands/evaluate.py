@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", help="with --dataset: the prepared dataset folder (default data/prepared/<dataset>)")
     p.add_argument("--tta", action="store_true", default=None, help="also evaluate with multi-scale + flip TTA (D.6)")
     p.add_argument("--output", help="metrics JSON to write (default: <run.output_dir>/metrics.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file (without it, an existing file is refused and left as it is)")
     p.set_defaults(func=run)
 
 
@@ -44,8 +45,10 @@ def released_config(args):
 
 
 def run(args) -> int:
+    from pipeline.config import check_output_file
     from pipeline.engine import evaluate_cell
 
+    check_output_file(args.output, "--output", args.overwrite)  # before anything is loaded
     if args.data_root and not args.dataset:
         raise UserError("--data-root goes with --dataset (a run config names its own data.root)")
     cfg = released_config(args) if args.dataset else config_from_args(args)

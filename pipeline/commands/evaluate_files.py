@@ -19,6 +19,7 @@ from PIL import Image
 
 from maskformer_core.metrics import PQStuffEvaluator, SemSegEvaluator, pq_compute, pq_summary
 from maskformer_core.metrics.panoptic import ENGINES, default_num_workers
+from pipeline.config import check_output_file
 from pipeline.errors import UserError
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
@@ -37,6 +38,7 @@ def register(subparsers) -> None:
                           "(this project's PNG reader and rules on --workers processes); same numbers")
     pan.add_argument("--workers", type=int, default=None, help="processes of --engine numpy (default: the usable cores)")
     pan.add_argument("--out", help="write the metrics here as JSON")
+    pan.add_argument("--overwrite", action="store_true", help="replace an existing output file (without it, an existing file is refused and left as it is)")
     pan.set_defaults(func=run_panoptic)
 
     sem = subparsers.add_parser(
@@ -50,6 +52,7 @@ def register(subparsers) -> None:
     sem.add_argument("--pq-stuff", action="store_true", help="also compute PQ^St (every class one stuff segment)")
     sem.add_argument("--workers", type=int, default=None, help="processes (default: the usable cores)")
     sem.add_argument("--out", help="write the metrics here as JSON")
+    sem.add_argument("--overwrite", action="store_true", help="replace an existing output file (without it, an existing file is refused and left as it is)")
     sem.set_defaults(func=run_semantic)
 
 
@@ -58,11 +61,6 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
     from pipeline.config import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def _check_out(out: str | None) -> None:
-    if out and Path(out).is_dir():
-        raise UserError(f"--out {out} is a directory; give a JSON file path")
 
 
 def _require(path: str, kind: str, flag: str) -> None:
@@ -90,7 +88,7 @@ def run_panoptic(args) -> int:
     _require(args.pred_json, "file", "--pred-json")
     _require(args.gt_folder, "dir", "--gt-folder")
     _require(args.pred_folder, "dir", "--pred-folder")
-    _check_out(args.out)
+    check_output_file(args.out, "--out", args.overwrite)
     _warn_unlisted_pngs(args.pred_json, args.pred_folder)
     results = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, num_workers=args.workers,
                          engine=args.engine)
@@ -148,7 +146,7 @@ def _semantic_worker(job):
 def run_semantic(args) -> int:
     _require(args.gt_folder, "dir", "--gt-folder")
     _require(args.pred_folder, "dir", "--pred-folder")
-    _check_out(args.out)
+    check_output_file(args.out, "--out", args.overwrite)
     if args.num_classes < 1:
         raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
     gts, preds = _stems(Path(args.gt_folder)), _stems(Path(args.pred_folder))

@@ -15,6 +15,7 @@ def register(subparsers) -> None:
                     "800x1067 image for Table 3 (stand-in for the mean over 100 COCO val images). "
                     "Writes the JSON atomically.")
     p.add_argument("--out", default="reports/model_stats/paper_models.json", help="output JSON path")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file (without it, an existing file is refused and left as it is)")
     p.add_argument("--params", default="params.yaml", help="params file (grid.table1/table3, profiles.paper)")
     p.add_argument("--table", action="append", choices=["table1", "table3"],
                    help="only this table (repeatable; default both)")
@@ -34,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.paper_model_stats import STATS_TABLES, measure, paper_rows, write_stats
     from pipeline.params import load_params
 
+    from pipeline.config import check_output_file
+
+    check_output_file(args.out, "--out", args.overwrite)
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     params = load_params(args.params)
