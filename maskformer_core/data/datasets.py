@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from maskformer_core.data.formats import image_size, require_dir, require_file
+from maskformer_core.data.formats import first_duplicate, image_size, require_dir, require_file
 from maskformer_core.data.metadata import DatasetMeta, get_metadata
 from maskformer_core.errors import DataError
 
@@ -108,15 +108,6 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
-def _first_duplicate(values) -> object:
-    seen = set()
-    for v in values:
-        if v in seen:
-            return v
-        seen.add(v)
-    return None
-
-
 def read_panoptic_json(path: Path) -> dict:
     """A COCO-format panoptic JSON, checked for duplicates and dangling references (DataError naming them).
 
@@ -135,23 +126,23 @@ def read_panoptic_json(path: Path) -> dict:
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise DataError(f"{path}: panoptic JSON lacks the {key!r} list")
-    dup = _first_duplicate(im["id"] for im in data["images"])
+    dup = first_duplicate(im["id"] for im in data["images"])
     if dup is not None:
         raise DataError(f"{path}: image id {dup!r} is listed twice in 'images'")
-    dup = _first_duplicate(c["id"] for c in data["categories"])
+    dup = first_duplicate(c["id"] for c in data["categories"])
     if dup is not None:
         raise DataError(f"{path}: category id {dup!r} is listed twice in 'categories'")
-    dup = _first_duplicate(a["image_id"] for a in data["annotations"])
+    dup = first_duplicate(a["image_id"] for a in data["annotations"])
     if dup is not None:
         raise DataError(f"{path}: image id {dup!r} has two annotations (it would be trained and evaluated twice)")
-    dup = _first_duplicate(a["file_name"] for a in data["annotations"])
+    dup = first_duplicate(a["file_name"] for a in data["annotations"])
     if dup is not None:
         raise DataError(f"{path}: two annotations name the PNG {dup!r}")
     image_ids = {im["id"] for im in data["images"]}
     for ann in data["annotations"]:
         if ann["image_id"] not in image_ids:
             raise DataError(f"{path}: annotation {ann['file_name']} refers to unknown image_id {ann['image_id']!r}")
-        dup = _first_duplicate(int(s["id"]) for s in ann["segments_info"])
+        dup = first_duplicate(int(s["id"]) for s in ann["segments_info"])
         if dup is not None:
             raise DataError(f"{path}: segment id {dup} is listed twice in the annotation of {ann['file_name']}")
     annotated = {a["image_id"] for a in data["annotations"]}

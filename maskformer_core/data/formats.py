@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -194,3 +194,13 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise DataError(f"{path}: missing file ({what})")
     return path
+
+
+def first_duplicate(values: Iterable) -> object:
+    """The first value seen twice in ``values`` (JSON ids, keys, file names), or None when all differ."""
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None

@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from maskformer_core.data.formats import first_duplicate
 from maskformer_core.errors import DataError
 
 VOID = 0
@@ -431,15 +432,6 @@ def _load_json(path: str, what: str) -> dict:
     return data
 
 
-def _first_duplicate(values: Iterable):
-    seen = set()
-    for v in values:
-        if v in seen:
-            return v
-        seen.add(v)
-    return None
-
-
 def read_categories(data: dict, path: str, required: bool = True) -> dict:
     """``{id: category}`` of a panoptic JSON in file order; DataError naming the file for a missing list,
     a category without ``id`` or a category id listed twice."""
@@ -450,7 +442,7 @@ def read_categories(data: dict, path: str, required: bool = True) -> dict:
     cats = data["categories"]
     if not isinstance(cats, list) or not all(isinstance(c, dict) and "id" in c for c in cats):
         raise DataError(f"{path}: 'categories' must be a list of objects with an 'id'")
-    dup = _first_duplicate(c["id"] for c in cats)
+    dup = first_duplicate(c["id"] for c in cats)
     if dup is not None:
         raise DataError(f"{path}: category id {dup!r} is listed twice in 'categories'")
     return {c["id"]: c for c in cats}
@@ -479,7 +471,7 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
         if not isinstance(segments, list):
             raise DataError(f"{path}: image id {image_id!r}: 'segments_info' is not a list")
         ids, cats = _segment_fields(segments, f"{path}: image id {image_id!r}", "listed", gt=False)
-        dup = _first_duplicate(ids)
+        dup = first_duplicate(ids)
         if dup is not None:
             raise DataError(f"{path}: image id {image_id!r} lists segment id {dup} twice")
         for seg_id, cat in zip(ids, cats):
@@ -660,7 +652,7 @@ class PanopticEvaluator:
             categories = list(categories.values())
         if not categories:
             raise ValueError("PanopticEvaluator needs at least one category")
-        dup = _first_duplicate(int(c["id"]) for c in categories)
+        dup = first_duplicate(int(c["id"]) for c in categories)
         if dup is not None:
             raise ValueError(f"PanopticEvaluator: category id {dup} is listed twice")
         self.categories = {int(c["id"]): dict(c) for c in categories}
