@@ -1,5 +1,5 @@
 """Output parity of HF transformers' MaskFormer and this project's model on the same (random) weights,
-at the paper widths: 256-wide FPN / decoder, 6 decoder layers, 100 queries, K = 150 (FACTS A.0).
+at the paper widths: 256-wide FPN / decoder, 6 decoder layers, 100 queries, K = 150 (official configs/ade20k-150/maskformer_R50_bs16_160k.yaml: MASK_FORMER.HIDDEN_DIM 256, DEC_LAYERS 6, NUM_OBJECT_QUERIES 100).
 
 For each backbone an HF `MaskFormerForInstanceSegmentation` is built from a config with random weights
 (BN statistics and norm affines randomised too), saved with `save_pretrained`, imported with

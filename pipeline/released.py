@@ -71,7 +71,7 @@ def load_any(path: str | os.PathLike, fmt: str | None = None, *, nheads: int = 8
     """(build_model kwargs, our state dict, provenance) of any supported checkpoint.
 
     `fmt` (one of FORMATS; default: detected) must agree with the file. `nheads` is used for detectron2
-    files only (the weights do not record it; MASK_FORMER.NHEADS 8 in every official config, FACTS A.0).
+    files only (the weights do not record it; MASK_FORMER.NHEADS 8 in every official config: add_mask_former_config).
     """
     path = Path(path)
     if not path.exists():

@@ -87,7 +87,7 @@ def test_hf_import_gives_hf_outputs(tmp_path, backbone):
 
 def test_hf_semantic_postprocessing_matches_where_it_coincides(tmp_path):
     """HF's post_process_semantic_segmentation = official semantic inference (softmax without no-object,
-    sigmoid, einsum; FACTS D.2) at the mask resolution; it resizes the score map, the official code the mask
+    sigmoid, einsum; official mask_former_model.py semantic_inference) at the mask resolution; it resizes the score map, the official code the mask
     logits (D.1), so only the unresized maps are compared."""
     from transformers import MaskFormerImageProcessor
 
@@ -205,7 +205,7 @@ def test_hf_import_reads_pytorch_model_bin(tmp_path):
 @pytest.mark.parametrize("backbone", ["R50", "R101c"])
 def test_official_options_of_paper_resnets_are_read_from_the_shapes(backbone):
     """R50 (basic stem, 6 res4 blocks) and R101c (DeepLab stem, 23 blocks) with the "+6 Enc" decoder fed
-    by the encoder (the COCO panoptic configs, FACTS A.1 #23) and a box head (Table 5)."""
+    by the encoder (the official COCO panoptic R50/R101 configs: TRANSFORMER_IN_FEATURE "transformer_encoder") and a box head (Table 5)."""
     kwargs = dict(SMALL, num_classes=3, nheads=8, backbone=backbone, pixel_decoder="transformer_encoder", enc_layers=6,
                   transformer_in_feature="transformer_encoder", box_head=True)
     inferred = infer_official_kwargs(build_model(**kwargs).state_dict())

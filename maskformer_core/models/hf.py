@@ -47,7 +47,7 @@ _DEFAULT_BACKBONE = {"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18
 _RESNET_DEFAULTS = {"embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048], "depths": [3, 4, 6, 3],
                     "layer_type": "bottleneck", "hidden_act": "relu", "downsample_in_first_stage": False,
                     "downsample_in_bottleneck": False, "num_channels": 3}
-# Our ResNet names (FACTS B.2): R50 [3,4,6,3], R101 [3,4,23,3]; bottleneck widths 64..512 -> 256..2048.
+# Our ResNet names (detectron2 modeling/backbone/resnet.py, num_blocks_per_stage): R50 [3,4,6,3], R101 [3,4,23,3]; bottleneck widths 64..512 -> 256..2048.
 _RESNET_DEPTHS = {(3, 4, 6, 3): "R50", (3, 4, 23, 3): "R101"}
 _OUT_FEATURES = ["stage1", "stage2", "stage3", "stage4"]
 
@@ -120,7 +120,7 @@ def hf_config_to_build_kwargs(config: Mapping[str, Any], source: str = "config.j
         bb = _with_defaults(bb_raw, _RESNET_DEFAULTS)
         for key, value in (("layer_type", "bottleneck"), ("embedding_size", 64), ("hidden_sizes", [256, 512, 1024, 2048]),
                            ("hidden_act", "relu"), ("num_channels", 3), ("downsample_in_first_stage", False),
-                           # stride in the 3x3 conv (torchvision / detectron2 R-50.pkl, STRIDE_IN_1X1 False, FACTS B.2)
+                           # stride in the 3x3 conv (torchvision / detectron2 R-50.pkl, MODEL.RESNETS.STRIDE_IN_1X1 False in the MaskFormer configs)
                            ("downsample_in_bottleneck", False)):
             _expect(bb, key, value, bwhere)
         depths = tuple(int(d) for d in bb["depths"])
@@ -173,7 +173,7 @@ def build_kwargs_to_hf_config(kwargs: Mapping[str, Any], id2label: Mapping[int, 
     dec = dict(model_type="detr", num_queries=int(kwargs.get("num_queries") or 100), decoder_layers=int(kwargs.get("dec_layers", 6)),
                d_model=hidden, decoder_ffn_dim=int(kwargs.get("dim_feedforward", 2048)),
                decoder_attention_heads=int(kwargs.get("nheads", 8)), dropout=dropout,
-               # official decoder: nn.MultiheadAttention(dropout) and the FFN dropout use the same p (FACTS B.4)
+               # official decoder: nn.MultiheadAttention(dropout) and the FFN dropout use the same p (official mask_former/modeling/transformer/transformer.py)
                attention_dropout=dropout, activation_dropout=dropout, activation_function="relu",
                use_timm_backbone=False, backbone_config=None)
     return {"model_type": "maskformer", "architectures": ["MaskFormerForInstanceSegmentation"],
@@ -301,7 +301,7 @@ def state_dict_from_hf(hf_sd: Mapping[str, torch.Tensor], own: Mapping[str, torc
 def state_dict_to_hf(model: nn.Module) -> dict[str, torch.Tensor]:
     """Our model -> HF tensors (hub layout), with the HF-only buffers filled: relative_position_index
     from our Swin blocks, BN `num_batches_tracked` 0, the unused final Swin LayerNorm at its init
-    (1, 0), `criterion.empty_weight` (1 per class, no-object 0.1, FACTS A.0 NO_OBJECT_WEIGHT)."""
+    (1, 0), `criterion.empty_weight` (1 per class, no-object 0.1, official MODEL.MASK_FORMER.NO_OBJECT_WEIGHT)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if key in ("pixel_mean", "pixel_std"):

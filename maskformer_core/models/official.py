@@ -52,7 +52,7 @@ def infer_official_kwargs(sd: Mapping[str, torch.Tensor], source: str = "checkpo
     """`build_model` kwargs of a MaskFormer state dict in the official names, read from tensor shapes.
 
     The number of attention heads cannot be read from the weights; every official config uses
-    MASK_FORMER.NHEADS 8 (FACTS A.0), the default here. Raises CheckpointError naming what is missing.
+    MODEL.MASK_FORMER.NHEADS 8 (official config.py add_mask_former_config), the default here. Raises CheckpointError naming what is missing.
     """
     if f"{_P}class_embed.weight" not in sd:
         raise CheckpointError(f"{source}: no {_P}class_embed.weight: not a MaskFormer (mask classification) checkpoint")
