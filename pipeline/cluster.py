@@ -97,7 +97,9 @@ def tracking_host(configured: str | None) -> str:
 # ----------------------------------------------------------------------------------------- writer lock
 
 
-def _me() -> dict[str, Any]:
+def owner_info() -> dict[str, Any]:
+    """`pid`, `host` and (inside SLURM) `slurm_job_id` (`<array job>_<task>` for array tasks) of this process:
+    what the writer lock and a running `status.json` record, so liveness checks read one format."""
     owner: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
     if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
         owner["slurm_job_id"] = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
@@ -136,7 +138,7 @@ class WriterLock:
     def __init__(self, run_dir: str | os.PathLike, *, poll_s: float = 2.0, timeout_s: float | None = None) -> None:
         self.path = Path(run_dir) / LOCK_FILE
         self.poll_s, self.timeout_s = poll_s, timeout_s
-        self.owner = _me()
+        self.owner = owner_info()
         self.held = False
 
     def read(self) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from maskformer_core.errors import CheckpointError, DataError
 from pipeline import checkpoint as ckpt
 from pipeline import distributed as dist_utils
 from pipeline import released
+from pipeline.cluster import owner_info
 from pipeline.config import RunConfig, atomic_write_text, dump_config, resolve_defaults
 from pipeline.errors import TrainingDiverged, UserError
 from pipeline.tracking import Tracker, resolve_tracking_uri
@@ -105,20 +106,8 @@ def write_status(output_dir: Path, status: str, **extra: Any) -> None:
     and report link a folder to its MLflow run without re-resolving the URI.
     """
     if status == "running":  # who runs it: `status` checks this process / SLURM job is alive (pipeline.status)
-        extra = {**owner_info(), **extra}
+        extra = {**owner_info(), **extra}  # pipeline.cluster.owner_info: the writer lock records the same
     write_json_atomic(output_dir / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
-
-
-def owner_info() -> dict[str, Any]:
-    """`pid`, `host` and (inside SLURM) `slurm_job_id` (`<array job>_<task>` for array tasks) of this process."""
-    import socket
-
-    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        info["slurm_job_id"] = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    elif os.environ.get("SLURM_JOB_ID"):
-        info["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-    return info
 
 
 def run_info(tracker: Tracker) -> dict[str, Any]:
