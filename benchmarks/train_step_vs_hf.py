@@ -94,7 +94,8 @@ def hf_step(size: int, batch: int, num_classes: int, queries: int):
                             out_features=["stage1", "stage2", "stage3", "stage4"])
     decoder = DetrConfig(num_queries=queries, decoder_layers=6, d_model=256, decoder_ffn_dim=2048,
                          decoder_attention_heads=8, dropout=0.1, use_pretrained_backbone=False,
-                         # the official decoder (FACTS B.4) also drops out attention weights and the FFN
+                         # the official decoder (official ``mask_former/modeling/transformer/``) also drops out
+                         # attention weights and the FFN
                          # hidden layer (nn.MultiheadAttention(dropout=0.1), DETR FFN); HF defaults them to 0
                          attention_dropout=0.1, activation_dropout=0.1)
     cfg = MaskFormerConfig(backbone_config=backbone, decoder_config=decoder, use_auxiliary_loss=True,

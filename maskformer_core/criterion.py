@@ -1,8 +1,10 @@
-"""Training losses: SetCriterion (mask classification, FACTS C) and PerPixelCriterion (baselines, B.5).
+"""Training losses: SetCriterion (mask classification, official ``mask_former/modeling/criterion.py``) and
+PerPixelCriterion (baselines, ``mask_former/modeling/heads/per_pixel_baseline.py``).
 
 Both return a dict of *unweighted* loss terms; ``criterion.weight_dict`` holds the weights and the
 total loss is ``sum(weight_dict[k] * losses[k] for k in losses if k in weight_dict)`` (detectron2's
-SimpleTrainer sums the weighted dict, FACTS C). ``build_criterion`` builds matcher + criterion.
+SimpleTrainer sums the weighted dict, detectron2 ``engine/train_loop.py``). ``build_criterion`` builds matcher +
+criterion.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from maskformer_core.errors import ConfigError
 from maskformer_core.matching import BoxMatcher, FixedMatcher, HungarianMatcher, MatchIndices, target_boxes
 from maskformer_core.models.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
-# Official loss weights (FACTS A.0 / C): class 1, focal ("MASK_WEIGHT") 20, dice 1, no-object 0.1.
+# Official loss weights (official ``mask_former/config.py`` ``MODEL.MASK_FORMER.{DICE_WEIGHT, MASK_WEIGHT,
+# NO_OBJECT_WEIGHT}``; ``mask_former_model.py``): class 1, focal ("MASK_WEIGHT") 20, dice 1, no-object 0.1.
 CLASS_WEIGHT = 1.0
 MASK_WEIGHT = 20.0
 DICE_WEIGHT = 1.0
@@ -49,7 +52,8 @@ def dice_loss_per_mask(inputs: Tensor, targets: Tensor) -> Tensor:
 class _BinaryFocalDice(torch.autograd.Function):
     """Per-mask focal loss (mean over pixels) and dice loss for {0, 1} targets in one autograd node.
 
-    Same function as `focal_loss_per_mask` and `dice_loss_per_mask` (the official formulas, FACTS C), computed
+    Same function as `focal_loss_per_mask` and `dice_loss_per_mask` (the official formulas,
+    ``mask_former/modeling/criterion.py``), computed
     with fewer passes over the [N, P] tensors: with binary t and z = x if t = 0 else -x, the BCE is
     softplus(z) and 1 - p_t is sigmoid(z), so the focal term is a_t * softplus(z) * sigmoid(z)^gamma, and the
     gradient is written out in closed form (d/dz softplus(z) sigmoid(z)^g = sigmoid^g (sigmoid + g softplus
@@ -111,7 +115,7 @@ def focal_dice_per_mask(inputs: Tensor, targets: Tensor, alpha: float = 0.25, ga
 
 
 def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, num_masks: float, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Sigmoid focal loss: mean over pixels per mask, summed over masks, divided by num_masks (FACTS C).
+    """Sigmoid focal loss: mean over pixels per mask, summed over masks, divided by num_masks (``criterion.py``).
 
     Args: inputs ``[N, P]`` logits, targets ``[N, P]`` in {0, 1}. Returns a scalar.
     """
@@ -119,7 +123,7 @@ def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, num_masks: float, alpha:
 
 
 def dice_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
-    """Dice loss with +1 smoothing, summed over masks, divided by num_masks (FACTS C).
+    """Dice loss with +1 smoothing, summed over masks, divided by num_masks (``criterion.py``).
 
     Args: inputs ``[N, P]`` logits, targets ``[N, P]`` in {0, 1}. Returns a scalar.
     """
@@ -169,7 +173,7 @@ def _stack_target_masks(targets: list[dict], indices: MatchIndices, device, dtyp
     for t, (_, tgt) in zip(targets, indices):
         m = t["masks"][tgt.to(t["masks"].device)]
         if m.shape[-2:] != (h, w):
-            m = F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]))  # prepare_targets pads with 0 (FACTS C)
+            m = F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]))  # prepare_targets pads with 0 (``criterion.py``)
         chunks.append(m.to(device=device, dtype=dtype))
     if not chunks:
         return torch.zeros((0, h, w), device=device, dtype=dtype)
@@ -177,7 +181,7 @@ def _stack_target_masks(targets: list[dict], indices: MatchIndices, device, dtyp
 
 
 def _num_masks(targets: list[dict], device) -> float:
-    """GT masks in the batch; summed over processes and divided by world size, clamped >= 1 (FACTS C)."""
+    """GT masks in the batch; summed over processes and divided by world size, clamped >= 1 (``criterion.py``)."""
     num = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], dtype=torch.float32, device=device)
     world_size = 1
     if dist.is_available() and dist.is_initialized():
@@ -187,20 +191,20 @@ def _num_masks(targets: list[dict], device) -> float:
 
 
 class SetCriterion(nn.Module):
-    """Mask-classification loss of MaskFormer (FACTS C).
+    """Mask-classification loss of MaskFormer (``criterion.py``).
 
     Args:
         num_classes: K (no-object is index K).
         matcher: a matcher object (``HungarianMatcher``, ``FixedMatcher``, ``BoxMatcher``).
         weight_dict: loss name -> weight, including the aux copies ``loss_ce_0`` ...
-        eos_coef: class weight of no-object in the CE (0.1, FACTS A.0).
+        eos_coef: class weight of no-object in the CE (0.1, ``MODEL.MASK_FORMER.NO_OBJECT_WEIGHT``).
         losses: subset of ``("labels", "masks", "boxes")``.
 
     ``forward(outputs, targets)``: outputs ``pred_logits [B,Q,K+1]``, ``pred_masks [B,Q,h,w]``,
     optional ``pred_boxes [B,Q,4]`` and ``aux_outputs`` (list of dicts with the same keys); targets: list
     of ``{"labels": [M], "masks": [M,H,W]}``. Returns the unweighted terms ``loss_ce``, ``loss_mask``,
     ``loss_dice`` (``loss_bbox``, ``loss_giou`` with "boxes") and ``<name>_<i>`` for aux layer i. Every
-    decoder layer is matched on its own (FACTS C).
+    decoder layer is matched on its own (``criterion.py``).
     """
 
     def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict[str, float], eos_coef: float = NO_OBJECT_WEIGHT,
@@ -221,7 +225,7 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
 
     def loss_labels(self, outputs: dict, targets: list[dict], indices: MatchIndices, num_masks: float) -> dict[str, Tensor]:
-        """Weighted CE over all B*Q queries; PyTorch's weighted mean, NOT divided by num_masks (FACTS C)."""
+        """Weighted CE over all B*Q queries; PyTorch's weighted mean, NOT divided by num_masks (``criterion.py``)."""
         logits = outputs["pred_logits"].float()
         batch_idx, src_idx = _src_permutation(indices)
         classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
@@ -232,7 +236,7 @@ class SetCriterion(nn.Module):
         return {"loss_ce": loss}
 
     def loss_masks(self, outputs: dict, targets: list[dict], indices: MatchIndices, num_masks: float) -> dict[str, Tensor]:
-        """Focal + dice on matched pairs, predictions bilinearly upsampled to the GT size (FACTS C)."""
+        """Focal + dice on matched pairs, predictions bilinearly upsampled to the GT size (``criterion.py``)."""
         pred_masks = outputs["pred_masks"]
         batch_idx, src_idx = _src_permutation(indices)
         src = pred_masks[batch_idx.to(pred_masks.device), src_idx.to(pred_masks.device)].float()  # [N, h, w]
@@ -285,7 +289,7 @@ class SetCriterion(nn.Module):
             counts.append(int(batch_idx.numel()))
         if sum(counts) == 0:
             return [{"loss_mask": pm.sum() * 0.0, "loss_dice": pm.sum() * 0.0} for pm in pred_masks]
-        # every GT mask once, as float, padded to the batch size (prepare_targets pads with 0, FACTS C)
+        # every GT mask once, as float, padded to the batch size (prepare_targets pads with 0, ``criterion.py``)
         all_idx = [(None, torch.arange(len(t["labels"]))) for t in targets]
         # bool GT masks (the mappers' format) take the fused focal + dice path
         binary = all(t["masks"].dtype == torch.bool for t in targets)
@@ -313,7 +317,7 @@ class SetCriterion(nn.Module):
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         layers = [final] + list(outputs.get("aux_outputs") or [])
         suffixes = [""] + [f"_{i}" for i in range(len(layers) - 1)]
-        # every decoder layer is matched on its own (FACTS C); a matcher may score all layers in one pass
+        # every decoder layer is matched on its own (``criterion.py``); a matcher may score all layers in one pass
         if hasattr(self.matcher, "match_layers"):
             indices = self.matcher.match_layers(layers, targets)
         else:
@@ -328,13 +332,14 @@ class SetCriterion(nn.Module):
 
 
 class PerPixelCriterion(nn.Module):
-    """Per-pixel CE of PerPixelBaseline(+) (FACTS B.5).
+    """Per-pixel CE of PerPixelBaseline(+) (official ``mask_former/modeling/heads/per_pixel_baseline.py``).
 
     ``forward(outputs, targets)``: outputs ``sem_seg_logits [B,K,h,w]`` (+ ``aux_sem_seg_logits`` list
     for PerPixelBaseline+); targets either a LongTensor ``[B,H,W]`` or a list of dicts with ``sem_seg``
     ``[H,W]`` (padded with ignore_index to the largest size). Logits are upsampled x4 bilinearly
     (align_corners False, the common stride) and a mean CE with ``ignore_index`` is taken. Returns
-    ``loss_sem_seg`` and, with ``aux``, ``loss_sem_seg_{i}`` per aux layer (weight 1, FACTS B.5).
+    ``loss_sem_seg`` and, with ``aux``, ``loss_sem_seg_{i}`` per aux layer (weight 1, ``per_pixel_baseline.py``
+    ``PerPixelBaselinePlusHead.losses``).
     """
 
     def __init__(self, ignore_index: int, aux: bool = True, num_aux: int = 0, loss_weight: float = 1.0, common_stride: int = 4):
@@ -388,7 +393,8 @@ def build_criterion(arch: str, num_classes: int, matching: str = "bipartite", ig
     Args:
         arch: ``maskformer`` | ``per_pixel`` | ``per_pixel_plus``.
         matching: ``bipartite`` (Hungarian by mask) | ``fixed`` (needs num_queries == K) | ``box``.
-        deep_supervision / dec_layers: aux terms ``_0 .. _{dec_layers-2}`` (none for one layer, FACTS A.3).
+        deep_supervision / dec_layers: aux terms ``_0 .. _{dec_layers-2}`` (none for one layer:
+    ``mask_former_model.py`` adds aux weights for ``dec_layers - 1`` layers).
 
     The returned module has ``weight_dict`` covering every term it produces.
     """

@@ -1,4 +1,5 @@
-"""Inference post-processors keyed by strategy, ``sem_seg_postprocess`` and multi-scale/flip TTA (FACTS D).
+"""Inference post-processors keyed by strategy, ``sem_seg_postprocess`` and multi-scale/flip TTA (official
+``mask_former/mask_former_model.py``, ``mask_former/test_time_augmentation.py``).
 
 ``build_postprocessor(strategy, *, num_classes, thing_ids, object_mask_threshold, overlap_threshold)``
 returns a callable ``pp(outputs, image_sizes, out_sizes, padded_size=None) -> list[dict]``:
@@ -29,12 +30,12 @@ from torch import Tensor
 
 from maskformer_core.errors import ConfigError
 
-# Documented thresholds (FACTS A.1, D.4, A.3):
+# Documented thresholds (``configs/*panoptic*/*.yaml`` ``MODEL.MASK_FORMER.TEST.*``; paper appendix Table VII):
 COCO_OBJECT_MASK_THRESHOLD = 0.8  # configs #23-#28 TEST.OBJECT_MASK_THRESHOLD
 COCO_OVERLAP_THRESHOLD = 0.8  # configs #23-#28 TEST.OVERLAP_THRESHOLD
 ADE20K_PANOPTIC_OBJECT_MASK_THRESHOLD = 0.7  # configs #11-#12
 GENERAL_SEMANTIC_OBJECT_MASK_THRESHOLD = 0.3  # appendix Table VII, "mask-confidence threshold 0.3"
-# Table VII gives no overlap threshold (FACTS A.3: unknown); we default to the COCO value.
+# Table VII gives no overlap threshold (unknown); we default to the COCO value.
 GENERAL_SEMANTIC_OVERLAP_THRESHOLD = 0.8
 # DETR PostProcessPanoptic defaults (facebookresearch/detr models/segmentation.py).
 DETR_THRESHOLD = 0.85

@@ -4,8 +4,9 @@ Every matcher is called as ``matcher(outputs, targets)`` on ONE decoder layer's 
 per image, a pair ``(pred_idx, tgt_idx)`` of int64 CPU tensors of equal length: query
 ``pred_idx[k]`` is matched to target segment ``tgt_idx[k]``. Unmatched queries are "no object".
 
-- ``HungarianMatcher``: the official bipartite matching by mask (FACTS C, ``matcher.py``).
-- ``FixedMatcher``: MaskFormer-fixed, query i <-> class i (FACTS A.3, issue #22; Table 4).
+- ``HungarianMatcher``: the official bipartite matching by mask (official ``mask_former/modeling/matcher.py``).
+- ``FixedMatcher``: MaskFormer-fixed, query i <-> class i (paper Table 4; the author's recipe in MaskFormer
+issue #22).
 - ``BoxMatcher``: DETR's box matching for models with a box head (paper Table 5).
 
 ``outputs``: ``pred_logits [B, Q, K+1]`` (last = no object), ``pred_masks [B, Q, h, w]`` (logits),
@@ -31,7 +32,7 @@ def _empty_pair() -> tuple[Tensor, Tensor]:
 
 
 def batch_sigmoid_focal_cost(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Pairwise sigmoid focal cost, mean over pixels (FACTS C).
+    """Pairwise sigmoid focal cost, mean over pixels (official ``mask_former/modeling/matcher.py``).
 
     Args:
         inputs: ``[Q, P]`` mask logits of Q queries over P pixels.
@@ -71,7 +72,8 @@ def _focal_cost(inputs: Tensor, prob: Tensor, targets: Tensor, alpha: float, gam
 
 
 def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
-    """Pairwise dice cost 1 - (2|p t| + 1) / (|p| + |t| + 1) with +1 smoothing (FACTS C).
+    """Pairwise dice cost 1 - (2|p t| + 1) / (|p| + |t| + 1) with +1 smoothing (official
+    ``mask_former/modeling/matcher.py``).
 
     Args:
         inputs: ``[Q, P]`` mask logits; targets: ``[M, P]`` binary masks. Returns ``[Q, M]``.
@@ -96,13 +98,13 @@ def _solve(cost: Tensor, image_index: int) -> tuple[Tensor, Tensor]:
 
 
 class HungarianMatcher(nn.Module):
-    """Bipartite matching by mask, per image (FACTS C).
+    """Bipartite matching by mask, per image (official ``mask_former/modeling/matcher.py``).
 
     Cost C[i, j] = cost_class * (-p_i(c_j)) + cost_mask * focal(i, j) + cost_dice * dice(i, j), with p the
     softmax over K+1 classes, focal and dice as pixel means/ratios at the prediction resolution: the GT
     masks are downsampled with *nearest* interpolation to ``pred_masks``' size (h, w); predictions are
     not upsampled. Defaults are the official ones: class weight hard-coded to 1, MASK_WEIGHT 20,
-    DICE_WEIGHT 1 (FACTS A.0, C); focal alpha 0.25, gamma 2.
+    DICE_WEIGHT 1 (official ``mask_former/config.py``; ``matcher.py``); focal alpha 0.25, gamma 2.
     """
 
     def __init__(self, cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0,
@@ -132,7 +134,8 @@ class HungarianMatcher(nn.Module):
     def match_layers(self, layers: list[dict], targets: list[dict]) -> list[MatchIndices]:
         """``[self(out, targets) for out in layers]`` with the costs of all L layers of an image computed in
         one pass (rows of the [L*Q, M] cost are per query, so each layer's block equals its own cost
-        matrix) and the GT masks downsampled once. Each layer is still solved on its own (FACTS C)."""
+        matrix) and the GT masks downsampled once. Each layer is still solved on its own (official
+        ``mask_former/modeling/matcher.py``)."""
         if len({tuple(out["pred_masks"].shape) for out in layers}) != 1:
             return [self(out, targets) for out in layers]
         pred_logits = torch.stack([out["pred_logits"] for out in layers], 1)  # [B, L, Q, K+1]
@@ -170,7 +173,8 @@ class HungarianMatcher(nn.Module):
 
 
 class FixedMatcher(nn.Module):
-    """MaskFormer-fixed (Table 4; FACTS A.3, issue #22): query i predicts class i, so N must equal K.
+    """MaskFormer-fixed (paper Table 4; the author's recipe in MaskFormer issue #22): query i predicts class i,
+    so N must equal K.
 
     Per image the pairs are ``(labels, arange(M))``: each GT segment is matched to the query indexed by
     its class id; queries of absent classes become "no object". Meant for semantic targets (one segment

@@ -1,4 +1,5 @@
-"""Evaluation of a trained model on the validation split: metrics, TTA, fps and per-query statistics (FACTS D, E).
+"""Evaluation of a trained model on the validation split: metrics, TTA, fps and per-query statistics (official
+``mask_former_model.py``, detectron2 ``evaluation/``).
 
 Everything numeric goes through maskformer_core (post-processors in `inference`, evaluators in
 `metrics`); this module only loops over images and names the results. Result keys are flat, slash

@@ -4,11 +4,12 @@ DVC stage `model_stats` (`python -m pipeline model-stats-table`) and the tables'
 Each table row of params.yaml `grid.table1` / `grid.table3` is resolved with the `paper` profile
 (pipeline.grid.resolve_cell: official K, Q = 100, "+6 Enc" where the cell says so), built on CPU
 without weights, and measured with the model engineer's counters (maskformer_core.models
-count_parameters / flops.count_flops; FACTS E.4: nn.Parameters only, fvcore with detectron2's ignored
+count_parameters / flops.count_flops; MaskFormer tools/analyze_model.py: nn.Parameters only, fvcore with
+detectron2's ignored
 ops, eval forward of a zero image at batch 1 including the mask upsample, semantic einsum and final
 resize). Rows sharing an architecture and input size are measured once.
 
-Input sizes (FACTS E.4 / H.2):
+Input sizes (MaskFormer ``tools/analyze_model.py``; paper Tables 1 and 3):
 - Table 1 (ADE20K, semantic): the training crop, 512x512 (Swin-B/L: 640x640, params.yaml
   input_overrides), as the official `analyze_model.py --use-fixed-input-size` does.
 - Table 3 (COCO panoptic): the paper averages 100 val images, which we do not have. We use ONE fixed
@@ -37,16 +38,17 @@ from pipeline.params import Params
 SCHEMA = "maskformer-paper-model-stats/1"
 DEFAULT_OUT = Path("reports/model_stats/paper_models.json")
 STATS_TABLES = ("table1", "table3")  # the paper tables with params / GFLOPs columns
-PAPER_PROFILE = "paper"  # params.yaml profile holding the published architectures (FACTS A.1-A.3)
-PARAMS_CONVENTION = "nn.Parameters only (FrozenBN buffers excluded), FACTS E.4 / H.1"
+PAPER_PROFILE = "paper"  # params.yaml profile: the published architectures (paper Sec. 4, official configs/)
+PARAMS_CONVENTION = ("nn.Parameters only (FrozenBN buffers excluded), "
+                     "fvcore parameter_count as in MaskFormer tools/analyze_model.py")
 FLOPS_CONVENTION = (
     "fvcore FlopCountAnalysis with detectron2's ignored ops (1 fused multiply-add = 1 flop), batch 1, eval, "
-    "zero image; includes mask upsample + semantic einsum + final resize (FACTS E.4). `gflops` counts the "
-    "mask einsums of all 6 decoder layers (what the official tools/analyze_model.py counts, FACTS H.3); "
+    "zero image; includes mask upsample + semantic einsum + final resize (MaskFormer tools/analyze_model.py). "
+    "`gflops` counts the mask einsums of all 6 decoder layers (what the official tools/analyze_model.py counts, docs/FIDELITY.md §5); "
     "`gflops_last_layer_only` counts the last layer's only (what the paper's numbers appear to use)"
 )
 COCO_INPUT_NOTE = ("fixed 800x1067 input (test resize of a 640x480 image) standing in for the paper's mean "
-                   "over 100 COCO val images, which we do not have (FACTS E.4)")
+                   "over 100 COCO val images, which we do not have (MaskFormer tools/analyze_model.py)")
 
 
 def paper_rows(params: Params, tables: Iterable[str] = STATS_TABLES,
@@ -79,8 +81,8 @@ def paper_rows(params: Params, tables: Iterable[str] = STATS_TABLES,
                                          data_versions={cell.dataset: "n/a"})
             kwargs = {k: v for k, v in tcfg["model"].items() if k != "pretrained"}  # random init: no download
             crop = tcfg["data"].get("crop_size")
-            if crop:  # semantic rows: the training crop (FACTS E.4 --use-fixed-input-size)
-                size, note = [int(crop[0]), int(crop[1])], f"fixed {crop[0]}x{crop[1]} crop (FACTS E.4)"
+            if crop:  # semantic rows: the training crop (tools/analyze_model.py --use-fixed-input-size)
+                size, note = [int(crop[0]), int(crop[1])], f"fixed {crop[0]}x{crop[1]} crop (MaskFormer tools/analyze_model.py)"
             else:  # COCO panoptic: no crop; one documented stand-in for the 100-image mean
                 size, note = list(input_size(cell.dataset, cell.backbone)), COCO_INPUT_NOTE
             specs.append({"table": table, "row": cell.row, "dataset": cell.dataset, "backbone": cell.backbone,

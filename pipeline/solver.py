@@ -1,4 +1,5 @@
-"""Optimiser, learning-rate schedules and gradient clipping of the official recipe (FACTS A.0).
+"""Optimiser, learning-rate schedules and gradient clipping of the official recipe (official
+``mask_former/config.py``).
 
 - `build_optimizer`: AdamW with one parameter group per parameter, like the official
   `train_net.py::Trainer.build_optimizer`: lr x backbone_multiplier when "backbone" is in the module

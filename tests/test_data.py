@@ -66,7 +66,7 @@ def test_official_metadata_counts_and_ignore():
 
 
 def test_short_side_sets_match_facts():
-    # The exact lists of FACTS A.1 "Exact short-side training sets".
+    # The exact lists of official configs/*.yaml "Exact short-side training sets".
     assert get_metadata("ade20k").train_short_sizes == (
         256, 307, 358, 409, 460, 512, 563, 614, 665, 716, 768, 819, 870, 921, 972, 1024)
     assert get_metadata("ade20k_panoptic").train_short_sizes == tuple(range(320, 1281, 64))

@@ -31,7 +31,8 @@ def test_folded_frozen_bn_conv_matches_conv_then_norm_values_and_grads():
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
         x = torch.randn(2, cin, 16, 16, generator=g, requires_grad=True)
         y = conv(x)
-        # reference: plain conv, then y = x * scale + shift of FACTS B.2, then the activation
+        # reference: plain conv, then y = x * scale + shift of detectron2 layers/batch_norm.py
+        # FrozenBatchNorm2d, then the activation
         w_ref = conv.weight.detach().clone().requires_grad_(True)
         x_ref = x.detach().clone().requires_grad_(True)
         bn = conv.norm
@@ -165,7 +166,7 @@ def test_fused_attention_in_eval_matches_explicit_path_and_flops_count_the_expli
     for key in ("pred_logits", "pred_masks"):
         torch.testing.assert_close(fused[key], explicit[key], rtol=1e-5, atol=1e-5)
     # count_flops counts the explicit matmuls whatever the model's own setting: switching the fused path on
-    # does not change the count, and the explicit bmm terms are really in it (FACTS H.3)
+    # does not change the count, and the explicit bmm terms are really in it (docs/FIDELITY.md §5)
     total = count_flops(model, (64, 64))["total"]
     for m in model.modules():
         if isinstance(m, MultiheadAttention):

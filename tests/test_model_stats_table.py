@@ -17,7 +17,8 @@ from pipeline.tables import build_tables
 from tests._study_helpers import REPO, write_params
 
 
-def _stat(table, row, backbone, params_m, gflops, status="computed", k=150, note="fixed 512x512 crop (FACTS E.4)"):
+def _stat(table, row, backbone, params_m, gflops, status="computed", k=150,
+          note="fixed 512x512 crop (MaskFormer tools/analyze_model.py)"):
     return {"table": table, "row": row, "dataset": "ade20k", "backbone": backbone,
             "model_kwargs": {"arch": "maskformer", "backbone": backbone, "num_classes": k},
             "params": int(params_m * 1e6), "params_M": params_m, "input_size": [512, 512], "input_note": note,
@@ -114,7 +115,7 @@ def test_stage_command_writes_r50_params_atomically(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["schema"] == SCHEMA and doc["device"] == "cpu"
     (row,) = doc["rows"]
-    # FACTS H.1: 41.255M = backbone 23.455 + pixel decoder 7.540 + predictor 10.259 (FrozenBN excluded)
+    # docs/FIDELITY.md §5: 41.255M = backbone 23.455 + pixel decoder 7.540 + predictor 10.259 (FrozenBN excluded)
     assert (row["row"], row["params_M"], row["gflops"], row["gflops_status"]) == ("MaskFormer R50", 41.255, None, "not requested")
     assert sorted(p.name for p in out.parent.iterdir()) == ["paper_models.json"]  # no temp file left
     # a failing write keeps the previous file and leaves no temp file

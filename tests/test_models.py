@@ -64,7 +64,8 @@ def test_swin_window_and_drop_path_settings():
         b7 = build_backbone("Swin-B", swin_window=7)
     assert t.window_size == 7 and b.window_size == 12 and b7.window_size == 7
     assert tuple(b.layers[0].blocks[0].attn.relative_position_bias_table.shape) == (23 * 23, 4)
-    # stochastic depth rises linearly from 0 to 0.3 over the 12 Swin-T blocks (FACTS B.2)
+    # stochastic depth rises linearly from 0 to 0.3 over the 12 Swin-T blocks (official
+    # ``mask_former/modeling/backbone/swin.py``)
     rates = [blk.drop_path.p for layer in t.layers for blk in layer.blocks]
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3) and len(rates) == 12
     # odd blocks are shifted, even blocks are not, in every stage (shift always on)
@@ -102,10 +103,10 @@ def test_frozen_bn_is_buffers_only_and_matches_eval_batchnorm():
     with torch.device("meta"):
         r50 = build_backbone("R50")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in r50.modules())
-    assert count_parameters(r50) == 23_454_912  # FACTS H.1: ResNet-50 trunk without BN and fc
+    assert count_parameters(r50) == 23_454_912  # docs/FIDELITY.md §5: ResNet-50 trunk without BN and fc
 
 
-# FACTS H.1 analytic counts (exact integers reproduce the rounded table).
+# docs/FIDELITY.md §5 analytic counts (exact integers reproduce the rounded table).
 H1 = [
     (dict(backbone="R50", num_classes=150), 41_254_743),
     (dict(backbone="R101", num_classes=150), 60.195e6),
@@ -136,7 +137,7 @@ def test_param_counts_match_facts_h1(kwargs, expected):
 def test_r50_ade_param_count_exact():
     with torch.device("meta"):
         model = build_model(backbone="R50", num_classes=150)
-    assert count_parameters(model) == 41_254_743  # 41.255M (FACTS H.1), within 1% trivially
+    assert count_parameters(model) == 41_254_743  # 41.255M (docs/FIDELITY.md §5), within 1% trivially
     assert count_parameters(model.sem_seg_head.predictor.transformer.decoder.layers[0]) == 1_578_752
     assert count_parameters(model.sem_seg_head.predictor.class_embed) == 257 * 151
     assert count_parameters(model.sem_seg_head.predictor.mask_embed) == 197_376
@@ -225,7 +226,7 @@ def test_per_pixel_baseline_outputs():
         out = model(torch.randn(2, 3, 64, 64))
     assert set(out) == {"sem_seg_logits"}
     assert tuple(out["sem_seg_logits"].shape) == (2, 5, 16, 16)
-    assert model.size_divisibility == 0  # SemanticSegmentor pads to the ResNet's 0 (FACTS B.5)
+    assert model.size_divisibility == 0  # SemanticSegmentor pads to the ResNet's 0 (per_pixel_baseline.py)
     head = model.sem_seg_head.predictor
     assert head.kernel_size == (1, 1) and head.out_channels == 5
 
@@ -233,7 +234,7 @@ def test_per_pixel_baseline_outputs():
 def test_per_pixel_plus_outputs_and_q_equals_k():
     model = _small_model(arch="per_pixel_plus", num_queries=None)  # defaults to K
     assert model.sem_seg_head.predictor.num_queries == 5
-    assert not hasattr(model.sem_seg_head.predictor, "class_embed")  # no class head (FACTS B.5)
+    assert not hasattr(model.sem_seg_head.predictor, "class_embed")  # no class head (official per_pixel_baseline.py)
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
     assert tuple(out["sem_seg_logits"].shape) == (1, 5, 16, 16)

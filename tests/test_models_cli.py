@@ -28,7 +28,7 @@ def test_model_stats_panoptic_resnet_gets_six_encoder_layers(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["pixel_decoder"] == "transformer_encoder"
     assert result["transformer_in_feature"] == "transformer_encoder"
-    assert abs(result["params"] - (45.012e6 + 257 * 17)) < 1e3  # K=150 instead of COCO's 133 (FACTS H.1)
+    assert abs(result["params"] - (45.012e6 + 257 * 17)) < 1e3  # K=150 instead of COCO's 133 (docs/FIDELITY.md §5)
 
 
 def test_model_stats_errors_exit_2(capsys):

@@ -1,4 +1,5 @@
-"""Optimiser parameter groups and learning-rate schedules of the official recipe, checked by value (FACTS A.0)."""
+"""Optimiser parameter groups and learning-rate schedules of the official recipe, checked by value (official
+``mask_former/config.py``)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Split loaders over the prepared training layouts (FACTS F) and the torch Dataset wrapper.
+"""Split loaders over the prepared training layouts (official datasets/prepare_*.py) and the torch Dataset wrapper.
 
 ``load_split(name, root, split)`` returns records (dicts) with ``file_name``, ``height``, ``width``,
 ``image_id`` and either ``sem_seg_file_name`` (semantic) or ``pan_seg_file_name`` + ``segments_info``

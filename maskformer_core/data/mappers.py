@@ -1,4 +1,5 @@
-"""Dataset mappers: record -> augmented image + MaskFormer targets (FACTS A.1 pipelines, C "Targets", D.5).
+"""Dataset mappers: record -> augmented image + MaskFormer targets (official
+``mask_former/data/dataset_mappers/*.py``; detectron2 ``data/dataset_mapper.py`` at test time).
 
 ``build_mapper(meta, is_train, ...)`` returns a callable ``mapper(record, rng) -> dict`` with
 

@@ -1,4 +1,5 @@
-"""Dataset definitions of the seven MaskFormer datasets (FACTS F, A.1) and their synthetic-twin subsets."""
+"""Dataset definitions of the seven MaskFormer datasets (official datasets/prepare_*.py and
+mask_former/data/datasets/register_*.py) and their synthetic-twin subsets."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
-"""Infinite shuffled training sampler (detectron2 TrainingSampler, FACTS A.0 DATALOADER), resumable."""
+"""Infinite shuffled training sampler (detectron2 TrainingSampler, detectron2 ``config/defaults.py``
+``DATALOADER.SAMPLER_TRAIN``, ``data/samplers/distributed_sampler.py``), resumable."""
 from __future__ import annotations
 
 import itertools

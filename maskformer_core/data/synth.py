@@ -198,7 +198,7 @@ def _write_ade20k(root, meta, indices, rng, size, num_images, panoptic=False):
                 ins = np.zeros(sc.sem.shape + (3,), np.uint8)
                 order = sorted(sc.inst_class)
                 # With 2+ instances the last one is left out of the instance PNG: its thing pixels
-                # stay VOID in the panoptic GT (FACTS F, ADE panoptic step 5).
+                # stay VOID in the panoptic GT (official ``datasets/prepare_ade20k_pan_seg.py``).
                 for j in (order[:-1] if len(order) > 1 else order):
                     m = sc.inst == j
                     ins[m, 0] = ins_of[indices[sc.inst_class[j]]]

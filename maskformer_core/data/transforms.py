@@ -1,4 +1,5 @@
-"""Geometric and colour augmentations of the official mappers (FACTS A.1 "Training augmentation pipelines").
+"""Geometric and colour augmentations of the official mappers (official
+``mask_former/data/dataset_mappers/*.py``, ``configs/*`` ``INPUT.*``).
 
 All randomness comes from an explicit ``numpy.random.Generator``. Images are uint8 [H, W, 3] RGB;
 label maps are integer [H, W].

@@ -1,4 +1,5 @@
-"""Semantic-segmentation metrics: mIoU, fwIoU, mACC, pACC from a confusion matrix (FACTS E.1).
+"""Semantic-segmentation metrics: mIoU, fwIoU, mACC, pACC from a confusion matrix (detectron2
+``evaluation/sem_seg_evaluation.py``).
 
 Follows detectron2's SemSegEvaluator as MaskFormer used it in 2021: a (K+1) x (K+1) confusion matrix
 with rows = prediction, columns = GT, GT ignore -> index K, and the **2021 mIoU formula**

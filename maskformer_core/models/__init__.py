@@ -1,4 +1,5 @@
-"""MaskFormer model family (FACTS B): backbones, pixel decoders, transformer predictor, baselines."""
+"""MaskFormer model family (official ``mask_former/modeling/``): backbones, pixel decoders, transformer
+predictor, baselines."""
 from maskformer_core.models.build import ARCHS, build_model, count_parameters
 
 __all__ = ["ARCHS", "build_model", "count_parameters"]

@@ -1,4 +1,4 @@
-"""DETR box head (3-layer MLP -> 4, sigmoid) for the Table 5 "matching by box" rows (FACTS A.3)."""
+"""DETR box head (3-layer MLP -> 4, sigmoid) for the Table 5 "matching by box" rows (paper)."""
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """`build_model(**kwargs)`: the one place that turns explicit options into a MaskFormer or per-pixel
-baseline model (contract table in docs/ARCHITECTURE.md; defaults from FACTS A.0/B). Every option is
+baseline model (contract table in docs/ARCHITECTURE.md; defaults from official ``mask_former/config.py`` and
+``mask_former/modeling/``). Every option is
 validated before anything is built; impossible combinations raise ConfigError naming the option."""
 from __future__ import annotations
 
@@ -36,10 +37,13 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
                 pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD) -> nn.Module:
     """Build a model; see docs/ARCHITECTURE.md "Model contract" for outputs.
 
-    num_queries: default 100 (FACTS A.0) for maskformer, K for per_pixel_plus (must equal K, FACTS B.5).
-    enc_layers: default 6 with pixel_decoder "transformer_encoder" ("+6 Enc", FACTS B.3), 0 with "base".
+    num_queries: default 100 (official ``mask_former/config.py``) for maskformer, K for per_pixel_plus (must
+    equal K, official ``mask_former/modeling/heads/per_pixel_baseline.py``).
+    enc_layers: default 6 with pixel_decoder "transformer_encoder" ("+6 Enc", official
+    ``mask_former/modeling/heads/pixel_decoder.py``), 0 with "base".
     size_divisibility: default 32 for maskformer (MASK_FORMER.SIZE_DIVISIBILITY; pass 0 for COCO
-    panoptic, FACTS A.0) and the backbone's own (0 ResNet, 32 Swin) for the per-pixel baselines (B.5).
+    panoptic, official ``mask_former/config.py``) and the backbone's own (0 ResNet, 32 Swin) for the per-pixel
+    baselines (B.5).
     pretrained: None | path (.pkl/.pth/.safetensors) | "hub" (the backbone's official ImageNet weights on
     the timm hub) | "hub:<timm tag>" (e.g. the Swin-B IN-1K rows) - backbone initialisation only.
     """
@@ -54,7 +58,7 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
     _positive_int("num_queries", num_queries)
     if arch == "per_pixel_plus" and num_queries != num_classes:
         raise ConfigError(f"num_queries={num_queries} must equal num_classes={num_classes} for arch "
-                          f"'per_pixel_plus' (one query per class, FACTS B.5)")
+                          f"'per_pixel_plus' (one query per class, official per_pixel_baseline.py)")
     _positive_int("dec_layers", dec_layers)
     if pixel_decoder not in PIXEL_DECODERS:
         raise ConfigError(f"pixel_decoder must be one of {', '.join(PIXEL_DECODERS)}, got {pixel_decoder!r}")
@@ -75,7 +79,8 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
                         ("nheads", nheads), ("dim_feedforward", dim_feedforward)):
         _positive_int(name, value)
     if conv_dim % 32:
-        raise ConfigError(f"conv_dim={conv_dim} must be a multiple of 32 (GroupNorm with 32 groups, FACTS B.3)")
+        raise ConfigError(f"conv_dim={conv_dim} must be a multiple of 32 "
+                          "(GroupNorm with 32 groups, as the official pixel_decoder.py)")
     if hidden_dim % nheads or hidden_dim % 2:
         raise ConfigError(f"hidden_dim={hidden_dim} must be even and divisible by nheads={nheads}")
     if pixel_decoder == "transformer_encoder" and conv_dim % nheads:
@@ -128,5 +133,5 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of nn.Parameter elements (FrozenBN buffers excluded, as in FACTS H.1)."""
+    """Number of nn.Parameter elements (FrozenBN buffers excluded, as in docs/FIDELITY.md §5)."""
     return sum(p.numel() for p in module.parameters())

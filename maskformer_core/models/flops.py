@@ -1,11 +1,14 @@
-"""FLOP counting the way the paper did (FACTS H.2, H.3): fvcore FlopCountAnalysis with detectron2's
+"""FLOP counting the way the paper did (paper Tables 1 and 3; docs/FIDELITY.md §5): fvcore FlopCountAnalysis
+with detectron2's
 ignored elementwise ops (1 fused multiply-add = 1 flop; norms and upsampling counted by fvcore's own
 handlers), eval mode, batch 1 at a fixed input size, including the mask upsampling, the
-semantic-inference einsum (FACTS D.3) and the final resize of detectron2's sem_seg_postprocess.
+semantic-inference einsum (official ``mask_former_model.py`` ``semantic_inference``) and the final resize of
+detectron2's sem_seg_postprocess.
 
 Reported both with all decoder layers' mask einsums (what today's tools/analyze_model.py prints, since
-the official predictor computes them in eval too, FACTS B.1) and "last layer only" (deep supervision
-off at inference), which FACTS H.3 suggests the paper's numbers used (~2G lower at 512^2).
+the official predictor computes them in eval too, official ``mask_former/mask_former_model.py``) and "last layer
+only" (deep supervision
+off at inference), which docs/FIDELITY.md §5 suggests the paper's numbers used (~2G lower at 512^2).
 Note: fvcore takes generic einsum counts from numpy's `einsum_path` report, which prints them with 4
 significant digits, so einsum terms are rounded to ~0.1% exactly as in the original tool.
 """
@@ -28,7 +31,8 @@ D2_IGNORED_OPS = (
 
 
 class SemanticInferenceGraph(nn.Module):
-    """What the official eval forward runs for one image (FACTS D.1-D.3), returning the score map.
+    """What the official eval forward runs for one image (official ``mask_former_model.py`` ``forward``,
+    ``semantic_inference``), returning the score map.
 
     maskformer: model -> bilinear upsample of the last `pred_masks` to the padded input size ->
     einsum("bqc,bqhw->bchw", softmax(logits)[..., :-1], sigmoid(masks)) (Q*K*H*W flops) -> bilinear
@@ -74,7 +78,7 @@ def last_layer_only(model: nn.Module):
 
 @contextlib.contextmanager
 def explicit_attention(model: nn.Module):
-    """Temporarily run every attention of `model` with explicit bmm matmuls (counted by fvcore, FACTS H.3)
+    """Temporarily run every attention of `model` with explicit bmm matmuls (counted by fvcore, docs/FIDELITY.md §5)
     instead of the fused scaled_dot_product_attention kernel (not counted)."""
     from maskformer_core.models.transformer import MultiheadAttention
 

@@ -1,4 +1,5 @@
-"""MaskFormer meta-architecture (FACTS B.1): normalise + pad, backbone, pixel decoder, transformer
+"""MaskFormer meta-architecture (official ``mask_former/mask_former_model.py``): normalise + pad, backbone,
+pixel decoder, transformer
 predictor. Module names follow the official model (`backbone`, `sem_seg_head.pixel_decoder`,
 `sem_seg_head.predictor`) so a released `model_final_*.pkl` loads by name (weights.load_official_model)."""
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# INPUT.PIXEL_MEAN / PIXEL_STD, RGB on the 0-255 scale (FACTS A.0).
+# INPUT.PIXEL_MEAN / PIXEL_STD, RGB on the 0-255 scale (official ``mask_former/config.py``).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -28,7 +29,8 @@ class ImagePreprocessor(nn.Module):
         """images: list of [3, H_i, W_i] uint8 or float tensors on the 0..255 RGB scale.
 
         Returns (batch [B, 3, Hp, Wp] normalised and padded bottom/right with 0 *after* normalisation to
-        a multiple of `size_divisibility` (detectron2 ImageList.from_tensors, FACTS B.1), image_sizes
+        a multiple of `size_divisibility` (detectron2 ImageList.from_tensors, official
+        ``mask_former/mask_former_model.py``), image_sizes
         [(H_i, W_i)]).
         """
         if len(images) == 0:
@@ -52,7 +54,7 @@ class ImagePreprocessor(nn.Module):
 
 class MaskFormerHead(nn.Module):
     """`sem_seg_head`: pixel decoder + predictor; the predictor reads `transformer_in_feature`
-    ("res5" or "transformer_encoder", FACTS B.4)."""
+    ("res5" or "transformer_encoder", official ``mask_former/modeling/transformer/``)."""
 
     def __init__(self, pixel_decoder: nn.Module, predictor: nn.Module, transformer_in_feature: str = "res5") -> None:
         super().__init__()
@@ -89,5 +91,6 @@ class MaskFormer(ImagePreprocessor):
 
 
 def upsample_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (align_corners False) resize of [B, C, h, w] to `size`, as the official inference (FACTS D.1)."""
+    """Bilinear (align_corners False) resize of [B, C, h, w] to `size`, as the official inference (official
+    ``mask_former_model.py``)."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -1,4 +1,5 @@
-"""MaskFormer pixel decoders (FACTS B.3): the FPN-like BasePixelDecoder and the "+6 Enc"
+"""MaskFormer pixel decoders (official ``mask_former/modeling/heads/pixel_decoder.py``): the FPN-like
+BasePixelDecoder and the "+6 Enc"
 TransformerEncoderPixelDecoder. Names follow the official modules (`adapter_1`, `layer_4`,
 `mask_features`, `input_proj`, `transformer.encoder.layers.N`) so official checkpoints load by name.
 """
@@ -20,7 +21,8 @@ GN_GROUPS = 32  # SEM_SEG_HEAD.NORM "GN" -> 32 groups (detectron2 get_norm)
 
 
 def c2_xavier_fill(module: nn.Conv2d) -> None:
-    """detectron2 c2_xavier_fill: kaiming_uniform(a=1) on the weight, bias 0 (FACTS B.3)."""
+    """detectron2 c2_xavier_fill: kaiming_uniform(a=1) on the weight, bias 0 (official
+    ``mask_former/modeling/heads/pixel_decoder.py``)."""
     nn.init.kaiming_uniform_(module.weight, a=1)
     if module.bias is not None:
         nn.init.constant_(module.bias, 0)
@@ -39,11 +41,12 @@ def conv_gn(in_ch: int, out_ch: int, kernel: int, relu: bool) -> Conv2dNorm:
 
 
 class BasePixelDecoder(nn.Module):
-    """FPN-like decoder over res2..res5 (FACTS B.3).
+    """FPN-like decoder over res2..res5 (official ``mask_former/modeling/heads/pixel_decoder.py``).
 
     res5 -> 3x3 conv+GN+ReLU (`layer_4`); for res4, res3, res2: 1x1 lateral+GN (`adapter_i`) + nearest-
     upsampled previous map, then 3x3 conv+GN+ReLU (`layer_i`); `mask_features` = 3x3 conv conv_dim ->
-    mask_dim WITH bias, no norm/activation (the paper says 1x1; the code uses 3x3, FACTS B.3/I.5).
+    mask_dim WITH bias, no norm/activation (the paper says 1x1; the code uses 3x3,
+    ``mask_former/modeling/heads/pixel_decoder.py``).
 
     forward(features {"res2".."res5"}) -> (mask_features [B, mask_dim, H/4, W/4], None)
     """
@@ -90,7 +93,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
         c2_xavier_fill(self.input_proj)
         self.transformer = TransformerEncoderOnly(conv_dim, nheads, enc_layers, dim_feedforward, dropout)
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
-        self.layer_4 = conv_gn(conv_dim, conv_dim, 3, relu=True)  # replaces the res5 conv (FACTS B.3)
+        self.layer_4 = conv_gn(conv_dim, conv_dim, 3, relu=True)  # replaces the res5 conv (official pixel_decoder.py)
 
     def _top(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         src = self.input_proj(x)

@@ -1,4 +1,5 @@
-"""DETR sine positional encoding as used by MaskFormer's predictor and "+6 Enc" pixel decoder (FACTS B.4)."""
+"""DETR sine positional encoding as used by MaskFormer's predictor and "+6 Enc" pixel decoder (official
+``mask_former/modeling/transformer/``)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,8 @@ from torch import nn
 class PositionEmbeddingSine(nn.Module):
     """Sine/cosine encoding of normalised (y, x) positions.
 
-    num_pos_feats 128 per axis, temperature 10000, normalize=True, scale 2*pi, eps 1e-6 (FACTS B.4).
+    num_pos_feats 128 per axis, temperature 10000, normalize=True, scale 2*pi, eps 1e-6 (official
+    ``mask_former/modeling/transformer/``).
     No padding mask: cumulative sums run over an all-valid mask, so padded pixels are counted.
     forward(x: [B, C, H, W]) -> pos: [B, 2*num_pos_feats, H, W], channels (pos_y, pos_x), sin/cos interleaved.
     """

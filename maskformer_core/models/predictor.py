@@ -1,4 +1,5 @@
-"""MaskFormer transformer predictor (FACTS B.4): input_proj, DETR decoder with learnable queries,
+"""MaskFormer transformer predictor (official ``mask_former/modeling/transformer/``): input_proj, DETR decoder
+with learnable queries,
 class head (K+1), 3-layer mask-embedding MLP and the mask einsum; optional DETR box head (Table 5)."""
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class TransformerPredictor(nn.Module):
         self.transformer = Transformer(hidden_dim, nheads, dec_layers, dim_feedforward, dropout,
                                        return_intermediate_dec=deep_supervision,
                                        dec_self_attention=dec_self_attention)
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)  # default N(0, 1) init (FACTS B.4)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)  # default N(0, 1) init (official transformer_predictor.py)
         if in_channels != hidden_dim or enforce_input_proj:
             self.input_proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
             c2_xavier_fill(self.input_proj)

@@ -1,10 +1,11 @@
-"""DETR transformer pieces used by MaskFormer (FACTS B.3, B.4): attention with explicit matmuls,
+"""DETR transformer pieces used by MaskFormer (official ``mask_former/modeling/transformer/transformer.py``):
+attention with explicit matmuls,
 post-norm encoder/decoder layers, and the decoder that returns every intermediate output.
 
 Tensors are sequence-first like DETR: [S, B, C]. `MultiheadAttention` keeps nn.MultiheadAttention's
 parameter names (`in_proj_weight`, `in_proj_bias`, `out_proj`) and math, so official checkpoints load
 by name. It writes q.k^T and attn.v as `torch.bmm` in training and whenever `explicit_matmuls` is set (FLOP
-counting, so fvcore counts them: FACTS H.3 caveat), and uses the fused SDPA kernel otherwise (eval).
+counting, so fvcore counts them: docs/FIDELITY.md §5 caveat), and uses the fused SDPA kernel otherwise (eval).
 """
 from __future__ import annotations
 
@@ -42,12 +43,13 @@ class MultiheadAttention(nn.Module):
     """Same math and parameters as `nn.MultiheadAttention(embed_dim, num_heads, dropout)` (batch_first False).
 
     forward(query [L,B,E], key [S,B,E], value [S,B,E]) -> [L,B,E]. Dropout on the attention weights in
-    training, as torch does. No masks (MaskFormer passes none; FACTS B.4).
+    training, as torch does. No masks (MaskFormer passes none; official ``mask_former/modeling/transformer/``).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        # True: always the explicit bmm path, which fvcore counts (FACTS H.3); flops.explicit_attention sets
+        # True: always the explicit bmm path, which fvcore counts (docs/FIDELITY.md §5);
+        # flops.explicit_attention sets
         # it while counting. False: fused F.scaled_dot_product_attention whenever no dropout applies (eval).
         self.explicit_matmuls = False
         if embed_dim % num_heads:
@@ -112,13 +114,13 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class TransformerDecoderLayer(nn.Module):
-    """Post-norm DETR decoder layer (FACTS B.4):
+    """Post-norm DETR decoder layer (official ``mask_former/modeling/transformer/``):
     1. self-attn(q=k=tgt+query_pos, v=tgt) -> add -> norm1  (absent when `self_attention=False`)
     2. cross-attn(q=tgt+query_pos, k=memory+pos, v=memory) -> add -> norm2
     3. FFN(ReLU) -> add -> norm3
 
     `self_attention=False` is the appendix Table VIII variant. The official code for it was never
-    released and FACTS A.3 says it is unknown whether norm1 stayed; we drop the whole sub-block
+    released and paper says it is unknown whether norm1 stayed; we drop the whole sub-block
     (attention, dropout1, residual add and norm1), i.e. the layer starts at cross-attention.
     """
 
@@ -191,7 +193,8 @@ class TransformerDecoder(nn.Module):
 
 
 class TransformerEncoderOnly(nn.Module):
-    """The "+6 Enc" encoder of TransformerEncoderPixelDecoder (FACTS B.3).
+    """The "+6 Enc" encoder of TransformerEncoderPixelDecoder (official
+    ``mask_former/modeling/heads/pixel_decoder.py``).
 
     forward(src [B,C,H,W], pos [B,C,H,W]) -> [B,C,H,W]. Xavier-uniform on every parameter with dim > 1.
     """
@@ -212,7 +215,8 @@ class TransformerEncoderOnly(nn.Module):
 
 
 class Transformer(nn.Module):
-    """DETR Transformer with ENC_LAYERS = 0 (every MaskFormer config; FACTS A.0): memory = projected
+    """DETR Transformer with ENC_LAYERS = 0 (every MaskFormer config; official ``mask_former/config.py``):
+    memory = projected
     features, then the decoder from zero targets with the learnable query embedding as query_pos.
 
     forward(src [B,C,H,W], query_embed [Q,C], pos [B,C,H,W]) -> hs [L, B, Q, C].
@@ -235,6 +239,6 @@ class Transformer(nn.Module):
         memory = src.flatten(2).permute(2, 0, 1)  # [HW, B, C]
         pos = pos.flatten(2).permute(2, 0, 1)
         query_pos = query_embed.unsqueeze(1).repeat(1, b, 1)  # [Q, B, C]
-        tgt = torch.zeros_like(query_pos)  # tgt starts at zero (FACTS B.4)
+        tgt = torch.zeros_like(query_pos)  # tgt starts at zero (official ``mask_former/modeling/transformer/``)
         hs = self.decoder(tgt, memory, pos=pos, query_pos=query_pos)  # [L, Q, B, C]
         return hs.transpose(1, 2)

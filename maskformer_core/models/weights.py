@@ -225,7 +225,8 @@ def d2_to_ours(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # -------------------------------------------------------------------------------- loaders
 
-# timm tags holding the official weights (FACTS H.4). R101c's R-103.pkl has no timm equivalent.
+# timm tags holding the official weights (timm ``models/resnet.py``, ``models/swin_transformer.py`` pretrained
+# tags). R101c's R-103.pkl has no timm equivalent.
 HUB_TAGS = {
     "R50": "resnet50.tv_in1k",
     "R101": "resnet101.tv_in1k",
@@ -270,7 +271,7 @@ def is_hub(source) -> bool:
     return isinstance(source, str) and (source == "hub" or source.startswith(HUB_PREFIX))
 
 
-# The files the official configs start from (FACTS A.1 abbreviations), for error messages.
+# The files the official configs start from (official configs/*.yaml abbreviations), for error messages.
 OFFICIAL_FILES = {
     "R50": "R-50.pkl (detectron2://ImageNetPretrained/torchvision/R-50.pkl)",
     "R101": "R-101.pkl (torchvision resnet101-63fe2227.pth converted) or resnet101-63fe2227.pth",

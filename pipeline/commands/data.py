@@ -67,7 +67,7 @@ def register(subparsers) -> None:
     _add_twin_args(p)
     p.set_defaults(func=run)
 
-    p = sub.add_parser("prepare", help="official download layout -> training layout (FACTS F)")
+    p = sub.add_parser("prepare", help="download layout -> training layout (as the official datasets/prepare_*.py)")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--raw", required=True, help="raw download root, e.g. data/raw/ade20k")
     p.add_argument("--out", required=True, help="prepared root, e.g. data/prepared/ade20k")

@@ -14,26 +14,31 @@ class ModelStatsDataset:
     """What model-stats needs per dataset: K, the FLOP input size, and whether ResNets get "+6 Enc"."""
 
     num_classes: int
-    crop: tuple[int, int]  # (H, W) FLOP/FPS input: the training crop (FACTS A.1, H.2)
+    crop: tuple[int, int]  # (H, W) FLOP/FPS input: the training crop (``INPUT.CROP.SIZE``; paper Table 1)
     crop_swin_large: tuple[int, int] | None = None  # Swin-B/L input where the configs use another crop
     resnet_6enc: bool = False  # ResNet rows use TransformerEncoderPixelDecoder + transformer_encoder memory
-    size_divisibility: int = 32  # MASK_FORMER.SIZE_DIVISIBILITY (0 for COCO panoptic, FACTS A.0)
+    size_divisibility: int = 32  # MASK_FORMER.SIZE_DIVISIBILITY (0 in configs/coco-panoptic)
     note: str = ""
 
 
 # Small private table (the data engineer owns the full metadata; this module must not depend on it).
 DATASETS: dict[str, ModelStatsDataset] = {
-    "ade20k": ModelStatsDataset(150, (512, 512), crop_swin_large=(640, 640), note="FACTS A.1 #2-#10"),
-    "ade20k_full": ModelStatsDataset(847, (512, 512), note="FACTS A.1 #14"),
-    "coco_stuff_10k": ModelStatsDataset(171, (640, 640), note="FACTS A.1 #30"),
-    "cityscapes": ModelStatsDataset(19, (512, 1024), note="crop 512x1024, FACTS A.1 #20"),
-    "mapillary_vistas": ModelStatsDataset(65, (1280, 1280), note="FACTS A.1 #36"),
+    "ade20k": ModelStatsDataset(150, (512, 512), crop_swin_large=(640, 640),
+                                note="configs/ade20k-150/*.yaml INPUT.CROP.SIZE"),
+    "ade20k_full": ModelStatsDataset(847, (512, 512), note="configs/ade20k-full-847/maskformer_R50_bs16_200k.yaml"),
+    "coco_stuff_10k": ModelStatsDataset(171, (640, 640),
+                                        note="configs/coco-stuff-10k-171/maskformer_R50_bs32_60k.yaml"),
+    "cityscapes": ModelStatsDataset(19, (512, 1024),
+                                    note="crop 512x1024, configs/cityscapes-19/maskformer_R101_bs16_90k.yaml"),
+    "mapillary_vistas": ModelStatsDataset(65, (1280, 1280),
+                                          note="configs/mapillary-vistas-65/maskformer_R50_bs16_300k.yaml"),
     # The paper's T3 FLOPs average 100 val images; we use one 800x1067 input, the test resize
     # (short 800, max 1333) of COCO's most common 640x480 landscape image, with no padding
     # (SIZE_DIVISIBILITY 0). An approximation of that mean, not the paper's protocol.
     "coco_panoptic": ModelStatsDataset(133, (800, 1067), resnet_6enc=True, size_divisibility=0,
-                                       note="800x1067 stands in for the mean of 100 val images (FACTS H.2)"),
-    "ade20k_panoptic": ModelStatsDataset(150, (640, 640), resnet_6enc=True, note="FACTS A.1 #11-#12"),
+                                       note="800x1067 stands in for the mean of 100 val images (paper Table 3)"),
+    "ade20k_panoptic": ModelStatsDataset(150, (640, 640), resnet_6enc=True,
+                                         note="configs/ade20k-150-panoptic/*.yaml"),
 }
 PAPER_BACKBONES = ("R50", "R101", "R101c", "Swin-T", "Swin-S", "Swin-B", "Swin-L")
 MODELS = ("maskformer", "per_pixel", "per_pixel_plus")

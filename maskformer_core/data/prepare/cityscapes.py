@@ -1,5 +1,5 @@
 """Cityscapes preparation: gtFine polygons JSON -> *_gtFine_labelTrainIds.png with cityscapesScripts'
-own label table and rasteriser (preparation/createTrainIdLabelImgs.py, FACTS F)."""
+own label table and rasteriser (preparation/createTrainIdLabelImgs.py, official datasets/prepare_*.py)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""Datasets used as shipped (FACTS F): Mapillary Vistas v1.2 and COCO panoptic need no conversion;
+"""Datasets used as shipped (official datasets/prepare_*.py): Mapillary Vistas v1.2 and COCO panoptic need no
+conversion;
 the raw download is validated, then linked (or copied) into the prepared folder."""
 from __future__ import annotations
 

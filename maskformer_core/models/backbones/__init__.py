@@ -7,7 +7,8 @@ from maskformer_core.errors import ConfigError
 from maskformer_core.models.backbones.resnet import resnet_r50, resnet_r101, resnet_r101c, smoke_r18
 from maskformer_core.models.backbones.swin import SWIN_CONFIGS, swin
 
-# Paper backbones (FACTS B.2) then CPU-smoke extras (never paper models).
+# Paper backbones (detectron2 modeling/backbone/resnet.py; MaskFormer mask_former/modeling/backbone/swin.py)
+# then CPU-smoke extras (never paper models).
 PAPER_BACKBONES = ("R50", "R101", "R101c", "Swin-T", "Swin-S", "Swin-B", "Swin-L")
 SMOKE_BACKBONES = ("SmokeR18", "SmokeSwin")
 BACKBONE_NAMES = PAPER_BACKBONES + SMOKE_BACKBONES
@@ -19,7 +20,7 @@ def is_swin(name: str) -> bool:
 
 def build_backbone(name: str, *, swin_window: int | None = None, drop_path: float = 0.3) -> nn.Module:
     """Return a backbone with `forward(x[B,3,H,W]) -> {"res2".."res5"}`, `out_channels`, `strides`,
-    `size_divisibility`. `swin_window`/`drop_path` apply to Swin only (defaults: 7 or 12, 0.3; FACTS B.2)."""
+    `size_divisibility`. `swin_window`/`drop_path` apply to Swin only (defaults: 7 or 12, 0.3; BACKBONE_B2)."""
     if name not in BACKBONE_NAMES:
         raise ConfigError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
     if not is_swin(name) and swin_window is not None:

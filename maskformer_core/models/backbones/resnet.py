@@ -2,9 +2,10 @@
 
 Module and parameter names follow detectron2 (`stem.conv1`, `res2.0.conv1.norm`, `res2.0.shortcut`),
 so detectron2 checkpoints (`R-50.pkl`, `R-103.pkl`, MaskFormer `model_final_*.pkl`) load by name.
-Every norm of the paper ResNets is `FrozenBatchNorm2d` (FACTS A.0: MODEL.RESNETS.NORM = FrozenBN) whose
-statistics and affine terms are buffers, not parameters, so they neither train nor count in #params
-(FACTS H.1). The SmokeR18 extra (random init only) uses trainable GroupNorm instead, see `smoke_r18`.
+Every norm of the paper ResNets is `FrozenBatchNorm2d` (detectron2 ``config/defaults.py``
+``MODEL.RESNETS.NORM = "FrozenBN"``) whose statistics and affine terms are buffers, not parameters,
+so they neither train nor count in #params (docs/FIDELITY.md §5). The SmokeR18 extra
+(random init only) uses trainable GroupNorm instead, see `smoke_r18`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ __all__ = ["FrozenBatchNorm2d", "Conv2dNorm", "ResNet", "resnet_r50", "resnet_r1
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm with fixed statistics and affine terms, all stored as buffers (FACTS B.2).
+    """BatchNorm with fixed statistics and affine terms, all stored as buffers
+    (detectron2 ``layers/batch_norm.py`` ``FrozenBatchNorm2d``).
 
     y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, eps = 1e-5 (detectron2 default).
     Input/output: [B, C, H, W].
@@ -99,7 +101,8 @@ def c2_msra_fill(module: nn.Conv2d) -> None:
 
 
 class BasicStem(nn.Module):
-    """detectron2 BasicStem: 7x7/2 conv (no bias) + FrozenBN + ReLU, then 3x3/2 max-pool (FACTS B.2).
+    """detectron2 BasicStem: 7x7/2 conv (no bias) + FrozenBN + ReLU, then 3x3/2 max-pool (detectron2
+    ``modeling/backbone/resnet.py``).
 
     `norm` builds the norm layer from a channel count (FrozenBatchNorm2d for every paper backbone).
     """
@@ -118,7 +121,8 @@ class BasicStem(nn.Module):
 
 class DeepLabStem(nn.Module):
     """detectron2 DeepLab stem of R101c / R-103: 3x3 convs 3->64 (stride 2), 64->64, 64->128, each
-    FrozenBN + ReLU, then 3x3/2 max-pool (FACTS B.2). timm calls this ResNet variant `resnet101s`."""
+    FrozenBN + ReLU, then 3x3/2 max-pool (detectron2 ``projects/DeepLab/deeplab/resnet.py`` ``DeepLabStem``).
+    timm calls this ResNet variant `resnet101s`."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 128) -> None:
         super().__init__()
@@ -139,7 +143,8 @@ class DeepLabStem(nn.Module):
 
 
 class BottleneckBlock(nn.Module):
-    """torchvision-style bottleneck (stride in the 3x3 conv, STRIDE_IN_1X1 False; FACTS A.0/B.2).
+    """torchvision-style bottleneck (stride in the 3x3 conv, STRIDE_IN_1X1 False; detectron2
+    ``MODEL.RESNETS.STRIDE_IN_1X1``, ``modeling/backbone/resnet.py``).
 
     1x1 (in->b) + 3x3 (b->b, stride, dilation) + 1x1 (b->out); 1x1 projection shortcut when in != out.
     """
@@ -199,7 +204,8 @@ class ResNet(nn.Module):
     """ResNet trunk returning `{"res2": [B,C2,H/4,W/4], ..., "res5": [B,C5,H/32,W/32]}`.
 
     Attributes: `out_channels` (dict name -> C), `strides` (dict name -> 4/8/16/32),
-    `size_divisibility` (0: detectron2's ResNet Backbone does not require padding, FACTS B.5).
+    `size_divisibility` (0: detectron2's ResNet Backbone does not require padding, official
+    ``mask_former/modeling/heads/per_pixel_baseline.py``).
     """
 
     out_features = ("res2", "res3", "res4", "res5")
@@ -225,12 +231,13 @@ class ResNet(nn.Module):
 
 
 def _bottleneck_resnet(depths: Sequence[int], stem: nn.Module, res5_dilations: Sequence[int] | None = None) -> ResNet:
-    """Bottleneck stages with widths 64/128/256/512 and outputs 256/512/1024/2048 (FACTS B.2)."""
+    """Bottleneck stages with widths 64/128/256/512 and outputs 256/512/1024/2048 (detectron2
+    ``modeling/backbone/resnet.py``)."""
     in_ch = stem.out_channels
     stages, channels = [], []
     for i, depth in enumerate(depths):
         bottleneck, out_ch = 64 * 2 ** i, 256 * 2 ** i
-        first_stride = 1 if i == 0 else 2  # res5 keeps stride 2 even with multi-grid (FACTS B.2)
+        first_stride = 1 if i == 0 else 2  # res5 keeps stride 2 even with multi-grid (detectron2 resnet.py)
         dilations = list(res5_dilations) if (i == 3 and res5_dilations is not None) else [1] * depth
         if len(dilations) != depth:
             raise ValueError(f"res5 multi-grid needs {depth} dilations, got {dilations}")
@@ -245,18 +252,20 @@ def _bottleneck_resnet(depths: Sequence[int], stem: nn.Module, res5_dilations: S
 
 
 def resnet_r50() -> ResNet:
-    """ResNet-50: BasicStem + bottleneck stages [3, 4, 6, 3] (FACTS B.2)."""
+    """ResNet-50: BasicStem + bottleneck stages [3, 4, 6, 3] (detectron2 ``modeling/backbone/resnet.py``)."""
     return _bottleneck_resnet([3, 4, 6, 3], BasicStem())
 
 
 def resnet_r101() -> ResNet:
-    """ResNet-101: BasicStem + bottleneck stages [3, 4, 23, 3] (FACTS B.2)."""
+    """ResNet-101: BasicStem + bottleneck stages [3, 4, 23, 3] (detectron2 ``modeling/backbone/resnet.py``)."""
     return _bottleneck_resnet([3, 4, 23, 3], BasicStem())
 
 
 def resnet_r101c() -> ResNet:
     """R101c = detectron2 R-103: DeepLab stem (64-64-128) + [3, 4, 23, 3], res5 multi-grid
-    dilations 1/2/4 with stride 2 kept (RES5_MULTI_GRID [1,2,4], RES5_DILATION 1; FACTS A.1 #4, B.2)."""
+    dilations 1/2/4 with stride 2 kept (RES5_MULTI_GRID [1,2,4], RES5_DILATION 1;
+    ``configs/ade20k-150/maskformer_R101c_bs16_160k.yaml``; detectron2
+    ``projects/DeepLab/deeplab/resnet.py``)."""
     return _bottleneck_resnet([3, 4, 23, 3], DeepLabStem(out_channels=128), res5_dilations=(1, 2, 4))
 
 
@@ -271,8 +280,9 @@ def smoke_r18(widths: Sequence[int] = (16, 32, 64, 128)) -> ResNet:
     16/32/64/128 by default) for CPU smoke runs; strides 4/8/16/32 like the real backbones.
 
     Norm: trainable GroupNorm (`smoke_group_norm`), not the paper ResNets' FrozenBN. FrozenBN is right
-    for R50/R101/R101c because they start from ImageNet weights whose BN statistics it freezes (FACTS
-    A.0); SmokeR18 always starts from random init, where FrozenBN is an identity map and the trunk
+    for R50/R101/R101c because they start from ImageNet weights whose BN statistics it freezes
+    (detectron2 ``config/defaults.py`` ``MODEL.RESNETS.NORM``); SmokeR18 always starts from random init, where
+    FrozenBN is an identity map and the trunk
     trains unnormalised (smoke MaskFormer stayed at one class everywhere: ADE20K twin mIoU 4 after
     120 iterations, vs 21-24 with a trainable norm at otherwise equal settings; docs/ARCHITECTURE.md).
     GroupNorm rather than BatchNorm: batch 2 per process in the smoke profile, and per-sample

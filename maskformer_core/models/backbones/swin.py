@@ -1,4 +1,5 @@
-"""Swin Transformer backbone exactly as MaskFormer's D2SwinTransformer runs it (FACTS B.2, H.4).
+"""Swin Transformer backbone exactly as MaskFormer's D2SwinTransformer runs it (official
+``mask_former/modeling/backbone/swin.py``).
 
 Own implementation rather than timm because the official code pads each feature map to a window
 multiple *before* the cyclic shift and always shifts odd blocks, whatever the feature size; timm
@@ -18,7 +19,8 @@ from torch import nn
 
 __all__ = ["SwinTransformer", "SWIN_CONFIGS", "swin"]
 
-# FACTS B.2 / A.0 MODEL.SWIN: embed dim C, depths, heads, window; drop_path 0.3 for all.
+# official ``mask_former/config.py`` ``MODEL.SWIN.*`` and ``configs/*/swin/*.yaml``: embed dim C, depths, heads,
+# window; drop_path 0.3 for all.
 SWIN_CONFIGS: dict[str, dict] = {
     "Swin-T": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
     "Swin-S": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7),
@@ -120,7 +122,7 @@ class WindowAttention(nn.Module):
 
 class SwinTransformerBlock(nn.Module):
     """Pre-norm (S)W-MSA + MLP block. Padding to window multiples happens after norm1 and before the
-    cyclic shift; padded tokens are zeros and are not masked (FACTS B.2)."""
+    cyclic shift; padded tokens are zeros and are not masked (official ``mask_former/modeling/backbone/swin.py``)."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, drop_path_rate: float) -> None:
         super().__init__()
@@ -234,7 +236,8 @@ class SwinTransformer(nn.Module):
     """D2SwinTransformer: returns `{"res2".."res5": [B, C*2^i, H/2^(i+2), W/2^(i+2)]}` after the
     per-output LayerNorms norm0..norm3 (not in ImageNet checkpoints; start at LN defaults).
 
-    Attributes `out_channels`, `strides` (4/8/16/32) and `size_divisibility` = 32 (FACTS B.2).
+    Attributes `out_channels`, `strides` (4/8/16/32) and `size_divisibility` = 32 (official
+    ``mask_former/modeling/backbone/swin.py``).
     """
 
     out_features = ("res2", "res3", "res4", "res5")
