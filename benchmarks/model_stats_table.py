@@ -1,7 +1,7 @@
 """Writes reports/model_stats.csv: #params of the nine paper models against docs/FIDELITY.md §5 (analytic) and
 the paper, and fvcore GFLOPs against Table 1 (R50 and Swin-T at 512^2 by default; --flops-all adds
 the other ADE20K models and the COCO "+6 Enc" rows). Prints the table; exit 1 if a check fails
-(params within 1% of H.1, R50/Swin-T GFLOPs within 6% of 53G/55G).
+(params within 1% of docs/FIDELITY.md §5, R50/Swin-T GFLOPs within 6% of 53G/55G).
 
 Usage: .venv/bin/python benchmarks/model_stats_table.py [--flops-all] [--out reports/model_stats.csv]
 (the committed CSV was made with --flops-all: ~14 min on 2 busy CPU cores)
@@ -24,7 +24,8 @@ from maskformer_core.models import build_model, count_parameters  # noqa: E402
 from maskformer_core.models.flops import count_flops  # noqa: E402
 from pipeline.commands.model_stats import input_size, model_kwargs  # noqa: E402
 
-# (label, dataset, backbone, H.1 analytic params M, paper params M, paper GFLOPs (T1/T3, paper Tables 1 and 3))
+# (label, dataset, backbone, analytic params M (docs/FIDELITY.md §5), paper params M, paper GFLOPs (T1/T3, paper
+# Tables 1 and 3))
 ROWS = [
     ("MaskFormer R50", "ade20k", "R50", 41.255, 41, 53),
     ("MaskFormer R101", "ade20k", "R101", 60.195, 60, 73),

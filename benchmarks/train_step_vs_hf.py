@@ -3,7 +3,8 @@
 Both models are built offline from a config with random initialisation, on the same backbone family
 (ResNet-50), the same input size, number of classes and queries, deep supervision on both sides,
 full-model clipping at 0.01 and AdamW with lr 1e-4 / weight decay 1e-4: ours through the engine's
-optimiser (pipeline.solver.build_optimizer: one group per parameter, A.0, fused kernel), HF through
+optimiser (pipeline.solver.build_optimizer: one group per parameter as the official build_optimizer, fused
+kernel), HF through
 what an HF Trainer user gets (torch AdamW default implementation, decay / no-decay groups). HF is
 optional: `pip install --no-deps transformers tokenizers` (plus safetensors/huggingface_hub/regex).
 

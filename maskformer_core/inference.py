@@ -14,8 +14,9 @@ Per image the result has ``sem_seg: Tensor[K, H, W]`` (a score map; argmax gives
 ``general_semantic`` strategy also returns ``sem_seg_void: BoolTensor[H, W]``; use
 ``sem_seg_to_label(result, void_value)`` to turn any result into a label map.
 
-Strategies: ``semantic`` (D.3), ``general`` (D.4, panoptic inference), ``general_semantic`` (appendix
-Table VII), ``detr`` (DETR's PostProcessPanoptic, Table 3), ``per_pixel`` (B.5).
+Strategies: ``semantic`` (official ``mask_former_model.py`` ``semantic_inference``), ``general``
+(``panoptic_inference``), ``general_semantic`` (appendix
+Table VII), ``detr`` (DETR's PostProcessPanoptic, Table 3), ``per_pixel`` (official ``per_pixel_baseline.py``).
 """
 from __future__ import annotations
 
@@ -46,13 +47,13 @@ STRATEGIES = ("semantic", "general", "general_semantic", "detr", "per_pixel")
 
 def sem_seg_postprocess(result: Tensor, img_size: Sequence[int], output_height: int, output_width: int) -> Tensor:
     """Crop ``result [C, Hp, Wp]`` to the un-padded ``img_size`` (h, w), then resize bilinearly
-    (align_corners False) to (output_height, output_width) (detectron2 ``sem_seg_postprocess``, D.2)."""
+    (align_corners False) to (output_height, output_width) (detectron2 ``sem_seg_postprocess``)."""
     result = result[:, : int(img_size[0]), : int(img_size[1])]
     return F.interpolate(result[None], size=(int(output_height), int(output_width)), mode="bilinear", align_corners=False)[0]
 
 
 def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
-    """sem_seg[c] = sum_q softmax(mask_cls_q)[c] * sigmoid(mask_pred_q) (D.3).
+    """sem_seg[c] = sum_q softmax(mask_cls_q)[c] * sigmoid(mask_pred_q) (official ``semantic_inference``).
 
     mask_cls ``[Q, K+1]`` (softmax over K+1, then the no-object column is dropped, no renormalisation),
     mask_pred ``[Q, H, W]`` logits -> ``[K, H, W]``.
@@ -63,7 +64,7 @@ def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
 
 def panoptic_inference(mask_cls: Tensor, mask_pred: Tensor, thing_ids: set[int] | Sequence[int],
                        object_mask_threshold: float, overlap_threshold: float) -> tuple[Tensor, list[dict]]:
-    """MaskFormer's general (panoptic) inference on one image (D.4).
+    """MaskFormer's general (panoptic) inference on one image (official ``panoptic_inference``).
 
     Args:
         mask_cls: ``[Q, K+1]`` class logits; mask_pred: ``[Q, H, W]`` mask logits at the output size.
@@ -84,7 +85,7 @@ def panoptic_inference(mask_cls: Tensor, mask_pred: Tensor, thing_ids: set[int] 
     if cur_masks.shape[0] == 0:
         return panoptic_seg, segments_info
     things = {int(t) for t in thing_ids}
-    cur_mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)  # no pixel-level threshold (D.4)
+    cur_mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)  # no pixel-level threshold (official)
     current_segment_id = 0
     stuff_memory: dict[int, int] = {}
     for k in range(cur_classes.shape[0]):
@@ -96,7 +97,7 @@ def panoptic_inference(mask_cls: Tensor, mask_pred: Tensor, thing_ids: set[int] 
         if mask_area > 0 and original_area > 0:
             if mask_area / original_area < overlap_threshold:
                 continue
-            if not isthing and pred_class in stuff_memory:  # stuff merging (D.4)
+            if not isthing and pred_class in stuff_memory:  # stuff merging (official)
                 panoptic_seg[mask] = stuff_memory[pred_class]
                 continue
             current_segment_id += 1
@@ -135,20 +136,21 @@ def sem_seg_to_label(result: dict, void_value: int) -> Tensor:
 
 
 def _masks_at_padded(outputs: dict, b: int, padded_size) -> Tensor:
-    """Image b's mask logits [Q, h, w] bilinearly upsampled to the padded input size [Q, Hp, Wp] (D.1)."""
+    """Image b's mask logits [Q, h, w] bilinearly upsampled to the padded input size [Q, Hp, Wp] (official
+    ``MaskFormer.forward``)."""
     masks = outputs["pred_masks"][b].float()
     return F.interpolate(masks[None], size=padded_size, mode="bilinear", align_corners=False)[0]
 
 
 def _masks_at_output(outputs: dict, b: int, image_size, out_size, padded_size) -> Tensor:
     masks = _masks_at_padded(outputs, b, padded_size)
-    return sem_seg_postprocess(masks, image_size, out_size[0], out_size[1])  # D.2
+    return sem_seg_postprocess(masks, image_size, out_size[0], out_size[1])  # detectron2 sem_seg_postprocess
 
 
 def _padded(outputs_key: Tensor, padded_size) -> tuple[int, int]:
     if padded_size is not None:
         return int(padded_size[0]), int(padded_size[1])
-    return int(outputs_key.shape[-2]) * 4, int(outputs_key.shape[-1]) * 4  # stride-4 predictions (B.1)
+    return int(outputs_key.shape[-2]) * 4, int(outputs_key.shape[-1]) * 4  # stride-4 predictions
 
 
 def _check_batch(outputs: dict, key: str, image_sizes, out_sizes) -> int:
@@ -161,7 +163,8 @@ def _check_batch(outputs: dict, key: str, image_sizes, out_sizes) -> int:
 
 
 class SemanticPostProcessor:
-    """``semantic`` (D.3): semantic inference at the padded size, then crop + resize to the original size."""
+    """``semantic`` (official ``semantic_inference``): semantic inference at the padded size, then crop + resize
+    to the original size."""
 
     def __call__(self, outputs: dict, image_sizes, out_sizes, padded_size=None) -> list[dict]:
         n = _check_batch(outputs, "pred_masks", image_sizes, out_sizes)
@@ -175,7 +178,8 @@ class SemanticPostProcessor:
 
 
 class GeneralPostProcessor:
-    """``general`` (D.4): masks resized to the original size first (postprocess-before-inference is on
+    """``general`` (official ``panoptic_inference``): masks resized to the original size first
+    (postprocess-before-inference is on
     with PANOPTIC_ON), then semantic inference (``sem_seg``) and panoptic inference (``panoptic_seg``)."""
 
     def __init__(self, thing_ids, object_mask_threshold: float, overlap_threshold: float):
@@ -338,7 +342,8 @@ def build_postprocessor(strategy: str, *, num_classes: int, thing_ids: Sequence[
 
 
 def resize_shortest_edge_shape(h: int, w: int, short: int, max_size: int | None) -> tuple[int, int]:
-    """Output (h, w) of detectron2's ResizeShortestEdge for one short-side size (D.5, D.6)."""
+    """Output (h, w) of detectron2's ResizeShortestEdge for one short-side size (detectron2
+    ``data/transforms/augmentation_impl.py``)."""
     scale = short / min(h, w)
     newh, neww = (short, scale * w) if h < w else (scale * h, short)
     if max_size is not None and max(newh, neww) > max_size:
@@ -348,7 +353,8 @@ def resize_shortest_edge_shape(h: int, w: int, short: int, max_size: int | None)
 
 
 def _resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """uint8 [3, H, W] -> uint8 [3, h, w] with PIL bilinear (detectron2 resizes uint8 images with PIL, D.5)."""
+    """uint8 [3, H, W] -> uint8 [3, h, w] with PIL bilinear (detectron2 resizes uint8 images with PIL,
+    ``data/transforms/transform.py``)."""
     arr = image.permute(1, 2, 0).cpu().numpy().astype(np.uint8)
     out = Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR)
     return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1)
@@ -374,7 +380,7 @@ def tta_input_shapes(height: int, width: int, sizes: Sequence[int] | None = None
 def tta_semantic(model, image: Tensor, scales: Sequence[int] | None, flip: bool, postprocessor: Callable,
                  max_size: int | None = None, out_size: tuple[int, int] | None = None,
                  factors: Sequence[float] | None = None) -> Tensor:
-    """Multi-scale (+ flip) test-time augmentation for semantic segmentation (D.6).
+    """Multi-scale (+ flip) test-time augmentation for semantic segmentation (official ``test_time_augmentation.py``).
 
     As in the official evaluation (`SemanticSegmentorWithTTA` fed by the test loader, then detectron2
     `DatasetMapperTTA`), ``image`` is the single-scale test input (already resized by the test mapper) and

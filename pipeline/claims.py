@@ -4,7 +4,7 @@ Each claim names the long-table cells it compares (table, row, metric; reports/t
 a kind (greater, best, on_par, increasing; see the YAML's header). A verdict is:
 
 - `inconclusive` when a cell has no number, when a cell has fewer seeds than the paper's protocol
-  (params.yaml profiles.paper.seeds: 3 semantic, 5 Cityscapes, 1 panoptic; paper Sec. 4 / App. A.2), or
+  (params.yaml profiles.paper.seeds: 3 semantic, 5 Cityscapes, 1 panoptic; paper Sec. 4 "Evaluation metrics"), or
   when the difference is within the seeds' spread (|difference| <= the sum of the compared cells' std
   over seeds); the direction the numbers point to is still given (`tendency`);
 - otherwise `supported` or `contradicted` by the sign of the difference (`on_par`: |a - b| <= margin).

@@ -6,11 +6,14 @@ Everything numeric goes through maskformer_core (post-processors in `inference`,
 separated (docs/ARCHITECTURE.md "Run folder"):
 
 - single scale: `val/mIoU`, `val/fwIoU`, `val/mACC`, `val/pACC`, `val/IoU/<class>`, `val/ACC/<class>`,
-  `val/PQSt`, `val/SQSt`, `val/RQSt` (semantic data, E.1, E.3); `val/PQ`, `val/SQ`, `val/RQ`,
-  `val/PQ_th`, `val/SQ_th`, `val/RQ_th`, `val/PQ_st`, `val/SQ_st`, `val/RQ_st` (panoptic data, E.2;
-  ADE20K panoptic also gets the semantic keys, E.1);
-- multi scale + flip (`test.tta`): the semantic keys under `val_ms/` (D.6: only sem_seg is augmented);
-- `perf/fps` with `perf/fps_protocol` (E.4: batch 1, including post-processing, warm-up excluded);
+  `val/PQSt`, `val/SQSt`, `val/RQSt` (semantic data: detectron2 SemSegEvaluator, official
+tools/evaluate_pq_for_semantic_segmentation.py); `val/PQ`, `val/SQ`, `val/RQ`,
+  `val/PQ_th`, `val/SQ_th`, `val/RQ_th`, `val/PQ_st`, `val/SQ_st`, `val/RQ_st` (panoptic data, panopticapi pq_compute;
+  ADE20K panoptic also gets the semantic keys, as the official ade20k_panoptic_seg evaluators);
+- multi scale + flip (`test.tta`): the semantic keys under `val_ms/` (official SemanticSegmentorWithTTA: only
+sem_seg is augmented);
+- `perf/fps` with `perf/fps_protocol` (paper Tables 1 and 3 captions: batch 1, including post-processing,
+warm-up excluded);
 - `analysis/query_categories` ({query index: sorted categories predicted with probability > 0.5})
   and `analysis/unique_categories_per_query` (list of counts, index = query).
 """
@@ -166,7 +169,7 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
             tta_evaluators["pqst"] = pq_stuff.PQStuffEvaluator(meta.num_classes, meta.ignore_label)
         tta_pp = build_postprocessor("per_pixel" if strategy == "per_pixel" else "semantic", num_classes=meta.num_classes)
     qstats = QueryStats()
-    seen_sem = False  # COCO panoptic has no semantic GT: no mIoU there (E.1 evaluators)
+    seen_sem = False  # COCO panoptic has no semantic GT: no mIoU there (official train_net.py build_evaluator)
     times: list[float] = []
     n_fps = cfg.test.fps_warmup + cfg.test.fps_images if measure_fps else 0
     bar = progress_bar(len(records), "evaluate")

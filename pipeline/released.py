@@ -24,7 +24,7 @@ FORMATS = ("hf", "detectron2", "converted", "ours")
 PROVENANCE = "released checkpoint, evaluated here"
 # build_model options a checkpoint fixes (dropout / drop_path / pretrained / size_divisibility do not
 # change the weights' shapes or an evaluation's result, apart from size_divisibility which is the
-# dataset's, A.0).
+# dataset's, MODEL.MASK_FORMER.SIZE_DIVISIBILITY).
 ARCH_KEYS = ("arch", "backbone", "num_classes", "num_queries", "dec_layers", "dec_self_attention", "pixel_decoder",
              "enc_layers", "transformer_in_feature", "hidden_dim", "mask_dim", "conv_dim", "nheads",
              "dim_feedforward", "box_head", "swin_window")
@@ -59,7 +59,7 @@ def _normalise(kwargs: Mapping[str, Any]) -> dict[str, Any]:
                 if p.default is not inspect.Parameter.empty}
     out = {k: kwargs.get(k, defaults.get(k)) for k in ARCH_KEYS}
     if out["num_queries"] is None:
-        out["num_queries"] = 100  # build_model's default for maskformer (A.0)
+        out["num_queries"] = 100  # build_model's default for maskformer (NUM_OBJECT_QUERIES)
     if out["enc_layers"] is None:
         out["enc_layers"] = 6 if out["pixel_decoder"] == "transformer_encoder" else 0
     if out["swin_window"] is None and out["backbone"] in SWIN_CONFIGS:

@@ -32,7 +32,7 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
 )
 
-# A.0: Swin position tables never get weight decay.
+# Official train_net.py build_optimizer: Swin position tables never get weight decay.
 NO_DECAY_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
 
@@ -53,7 +53,8 @@ def param_group_settings(
     weight_decay_norm: float = 0.0,
     weight_decay_embed: float = 0.0,
 ) -> list[dict]:
-    """One dict per trainable parameter: {"name", "params": [p], "lr", "weight_decay"} (A.0).
+    """One dict per trainable parameter: {"name", "params": [p], "lr", "weight_decay"} (official train_net.py
+    ``build_optimizer``).
 
     A parameter shared by several modules is listed once (the official `memo` set); frozen
     parameters (requires_grad False) are skipped.
@@ -127,7 +128,8 @@ class _IterScheduler(torch.optim.lr_scheduler.LRScheduler):
 
 
 class WarmupPolyLR(_IterScheduler):
-    """lr(it) = base_lr * warmup(it) * (1 - it/max_iter)^power (A.0, POLY_LR_CONSTANT_ENDING 0)."""
+    """lr(it) = base_lr * warmup(it) * (1 - it/max_iter)^power (detectron2 projects/DeepLab ``WarmupPolyLR``,
+    POLY_LR_CONSTANT_ENDING 0)."""
 
     def __init__(self, optimizer, max_iter: int, power: float = 0.9, warmup_iters: int = 0,
                  warmup_factor: float = 1.0, warmup_method: str = "linear", last_epoch: int = -1):
@@ -141,7 +143,8 @@ class WarmupPolyLR(_IterScheduler):
 
 
 class WarmupMultiStepLR(_IterScheduler):
-    """lr(it) = base_lr * warmup(it) * gamma^(number of milestones <= it) (detectron2 default, A.0)."""
+    """lr(it) = base_lr * warmup(it) * gamma^(number of milestones <= it) (detectron2 default
+    ``WarmupMultiStepLR``)."""
 
     def __init__(self, optimizer, milestones: Iterable[int], gamma: float = 0.1, warmup_iters: int = 0,
                  warmup_factor: float = 1.0, warmup_method: str = "linear", last_epoch: int = -1):
@@ -166,7 +169,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, solver) -> _IterScheduler:
 
 
 def clip_full_model(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """L2 clipping over all gradients together (A.0 CLIP_TYPE full_model, CLIP_VALUE 0.01); returns the norm.
+    """L2 clipping over all gradients together (official SOLVER.CLIP_GRADIENTS CLIP_TYPE full_model, CLIP_VALUE
+    0.01); returns the norm.
 
     Same arithmetic as `torch.nn.utils.clip_grad_norm_` (per-tensor norms, norm of the norms, coefficient
     max_norm / (norm + 1e-6) clamped at 1, in-place multiply), bit for bit, but through the `_foreach`

@@ -176,7 +176,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("tables-mean-not-median", "pipeline/tables.py",
            "ours = statistics.median(values)", "ours = statistics.mean(values)",
            ("tests/test_tables.py",),
-           "seeds averaged instead of the median (A.2)"),
+           "seeds averaged instead of the median (paper Sec. 4.1)"),
     Mutant("tables-tolerance-ignored", "pipeline/tables.py",
            'elif abs(ours - value) > _tolerance(params, p["metric"], pstd, value):', "elif abs(ours - value) > 0:",
            ("tests/test_tables.py",),

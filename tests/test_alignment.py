@@ -1,4 +1,5 @@
-"""Image and labels stay aligned through every augmentation and resize of the real mappers (A.1), checked on
+"""Image and labels stay aligned through every augmentation and resize of the real mappers (official
+dataset_mappers/*.py), checked on
 data whose colours encode the label (tests/_colour_data.py); and the SSD colour augmentation checked
 against its definition (detectron2 projects/PointRend ColorAugSSDTransform) on grey images.
 
@@ -60,7 +61,7 @@ def test_semantic_training_mapper_keeps_image_and_label_aligned(sem_record, colo
         out = mapper(sem_record, np.random.default_rng(seed))
         img = out["image"].permute(1, 2, 0).numpy()
         sem = out["sem_seg"].numpy()
-        assert img.shape[:2] == sem.shape == (64, 64)  # padded to size_divisibility (A.1 step 5)
+        assert img.shape[:2] == sem.shape == (64, 64)  # padded to size_divisibility (official semantic mapper)
         h = int((~(img == PAD_IMAGE_VALUE).all(-1)).any(1).sum())
         w = int((~(img == PAD_IMAGE_VALUE).all(-1)).any(0).sum())
         assert (sem[h:, :] == 255).all() and (sem[:, w:] == 255).all()  # padding is ignore
@@ -181,7 +182,8 @@ def test_coco_panoptic_detr_mapper_keeps_image_and_segments_aligned(pan_record):
 
 
 def test_test_mapper_resizes_the_image_only(sem_record):
-    """At test time the image goes to the test size, the labels stay at the original size (D.5, E.1)."""
+    """At test time the image goes to the test size, the labels stay at the original size (detectron2
+    DatasetMapper, SemSegEvaluator)."""
     meta = semantic_meta()
     out = build_mapper(meta, is_train=False, test_short_size=120, test_max_size=400)(sem_record)
     assert tuple(out["image"].shape[1:]) == (120, 180) and tuple(out["sem_seg"].shape) == (60, 90)

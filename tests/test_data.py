@@ -66,7 +66,7 @@ def test_official_metadata_counts_and_ignore():
 
 
 def test_short_side_sets_match_facts():
-    # The exact lists of official configs/*.yaml "Exact short-side training sets".
+    # The short-side sets the official configs' INPUT.MIN_SIZE_TRAIN expressions evaluate to.
     assert get_metadata("ade20k").train_short_sizes == (
         256, 307, 358, 409, 460, 512, 563, 614, 665, 716, 768, 819, 870, 921, 972, 1024)
     assert get_metadata("ade20k_panoptic").train_short_sizes == tuple(range(320, 1281, 64))
@@ -154,7 +154,8 @@ def test_color_aug_ssd_is_seeded_and_shape_preserving():
     a = T.color_aug_ssd(img, np.random.default_rng(5))
     b = T.color_aug_ssd(img, np.random.default_rng(5))
     assert a.dtype == np.uint8 and a.shape == img.shape and np.array_equal(a, b)
-    # Every step has p 1/2 (A.1): all four skipped with p 1/16, so over 64 seeds a few images pass unchanged.
+    # Every step has p 1/2 (detectron2 ColorAugSSDTransform): all four skipped with p 1/16, so over 64 seeds a
+    # few images pass unchanged.
     unchanged = sum(np.array_equal(T.color_aug_ssd(img, np.random.default_rng(s)), img) for s in range(64))
     assert 1 <= unchanged <= 12
 

@@ -216,11 +216,11 @@ def test_panoptic_twin_metrics_tta_and_evaluate_cell_agree(tmp_path):
     cfg = smoke_config(tmp_path / "prep", tmp_path / "run", data={"dataset": "ade20k_panoptic"},
                        solver={"max_iter": 3, "ims_per_batch": 2},
                        test={"tta": True, "tta_sizes": [24, 32], "object_mask_threshold": 0.0})
-    assert cfg.test.strategy is None  # resolved to "general" for panoptic data (D.4)
+    assert cfg.test.strategy is None  # resolved to "general" for panoptic data (official panoptic_inference)
     metrics = run_cell(cfg)
     for key in ("val/PQ", "val/PQ_th", "val/PQ_st", "val/SQ", "val/RQ", "val/mIoU", "val_ms/mIoU"):
         assert isinstance(metrics[key], float), key
-    assert "val/PQSt" not in metrics  # PQ^St is for semantic datasets (E.3)
+    assert "val/PQSt" not in metrics  # PQ^St is for semantic datasets only (official tool)
     again = evaluate_cell(cfg, output=tmp_path / "eval.json", tta=False)
     assert json.loads((tmp_path / "eval.json").read_text()) == again
     for key in ("val/PQ", "val/PQ_th", "val/mIoU", "val/pACC"):

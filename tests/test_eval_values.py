@@ -30,7 +30,8 @@ def _cfg(meta, root, **test):
 def semantic_records(tmp_path_factory):
     """Image a (64x64): columns 0-31 class 0, 32-47 class 1, 48-63 class 2 with an 8x8 ignore block.
     Image b (64x96): top class 3, bottom class 1. Class 4 never appears. No corner where three regions
-    meet: there the bilinear upsampling of stride-4 masks (D.1) may give a corner pixel to either side."""
+    meet: there the bilinear upsampling of stride-4 masks (official MaskFormer.forward) may give a corner pixel
+    to either side."""
     root = tmp_path_factory.mktemp("sem")
     a = np.zeros((64, 64), np.int64)
     a[:, 32:48] = 1

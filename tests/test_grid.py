@@ -28,7 +28,7 @@ def test_paper_grid_dedups_shared_training_runs(params):
     ade_mf = _row(grid, "table2", "MaskFormer ADE20K")
     q100 = _row(grid, "table6", "Q100 ADE20K")
     assert ade_mf.eval_ids == q100.eval_ids  # one training run serves both tables
-    assert len(ade_mf.eval_ids) == 3  # A.2: median of 3
+    assert len(ade_mf.eval_ids) == 3  # paper Sec. 4: median of 3
     assert len(_row(grid, "table2", "MaskFormer Cityscapes").eval_ids) == 5
     assert len(_row(grid, "table3", "MaskFormer R50+6Enc").eval_ids) == 1
     # Table 4b bipartite (Q = K = 150) is the queries table's Q150 run

@@ -78,7 +78,8 @@ def test_general_semantic_void_and_label():
     masks = [[[BIG, BIG, -BIG, -BIG]], [[-BIG, -BIG, -BIG, BIG]]]  # pixel 2: both masks < 0.5
     pp = build_postprocessor("general_semantic", num_classes=2)
     res = pp(_out(cls, masks), [(1, 4)], [(1, 4)], padded_size=(1, 4))[0]
-    # pixel 2 (both masks < 0.5) still goes to the argmax query: there is no pixel-level threshold (D.4)
+    # pixel 2 (both masks < 0.5) still goes to the argmax query: there is no pixel-level threshold (official
+    # panoptic_inference)
     label = sem_seg_to_label(res, 255)
     assert label.tolist()[0][0:2] == [0, 0] and label.tolist()[0][3] == 1
     assert res["sem_seg"].sum(0).max() <= 1.0

@@ -185,7 +185,7 @@ def test_rgb_id_round_trip_and_dense_index():
 
 
 def _reference_pq(samples, categories):
-    """Direct transcription of the E.2 rules with dicts and np.unique (slow, obviously correct)."""
+    """Direct transcription of panopticapi's pq_compute rules with dicts and np.unique (slow, obviously correct)."""
     stats = {}
     for gt, gseg, pred, pseg in samples:
         gsegs = {s["id"]: dict(s) for s in gseg}

@@ -93,7 +93,7 @@ def test_paper_rows_use_the_real_architectures_and_paper_inputs():
     r50 = specs[("table1", "MaskFormer R50")]
     assert (r50["model_kwargs"]["backbone"], r50["model_kwargs"]["num_classes"], r50["input_size"]) == ("R50", 150, [512, 512])
     assert "pretrained" not in r50["model_kwargs"]  # random init: nothing is downloaded
-    assert specs[("table1", "MaskFormer Swin-L†")]["input_size"] == [640, 640]  # A.1 #10: Swin-B/L at 640
+    assert specs[("table1", "MaskFormer Swin-L†")]["input_size"] == [640, 640]  # configs/ade20k-150/swin/*res640.yaml
     coco = specs[("table3", "MaskFormer R50+6Enc")]
     assert coco["model_kwargs"]["pixel_decoder"] == "transformer_encoder" and coco["model_kwargs"]["num_classes"] == 133
     assert coco["input_size"] == [800, 1067] and "100 COCO val images" in coco["input_note"]

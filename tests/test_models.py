@@ -131,7 +131,7 @@ def test_param_counts_match_facts_h1(kwargs, expected):
     with torch.device("meta"):
         model = build_model(**kwargs)
     n = count_parameters(model)
-    assert abs(n - expected) <= 0.0005e6, (n, expected)  # H.1 rounds to 1e3
+    assert abs(n - expected) <= 0.0005e6, (n, expected)  # docs/FIDELITY.md §5 rounds to 1e3
 
 
 def test_r50_ade_param_count_exact():

@@ -28,9 +28,9 @@ def test_shipped_params_load_with_three_profiles():
     params = load_params(REPO / "params.yaml", environ={})
     assert {"smoke", "single_gpu", "paper"} <= set(params.profiles)
     assert params.study.profile == "smoke"
-    assert params.profiles["paper"].num_seeds("cityscapes") == 5  # A.2: median of 5 for Cityscapes
+    assert params.profiles["paper"].num_seeds("cityscapes") == 5  # paper Sec. 4: median of 5 for Cityscapes
     assert params.profiles["paper"].num_seeds("ade20k") == 3
-    assert params.profiles["paper"].num_seeds("coco_panoptic") == 1  # A.2: panoptic rows are single runs
+    assert params.profiles["paper"].num_seeds("coco_panoptic") == 1  # paper Sec. 4: panoptic rows are single runs
     assert {f"table{i}" for i in range(1, 9)} <= set(params.grid)
 
 
@@ -72,16 +72,16 @@ def test_unknown_names(field, value, expected):
 
 
 def test_impossible_combinations():
-    raw = _raw()  # fixed matching needs Q = K (A.3)
+    raw = _raw()  # fixed matching needs Q = K (paper Table 4)
     raw["grid"]["table4"]["cells"][1]["queries"] = 100
     assert "grid.table4.cells[1].queries: fixed matching needs queries = K (150" in _error(raw)
-    raw = _raw()  # per_pixel_plus needs Q = K (B.5)
+    raw = _raw()  # per_pixel_plus needs Q = K (official per_pixel_baseline_plus configs)
     raw["grid"]["table2"]["cells"][1]["queries"] = 100
     assert "grid.table2.cells[1].queries: per_pixel_plus needs queries = K" in _error(raw)
     raw = _raw()  # box matching needs a box head (Table 5)
     raw["grid"]["table5"]["cells"][0]["box_head"] = False
     assert "grid.table5.cells[0].matching: box matching needs a box head" in _error(raw)
-    raw = _raw()  # TTA is semantic only (D.6)
+    raw = _raw()  # TTA is semantic only (official SemanticSegmentorWithTTA)
     raw["grid"]["table3"]["cells"][1]["tta"] = True
     assert "grid.table3.cells[1].tta" in _error(raw)
     raw = _raw()  # general (panoptic) inference on a semantic dataset

@@ -104,7 +104,8 @@ def test_ade20k_panoptic_stuff_first_then_instances_and_void(tmp_path):
     assert [segs[c]["area"] for c in (0, 3, 12, 19)] == [12, 14, 9, 8]
     assert segs[12]["bbox"] == [1, 2, 3, 4] and segs[19]["bbox"] == [5, 2, 2, 4]  # x, y, w, h
     assert all(s["iscrowd"] == 0 for s in ann["segments_info"])
-    # The semantic GT of ADE panoptic is the SceneParse150 label - 1 (E.1), unchanged by the instances.
+    # The semantic GT of ADE panoptic is the SceneParse150 label - 1 (official prepare_ade20k_pan_seg.py),
+    # unchanged by the instances.
     assert read_label(out / "annotations_detectron2" / "validation" / "ADE_x_0001.png")[2, 3] == 0
     (rec,) = load_split("ade20k_panoptic", out, "val")
     cats = {s["id"]: (s["category_id"], s["isthing"]) for s in rec["segments_info"]}

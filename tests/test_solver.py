@@ -66,7 +66,7 @@ def test_param_groups_lr_multiplier_and_decay_sets():
                           "backbone.3.relative_position_bias_table", "backbone.absolute_pos_embed",
                           "pixel_decoder.1.weight", "pixel_decoder.1.bias",  # GroupNorm
                           "query_embed.weight", "norm.weight", "norm.bias"}
-    # biases of conv/linear keep the decay (A.0)
+    # biases of conv/linear keep the decay (official train_net.py build_optimizer)
     assert g["class_embed.bias"]["weight_decay"] == 1e-4 and g["backbone.0.bias"]["weight_decay"] == 1e-4
 
 

@@ -98,7 +98,7 @@ def _check_against_direct(got: dict, direct: dict) -> None:
         assert 0.0 < got[kind]["val/mIoU"] <= 100.0  # a measured value, not an empty result
     assert got["train"]["train/iterations"] == 3
     # The variant evaluated the trained weights: its single-scale numbers are the training cell's, and it
-    # adds the multi-scale + flip ones (D.6).
+    # adds the multi-scale + flip ones (official test_time_augmentation.py).
     single = {k: v for k, v in _results(got["variant"]).items() if not k.startswith("val_ms/")}
     assert single == _results(got["train"])
     assert 0.0 < got["variant"]["val_ms/mIoU"] <= 100.0 and "val_ms/mIoU" not in got["train"]

@@ -62,7 +62,8 @@ def read_label(path: str | Path) -> np.ndarray:
 
 
 def read_panoptic_png(path: str | Path) -> np.ndarray:
-    """Panoptic PNG as segment ids int64 [H, W]: id = R + 256 G + 256^2 B, 0 = VOID (F, E.2)."""
+    """Panoptic PNG as segment ids int64 [H, W]: id = R + 256 G + 256^2 B, 0 = VOID (panopticapi ``utils.py``
+    ``rgb2id``)."""
     try:
         with Image.open(path) as im:
             rgb = np.asarray(_oriented(im).convert("RGB"), dtype=np.int64)

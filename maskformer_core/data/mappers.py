@@ -23,8 +23,9 @@ from maskformer_core.data.metadata import DatasetMeta
 from maskformer_core.errors import DataError
 
 PAD_IMAGE_VALUE = 128  # F "Loading rules": image padding before normalisation
-PAN_PAD_VALUE = 0  # VOID id for panoptic padding (A.1 step 5)
-# COCO panoptic DETR augmentation (A.1): optional resize {400,500,600} + crop 384..600.
+PAN_PAD_VALUE = 0  # VOID id for panoptic padding (official panoptic mapper)
+# COCO panoptic DETR augmentation (official ``detr_panoptic_dataset_mapper.py``): optional resize {400,500,600}
+# + crop 384..600.
 DETR_CROP_SHORT = (400, 500, 600)
 DETR_CROP_RANGE = (384, 600)
 
@@ -119,7 +120,7 @@ class Mapper:
 
     # -- pipelines -----------------------------------------------------------------------------
     def _augment_semantic(self, img, sem, pan, rng):
-        """A.1 semantic / ADE panoptic: resize-choice, crop, colour, flip, pad."""
+        """Official semantic / ADE panoptic mapper: resize-choice, crop, colour, flip, pad."""
         short = T.choose(self.short_sizes, rng)
         img, sem, pan = self._resize(img, sem, pan, T.shortest_edge_shape(*img.shape[:2], short, self.max_size))
         img, sem, pan = self._crop(img, sem, pan, T.random_crop_box(*img.shape[:2], self.crop_size, rng))
@@ -128,7 +129,7 @@ class Mapper:
         if rng.random() < 0.5:
             img, sem, pan = self._flip(img, sem, pan)
         if self.size_divisibility > 0:
-            # Official mapper pads exactly to (size_divisibility, size_divisibility) (A.1 step 5).
+            # Official mapper pads exactly to (size_divisibility, size_divisibility).
             shape = (self.size_divisibility, self.size_divisibility)
             img = T.pad_bottom_right(img, shape, PAD_IMAGE_VALUE)
             sem = T.pad_bottom_right(sem, shape, self.meta.ignore_label) if sem is not None else None
@@ -136,7 +137,8 @@ class Mapper:
         return img, sem, pan
 
     def _augment_detr(self, img, sem, pan, rng):
-        """A.1 COCO panoptic (DETR): flip; p 0.5 resize {400,500,600} + crop 384..600; resize-choice."""
+        """Official COCO panoptic mapper (detr_panoptic_dataset_mapper.py): flip; p 0.5 resize {400,500,600} +
+        crop 384..600; resize-choice."""
         if rng.random() < 0.5:
             img, sem, pan = self._flip(img, sem, pan)
         if rng.random() < 0.5:
@@ -183,7 +185,7 @@ def build_mapper(meta: DatasetMeta, is_train: bool, crop_size: Optional[Sequence
                  short_sizes: Optional[Sequence[int]] = None, max_size: Optional[int] = None,
                  size_divisibility: Optional[int] = None, color_aug: bool = True,
                  test_short_size: Optional[int] = None, test_max_size: Optional[int] = None) -> Mapper:
-    """Mapper with the official defaults of ``meta`` (A.1); every size can be overridden.
+    """Mapper with the official defaults of ``meta`` (official configs ``INPUT.*``); every size can be overridden.
 
     crop_size: (H, W) random-crop size; short_sizes / max_size: ResizeShortestEdge "choice" set and
     long-side cap; size_divisibility: pad bottom/right to (s, s) (<= 0: no padding). COCO panoptic

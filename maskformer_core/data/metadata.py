@@ -52,13 +52,13 @@ class DatasetMeta:
     tta_max_size: int
     tta_flip: bool
     evaluator_type: str
-    # Mapper padding target: pad bottom/right to the crop size (A.1 step 5); -1 = no padding
+    # Mapper padding target: pad bottom/right to the crop size (official semantic mapper); -1 = no padding
     # (Cityscapes SIZE_DIVISIBILITY -1); 0 = COCO panoptic (DETR mapper, no padding).
     size_divisibility: int
-    augmentation: str  # "semantic" (A.1 semantic/ADE panoptic pipeline) | "detr" (COCO panoptic)
+    augmentation: str  # "semantic" (official semantic/ADE panoptic mapper) | "detr" (COCO panoptic)
     label_divisor: int = 0  # 1000 for the panoptic registrations (F)
     synthetic: bool = False
-    num_workers: int = 4  # DATALOADER.NUM_WORKERS (A.0): 4, 10 for Mapillary
+    num_workers: int = 4  # detectron2 DATALOADER.NUM_WORKERS: 4, 10 for Mapillary
 
     @property
     def num_classes(self) -> int:
@@ -82,7 +82,8 @@ class DatasetMeta:
 
 
 def short_side_choices(base: int, lo: int = 5, hi: int = 20) -> tuple[int, ...]:
-    """ResizeShortestEdge "choice" set ``[int(x * 0.1 * base) for x in range(lo, hi + 1)]`` (A.1)."""
+    """ResizeShortestEdge "choice" set ``[int(x * 0.1 * base) for x in range(lo, hi + 1)]`` (official configs
+    ``INPUT.MIN_SIZE_TRAIN``)."""
     return tuple(int(x * 0.1 * base) for x in range(lo, hi + 1))
 
 
@@ -217,13 +218,14 @@ def _cityscapes_classes() -> tuple[tuple[str, ...], tuple[tuple[int, int, int], 
     )
 
 
-# detectron2 TEST.AUG defaults, used where a config has no TEST.AUG block (A.1 #13, #35).
+# detectron2 TEST.AUG defaults, used where a config has no TEST.AUG block
+# (configs/ade20k-full-847/Base-ADE20KFull-847.yaml, mapillary-vistas-65/Base-MapillaryVistas-65.yaml).
 _D2_TTA_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _D2_TTA_MAX = 4000
 
 
 def _official(name: str) -> DatasetMeta:
-    if name == "ade20k":  # A.1 #1
+    if name == "ade20k":  # configs/ade20k-150/Base-ADE20K-150.yaml
         return DatasetMeta(
             name=name, task="semantic", class_names=ADE20K_150_NAMES, dataset_ids=tuple(range(150)),
             thing_ids=(), colors=ADE20K_150_COLORS, ignore_label=255, splits=("train", "val"),
@@ -232,7 +234,7 @@ def _official(name: str) -> DatasetMeta:
             test_max_size=2048, tta_sizes=(256, 384, 512, 640, 768, 896), tta_max_size=3584,
             tta_flip=True, evaluator_type="sem_seg", size_divisibility=512, augmentation="semantic",
         )
-    if name == "ade20k_full":  # A.1 #13
+    if name == "ade20k_full":  # configs/ade20k-full-847/Base-ADE20KFull-847.yaml
         # The official 847-entry list (name, ADE index id, trainId) is too long to reproduce here:
         # names are placeholders class_000..class_846 and dataset ids equal trainIds. Real data needs
         # the official list as JSON for `prepare` (see prepare/ade20k_full.py). Count and ignore exact.
@@ -244,7 +246,8 @@ def _official(name: str) -> DatasetMeta:
             test_max_size=2048, tta_sizes=_D2_TTA_SIZES, tta_max_size=_D2_TTA_MAX, tta_flip=True,
             evaluator_type="sem_seg", size_divisibility=512, augmentation="semantic",
         )
-    if name == "coco_stuff_10k":  # A.1 #29; paper tests on the 1k test split (F)
+    if name == "coco_stuff_10k":  # configs/coco-stuff-10k-171/Base-COCOStuff10K-171.yaml; tested on the
+        # 1k test split (DATASETS.TEST)
         ids = tuple(i for i, _ in COCO_THINGS) + tuple(range(92, 183))
         names = tuple(n for _, n in COCO_THINGS) + COCO_STUFF_STUFF_NAMES
         return DatasetMeta(
@@ -255,7 +258,7 @@ def _official(name: str) -> DatasetMeta:
             tta_sizes=(320, 480, 640, 800, 960, 1120), tta_max_size=4480, tta_flip=True,
             evaluator_type="sem_seg", size_divisibility=640, augmentation="semantic",
         )
-    if name == "cityscapes":  # A.1 #19
+    if name == "cityscapes":  # configs/cityscapes-19/Base-Cityscapes-19.yaml
         names, colors, label_ids = _cityscapes_classes()
         return DatasetMeta(
             name=name, task="semantic", class_names=names, dataset_ids=label_ids, thing_ids=(),
@@ -265,7 +268,7 @@ def _official(name: str) -> DatasetMeta:
             tta_sizes=(512, 768, 1024, 1280, 1536, 1792), tta_max_size=4096, tta_flip=True,
             evaluator_type="cityscapes_sem_seg", size_divisibility=-1, augmentation="semantic",
         )
-    if name == "mapillary_vistas":  # A.1 #35
+    if name == "mapillary_vistas":  # configs/mapillary-vistas-65/Base-MapillaryVistas-65.yaml
         # The 65 evaluated v1.2 class names are not reproduced here: placeholders class_00..class_64.
         # Label values 0..64 are the classes, 65 ("Unlabeled") is ignore (F).
         return DatasetMeta(
@@ -276,7 +279,8 @@ def _official(name: str) -> DatasetMeta:
             test_max_size=2048, tta_sizes=_D2_TTA_SIZES, tta_max_size=_D2_TTA_MAX, tta_flip=True,
             evaluator_type="sem_seg", size_divisibility=1280, augmentation="semantic", num_workers=10,
         )
-    if name == "coco_panoptic":  # A.1 #22/#23: DETR augmentation, no padding, sizes 480..800 / 1333
+    if name == "coco_panoptic":  # configs/coco-panoptic/Base-COCO-PanopticSegmentation.yaml:
+        # DETR augmentation, no padding, sizes 480..800 / 1333
         ids = tuple(i for i, _ in COCO_THINGS) + tuple(i for i, _ in COCO_PANOPTIC_STUFF)
         names = tuple(n for _, n in COCO_THINGS) + tuple(n for _, n in COCO_PANOPTIC_STUFF)
         return DatasetMeta(
@@ -287,7 +291,7 @@ def _official(name: str) -> DatasetMeta:
             tta_max_size=_D2_TTA_MAX, tta_flip=True, evaluator_type="coco_panoptic_seg",
             size_divisibility=0, augmentation="detr", label_divisor=1000,
         )
-    if name == "ade20k_panoptic":  # A.1 #11
+    if name == "ade20k_panoptic":  # configs/ade20k-150-panoptic/maskformer_panoptic_R50_bs16_720k.yaml
         return DatasetMeta(
             name=name, task="panoptic", class_names=ADE20K_150_NAMES, dataset_ids=tuple(range(150)),
             thing_ids=ADE20K_PANOPTIC_THING_IDS, colors=ADE20K_150_COLORS, ignore_label=255,

@@ -57,7 +57,8 @@ def resize_panoptic(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def random_crop_box(h: int, w: int, crop: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """Uniform random crop of min(crop, image) size -> (y0, x0, ch, cw) (A.1 step 2, max-area 1.0)."""
+    """Uniform random crop of min(crop, image) size -> (y0, x0, ch, cw) (official
+    ``RandomCrop_CategoryAreaConstraint`` with max-area 1.0)."""
     ch, cw = min(crop[0], h), min(crop[1], w)
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
@@ -81,7 +82,8 @@ def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarr
 def color_aug_ssd(img: np.ndarray, rng: np.random.Generator, brightness_delta: int = 32,
                   contrast: tuple[float, float] = (0.5, 1.5), saturation: tuple[float, float] = (0.5, 1.5),
                   hue_delta: int = 18) -> np.ndarray:
-    """SSD photometric distortion (detectron2 PointRend ColorAugSSDTransform, A.1 step 3).
+    """SSD photometric distortion (detectron2 PointRend ColorAugSSDTransform,
+    ``projects/PointRend/point_rend/color_augmentation.py``).
 
     Each step runs with probability 1/2: brightness +U[-32, 32]; then either
     contrast -> saturation -> hue or saturation -> hue -> contrast (50/50); contrast and saturation
@@ -124,7 +126,8 @@ def color_aug_ssd(img: np.ndarray, rng: np.random.Generator, brightness_delta: i
 
 
 def pad_bottom_right(arr: np.ndarray, shape: tuple[int, int], value: int) -> np.ndarray:
-    """Pad [H, W] or [H, W, C] bottom/right to ``shape`` with ``value`` (A.1 step 5)."""
+    """Pad [H, W] or [H, W, C] bottom/right to ``shape`` with ``value`` (official
+    ``mask_former_semantic_dataset_mapper.py``)."""
     h, w = arr.shape[:2]
     ph, pw = max(shape[0] - h, 0), max(shape[1] - w, 0)
     if ph == 0 and pw == 0:

@@ -74,7 +74,7 @@ class SemSegEvaluator:
         if total_gt == 0:
             res.update({"mIoU": float("nan"), "fwIoU": float("nan"), "mACC": float("nan"), "pACC": float("nan")})
         else:
-            res["mIoU"] = 100 * float(iou[acc_valid].sum() / iou_valid.sum())  # 2021 formula (E.1)
+            res["mIoU"] = 100 * float(iou[acc_valid].sum() / iou_valid.sum())  # 2021 formula (detectron2 before f3c1bc19)
             res["fwIoU"] = 100 * float((iou[acc_valid] * (pos_gt[acc_valid] / total_gt)).sum())
             res["mACC"] = 100 * float(acc[acc_valid].sum() / acc_valid.sum())
             res["pACC"] = 100 * float(tp.sum() / total_gt)
@@ -89,7 +89,8 @@ def dense_label_pair(pred, gt, num_classes: int, ignore_label: int) -> tuple[np.
     """Flattened int64 (pred, gt) indices in 0..K: GT ignore -> K, predictions outside 0..K-1 -> K.
 
     ``pred`` and ``gt`` are integer arrays (or tensors) of one shape; a GT value that is neither a class
-    nor the ignore label raises DataError naming the values (E.1: the ignore label is an extra index).
+    nor the ignore label raises DataError naming the values (detectron2 SemSegEvaluator: the ignore label is an
+    extra index).
     """
     pred = np.asarray(pred.cpu() if hasattr(pred, "cpu") else pred)
     gt = np.asarray(gt.cpu() if hasattr(gt, "cpu") else gt)

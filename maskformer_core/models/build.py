@@ -43,7 +43,7 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
     ``mask_former/modeling/heads/pixel_decoder.py``), 0 with "base".
     size_divisibility: default 32 for maskformer (MASK_FORMER.SIZE_DIVISIBILITY; pass 0 for COCO
     panoptic, official ``mask_former/config.py``) and the backbone's own (0 ResNet, 32 Swin) for the per-pixel
-    baselines (B.5).
+    baselines (official per_pixel_baseline.py).
     pretrained: None | path (.pkl/.pth/.safetensors) | "hub" (the backbone's official ImageNet weights on
     the timm hub) | "hub:<timm tag>" (e.g. the Swin-B IN-1K rows) - backbone initialisation only.
     """

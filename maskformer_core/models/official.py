@@ -103,7 +103,8 @@ def infer_official_kwargs(sd: Mapping[str, torch.Tensor], source: str = "checkpo
     kwargs["box_head"] = any(k.startswith(f"{_P}bbox_embed.") or k.startswith(f"{_P}box_head.") for k in sd)
     proj = sd.get(f"{_P}input_proj.weight")
     if enc:
-        # B.4: the "+6 Enc" configs feed the encoder output (conv_dim wide) to the decoder
+        # official transformer_predictor.py: the "+6 Enc" configs feed the encoder output (conv_dim wide) to the
+        # decoder
         in_ch = int(proj.shape[1]) if proj is not None else kwargs["hidden_dim"]
         kwargs["transformer_in_feature"] = "res5" if in_ch == res5 and res5 != kwargs["conv_dim"] else "transformer_encoder"
         in_width = res5 if kwargs["transformer_in_feature"] == "res5" else kwargs["conv_dim"]

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", help="checkpoint: .pt (trained or converted), HF folder or detectron2 .pkl "
                                         "(default: <run.output_dir>/checkpoints/final.pt, else last.pt)")
     p.add_argument("--data-root", help="with --dataset: the prepared dataset folder (default data/prepared/<dataset>)")
-    p.add_argument("--tta", action="store_true", default=None, help="also evaluate with multi-scale + flip TTA (D.6)")
+    p.add_argument("--tta", action="store_true", default=None, help="also evaluate with multi-scale + flip TTA (official TEST.AUG)")
     p.add_argument("--output", help="metrics JSON to write (default: <run.output_dir>/metrics.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file (without it, an existing file is refused and left as it is)")
     p.set_defaults(func=run)
