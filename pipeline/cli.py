@@ -36,14 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="MaskFormer reproducibility pipeline: data, training, evaluation, the study grid, tables and report.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+    for name in COMMAND_MODULES:  # a missing or broken command module is an error, never a silent gap
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -237,12 +237,6 @@ class Tracker:
         self.client.log_inputs(self.run_id, datasets=[
             DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        if self.disabled or self.run_id is None:
-            return
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
-
     def end(self, status: str) -> None:
         """Flush and close the run as FINISHED, FAILED or KILLED."""
         if self.disabled or self.run_id is None:

@@ -8,15 +8,11 @@ import pytest
 from tests._study_helpers import STAND_IN, write_params
 
 
-def _flow_run_id(state) -> str:
-    return str(state.state_details.flow_run_id)
-
-
 @pytest.mark.slow
 def test_study_and_tables_flows_leave_tagged_tasks_skipped_states_and_artifacts(tmp_path, services_env):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, \
-        FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, TaskRunFilter, \
+        TaskRunFilterFlowRunId
 
     from flows.study import run_cells, tables
 

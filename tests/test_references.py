@@ -4,7 +4,6 @@ key names and shapes are written out from the official modules (not taken from o
 from __future__ import annotations
 
 import itertools
-import math
 import pickle
 
 import numpy as np

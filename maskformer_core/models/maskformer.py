@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # INPUT.PIXEL_MEAN / PIXEL_STD, RGB on the 0-255 scale (official ``mask_former/config.py``).
@@ -88,9 +87,3 @@ class MaskFormer(ImagePreprocessor):
 
     def forward(self, batch: torch.Tensor) -> dict:
         return self.sem_seg_head(self.backbone(batch))
-
-
-def upsample_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (align_corners False) resize of [B, C, h, w] to `size`, as the official inference (official
-    ``mask_former_model.py``)."""
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

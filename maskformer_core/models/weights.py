@@ -287,11 +287,6 @@ def _looks_torchvision_resnet(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith("layer1.") for k in sd)
 
 
-def _looks_timm_swin(sd: Mapping[str, torch.Tensor]) -> bool:
-    has_down = {int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.downsample\.", k))}
-    return bool(has_down) and 0 not in has_down
-
-
 def to_backbone_keys(sd: Mapping[str, torch.Tensor], backbone_name: str) -> dict[str, torch.Tensor]:
     """Any supported naming (detectron2 with/without `backbone.`, torchvision/timm) -> our backbone keys."""
     sd = d2_to_ours(sd)

@@ -7,6 +7,8 @@ import sys
 
 from pipeline.config import RunConfig, load_config, parse_config
 from pipeline.errors import UserError
+from pipeline.grid import expand, find_cell
+from pipeline.params import load_params
 
 EXIT_PREEMPTED = 75  # mirrors pipeline.engine.EXIT_PREEMPTED (kept import-light for `--help`)
 
@@ -36,11 +38,6 @@ def register(subparsers) -> None:
 
 def resolve_experiment(name: str, profile: str | None, params_path: str) -> dict:
     """The train config dict of a named grid cell, through the study package (pipeline.params + pipeline.grid)."""
-    try:
-        from pipeline.grid import expand, find_cell
-        from pipeline.params import load_params
-    except ImportError as exc:  # the study package is optional for this command
-        raise UserError(f"--experiment needs the study modules pipeline.params/pipeline.grid ({exc}); use --config") from exc
     grid = expand(load_params(params_path), profile)
     return find_cell(grid, name).config
 
