@@ -11,6 +11,14 @@ Fixtures
   for the test (monkeypatched, restored afterwards).
 - ``run_cli``: ``run_cli(*args, cwd=..., env=..., timeout=...)`` runs ``python -m pipeline ARGS`` in a
   subprocess and returns the ``CompletedProcess`` (text stdout/stderr).
+- ``make_twin`` (session): ``make_twin(dataset="ade20k", *, num_images=12, num_classes=5,
+  image_size=(48, 64), seed=0) -> Path``, a synthetic twin written in the official download layout by
+  ``maskformer_core.data.synth.synthesize`` and prepared by ``maskformer_core.data.prepare.prepare``; the
+  path is ``<tmp>/data/<dataset>``, so ``.parent`` is a data root (the download layout is in
+  ``<tmp>/raw/<dataset>``). Built once per session and set of
+  arguments; tests only read it (copy it before changing anything).
+- ``twin_root`` (session): ``make_twin("ade20k")``, the prepared 5-class ADE20K twin (12 images of 48x64)
+  the training tests share.
 - ``chromium``: path of the headless Chromium binary (skip / fail like ``services``); a test that uses it
   is marked ``browser`` automatically.
 
@@ -149,6 +157,34 @@ def run_cli():
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def make_twin(tmp_path_factory: pytest.TempPathFactory):
+    # The data package is imported here, not at the top: conftest is loaded by every test, most of which
+    # never build a twin.
+    from maskformer_core.data.prepare import prepare
+    from maskformer_core.data.synth import synthesize
+
+    built: dict[tuple, Path] = {}
+
+    def make(dataset: str = "ade20k", *, num_images: int = 12, num_classes: int = 5,
+             image_size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
+        key = (dataset, num_images, num_classes, tuple(image_size), seed)
+        if key not in built:
+            base = tmp_path_factory.mktemp(f"twin_{dataset}")
+            synthesize(dataset, base / "raw" / dataset, num_images=num_images, num_classes=num_classes,
+                       image_size=tuple(image_size), seed=seed)
+            prepare(dataset, base / "raw" / dataset, base / "data" / dataset, progress=False)
+            built[key] = base / "data" / dataset
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def twin_root(make_twin) -> Path:
+    return make_twin("ade20k")
 
 
 @pytest.fixture(scope="session")

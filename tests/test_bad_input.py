@@ -61,18 +61,9 @@ def no_mlflow_runs(db: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def twins(tmp_path_factory) -> dict[str, Path]:
+def twins(make_twin) -> dict[str, Path]:
     """Prepared twins: ADE20K (semantic, 5 classes) and COCO panoptic (6 classes)."""
-    from maskformer_core.data.prepare import prepare
-    from maskformer_core.data.synth import synthesize
-
-    base = tmp_path_factory.mktemp("bad_input_twins")
-    out = {}
-    for name, k in (("ade20k", 5), ("coco_panoptic", 6)):
-        synthesize(name, base / "raw" / name, num_images=8, num_classes=k, image_size=(48, 64), seed=1)
-        prepare(name, base / "raw" / name, base / "prepared" / name, progress=False)
-        out[name] = base / "prepared" / name
-    return out
+    return {name: make_twin(name, num_images=8, num_classes=k, seed=1) for name, k in (("ade20k", 5), ("coco_panoptic", 6))}
 
 
 def copy_twin(src: Path, dst: Path) -> Path:

@@ -68,17 +68,6 @@ def sacct_settled(job_id: str, *fields: str, duplicates: bool = False, timeout_s
         time.sleep(1)
 
 
-@pytest.fixture(scope="module")
-def twin(tmp_path_factory) -> Path:
-    from maskformer_core.data.prepare import prepare
-    from maskformer_core.data.synth import synthesize
-
-    base = tmp_path_factory.mktemp("c2_twin")
-    synthesize("ade20k", base / "raw", num_images=12, num_classes=5, image_size=(48, 64), seed=0)
-    prepare("ade20k", base / "raw", base / "prepared", progress=False)
-    return base / "prepared"
-
-
 def tiny(root: Path, out: Path, **overrides):
     from tests.test_engine import smoke_config
 
@@ -89,17 +78,17 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_file(out / "checkpoints" / "final.pt")["model"]
 
 
-def test_ddp_cell_across_two_nodes_equals_the_same_run_on_one_machine(cluster2, twin, tmp_path):
+def test_ddp_cell_across_two_nodes_equals_the_same_run_on_one_machine(cluster2, twin_root, tmp_path):
     """2 gloo processes, one per node (SLURM tasks via submitit) == 2 local processes: the launch path changes nothing."""
     from pipeline.engine import run_cell
     from pipeline.executor import CellExecutor, job_result
     from pipeline.params import load_params
 
     common = dict(solver={"max_iter": 4, "ims_per_batch": 4}, model={"dropout": 0.0})
-    local = run_cell(tiny(twin, tmp_path / "local", run={"num_gpus": 2}, **common))
+    local = run_cell(tiny(twin_root, tmp_path / "local", run={"num_gpus": 2}, **common))
     params = load_params(REPO / "params.yaml", environ=slurm_environ(cluster2))
     ex = CellExecutor(params, "slurm", cell_fn="pipeline.engine:run_cell", threads=1)
-    cfg = tiny(twin, tmp_path / "slurm", run={"num_gpus": 2}, **common)
+    cfg = tiny(twin_root, tmp_path / "slurm", run={"num_gpus": 2}, **common)
     job = ex.submit(cfg.to_dict(), log_folder=tmp_path / "logs", name="table1-ade20k-ddp")
     remote = job_result(job)
     [line] = sacct_settled(job.job_id, "JobName", "NNodes", "NodeList")
@@ -138,7 +127,7 @@ def _wait(predicate, timeout_s: float, what: str):
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def test_time_limit_mid_training_checkpoints_requeues_and_resumes_bit_identical(cluster2, twin, tmp_path, monkeypatch):
+def test_time_limit_mid_training_checkpoints_requeues_and_resumes_bit_identical(cluster2, twin_root, tmp_path, monkeypatch):
     """USR2 before the 1-minute limit -> the engine saves at the next iteration -> submitit requeues ->
     the requeued job resumes -> metrics and weights bit-identical to an uninterrupted run."""
     from pipeline.engine import read_status, run_cell
@@ -146,7 +135,7 @@ def test_time_limit_mid_training_checkpoints_requeues_and_resumes_bit_identical(
     from pipeline.params import load_params
 
     common = dict(solver={"max_iter": 12, "ims_per_batch": 2}, run={"checkpoint_period": 100})
-    reference = run_cell(tiny(twin, tmp_path / "reference", **common))
+    reference = run_cell(tiny(twin_root, tmp_path / "reference", **common))
     # USR2 40 s before the 1-minute limit; the first attempt sleeps 3 s per iteration (36 s in all).
     monkeypatch.setenv("CLUSTER_TEST_SLEEP_S", "3")
     params = load_params(REPO / "params.yaml", environ=slurm_environ(
@@ -160,7 +149,7 @@ def test_time_limit_mid_training_checkpoints_requeues_and_resumes_bit_identical(
     ex.snapshot = str(tmp_path / "snapshot")
     out = tmp_path / "cut"
     start = time.monotonic()
-    job = ex.submit(tiny(twin, out, **common).to_dict(), log_folder=tmp_path / "logs", name="table1-ade20k-timeout")
+    job = ex.submit(tiny(twin_root, out, **common).to_dict(), log_folder=tmp_path / "logs", name="table1-ade20k-timeout")
     # A requeued job is held ~150 s (BeginTime); the test releases it at once (shared INFRA notes).
     # SLURM may signal up to a minute early, even before training starts: submitit then requeues
     # without a checkpoint and the next attempt is the one cut mid-training.
@@ -246,13 +235,13 @@ def test_orchestrator_killed_mid_study_reattaches_instead_of_resubmitting(cluste
         assert (runs / record["cell_id"] / "calls.log").read_text().count("\n") == 1  # ran once
 
 
-def test_two_studies_sharing_a_cell_train_it_once(cluster2, twin, tmp_path):
+def test_two_studies_sharing_a_cell_train_it_once(cluster2, twin_root, tmp_path):
     """Two studies started together over the same run folders: the writer lock lets the cell train once."""
     import shutil
 
     from tests._study_helpers import write_params
 
-    shutil.copytree(twin, tmp_path / "data" / "ade20k")
+    shutil.copytree(twin_root, tmp_path / "data" / "ade20k")
     params = write_params(tmp_path, {"table1": slice(0, 1)})
     text = params.read_text().replace("tracking_server: auto", "tracking_server: never")
     params.write_text(text)
@@ -301,7 +290,7 @@ def test_loopback_tracking_on_two_nodes_is_refused_before_anything_runs(cluster2
     plan_study(profile="smoke", executor="slurm", params_path=params)  # the bridge address is fine
 
 
-def test_study_cells_on_the_nodes_log_through_the_served_cluster_address_and_reach_the_tables(cluster2, twin, tmp_path):
+def test_study_cells_on_the_nodes_log_through_the_served_cluster_address_and_reach_the_tables(cluster2, twin_root, tmp_path):
     """The study's MLflow server binds 10.231.0.1 (the nodes cannot reach 127.0.0.1); a real cell logs
     to it from a node, and the tables are built from the finished cell."""
     import shutil
@@ -311,7 +300,7 @@ def test_study_cells_on_the_nodes_log_through_the_served_cluster_address_and_rea
 
     from tests._study_helpers import write_params
 
-    shutil.copytree(twin, tmp_path / "data" / "ade20k")
+    shutil.copytree(twin_root, tmp_path / "data" / "ade20k")
     params = write_params(tmp_path, {"table1": slice(0, 1)})
     raw = yaml.safe_load(params.read_text())
     raw["study"]["tracking_server"] = "always"

@@ -36,14 +36,8 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def twins(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("twins")
-    out = {}
-    for name in DATASETS:
-        synthesize(name, base / "raw" / name, num_images=12, num_classes=K, image_size=SIZE, seed=3)
-        prepare(name, base / "raw" / name, base / "prep" / name, progress=False)
-        out[name] = base / "prep" / name
-    return out
+def twins(make_twin) -> dict[str, Path]:
+    return {name: make_twin(name, num_images=12, num_classes=K, image_size=SIZE, seed=3) for name in DATASETS}
 
 
 # ----------------------------------------------------------------------------------- metadata facts

@@ -21,18 +21,6 @@ from pipeline.errors import TrainingDiverged, UserError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def twin_root(tmp_path_factory) -> Path:
-    """A prepared 5-class ADE20K twin: 12 images of 48x64 (train + val splits)."""
-    from maskformer_core.data.prepare import prepare
-    from maskformer_core.data.synth import synthesize
-
-    base = tmp_path_factory.mktemp("ade_twin")
-    synthesize("ade20k", base / "raw", num_images=12, num_classes=5, image_size=(48, 64), seed=0)
-    prepare("ade20k", base / "raw", base / "prepared", progress=False)
-    return base / "prepared"
-
-
 def smoke_config(root: Path, out: Path, **overrides):
     """SmokeR18 + 64-wide decoder, 32x32 crops, batch 4, tracking off; overrides: {"solver": {...}, ...}."""
     raw = {
@@ -206,14 +194,11 @@ def test_ddp_two_gloo_processes_match_single_process(twin_root, tmp_path):
     assert set(single) == set(ddp)
 
 
-def test_panoptic_twin_metrics_tta_and_evaluate_cell_agree(tmp_path):
-    from maskformer_core.data.prepare import prepare
-    from maskformer_core.data.synth import synthesize
+def test_panoptic_twin_metrics_tta_and_evaluate_cell_agree(make_twin, tmp_path):
     from pipeline.engine import evaluate_cell
 
-    synthesize("ade20k_panoptic", tmp_path / "raw", num_images=6, num_classes=6, image_size=(48, 64), seed=0)
-    prepare("ade20k_panoptic", tmp_path / "raw", tmp_path / "prep", progress=False)
-    cfg = smoke_config(tmp_path / "prep", tmp_path / "run", data={"dataset": "ade20k_panoptic"},
+    twin = make_twin("ade20k_panoptic", num_images=6, num_classes=6)
+    cfg = smoke_config(twin, tmp_path / "run", data={"dataset": "ade20k_panoptic"},
                        solver={"max_iter": 3, "ims_per_batch": 2},
                        test={"tta": True, "tta_sizes": [24, 32], "object_mask_threshold": 0.0})
     assert cfg.test.strategy is None  # resolved to "general" for panoptic data (official panoptic_inference)

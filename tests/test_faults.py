@@ -33,18 +33,6 @@ CKPT_PERIOD = 4
 EXIT_PREEMPTED = 75  # pipeline.engine.EXIT_PREEMPTED (EX_TEMPFAIL)
 
 
-@pytest.fixture(scope="module")
-def twin(tmp_path_factory) -> Path:
-    """A prepared 5-class ADE20K twin, 12 images of 48x64, written by the data package."""
-    from maskformer_core.data.prepare import prepare
-    from maskformer_core.data.synth import synthesize
-
-    base = tmp_path_factory.mktemp("fault_twin")
-    synthesize("ade20k", base / "raw", num_images=12, num_classes=5, image_size=(48, 64), seed=0)
-    prepare("ade20k", base / "raw", base / "prepared", progress=False)
-    return base / "prepared"
-
-
 def write_config(path: Path, twin: Path, out: Path, **solver) -> Path:
     """SmokeR18, 64-wide decoder, 32x32 crops, batch 4, a checkpoint every 4 iterations, tracking off."""
     raw = {
@@ -114,21 +102,21 @@ def assert_same_run(out: Path, ref: dict, context: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(twin, tmp_path_factory) -> dict:
+def reference(twin_root, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("fault_ref")
-    proc = train(write_config(base / "cfg.yaml", twin, base / "run"))
+    proc = train(write_config(base / "cfg.yaml", twin_root, base / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return fingerprint(base / "run")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_killed_training_resumes_identically(twin, reference, tmp_path, sig):
+def test_killed_training_resumes_identically(twin_root, reference, tmp_path, sig):
     rng = random.Random(f"{SEED}-{sig}")
     at = rng.randint(2, MAX_ITER - 2)
     context = f"{signal.Signals(sig).name} after iteration {at} (FAULT_SEED={SEED})"
     out = tmp_path / "run"
-    config = write_config(tmp_path / "cfg.yaml", twin, out)
+    config = write_config(tmp_path / "cfg.yaml", twin_root, out)
     code, err = kill_at(config, out, at, sig)
     status = json.loads((out / "status.json").read_text())
     if sig == signal.SIGKILL:
@@ -145,9 +133,9 @@ def test_killed_training_resumes_identically(twin, reference, tmp_path, sig):
 
 
 @pytest.mark.slow
-def test_truncated_checkpoint_is_detected_and_previous_used(twin, reference, tmp_path):
+def test_truncated_checkpoint_is_detected_and_previous_used(twin_root, reference, tmp_path):
     out = tmp_path / "run"
-    config = write_config(tmp_path / "cfg.yaml", twin, out)
+    config = write_config(tmp_path / "cfg.yaml", twin_root, out)
     code, _ = kill_at(config, out, 2 * CKPT_PERIOD + 1, signal.SIGKILL)
     assert code == -signal.SIGKILL
     ckpts = out / "checkpoints"
@@ -163,10 +151,10 @@ def test_truncated_checkpoint_is_detected_and_previous_used(twin, reference, tmp
     assert_same_run(out, reference, "after truncating last.pt")
 
 
-def test_nan_loss_stops_with_a_clear_message(twin, tmp_path):
+def test_nan_loss_stops_with_a_clear_message(twin_root, tmp_path):
     out = tmp_path / "run"
     # An absurd learning rate blows the weights up: the loss turns NaN within a few iterations.
-    proc = train(write_config(tmp_path / "cfg.yaml", twin, out, base_lr=1e30, max_iter=12))
+    proc = train(write_config(tmp_path / "cfg.yaml", twin_root, out, base_lr=1e30, max_iter=12))
     assert proc.returncode == 2, proc.stderr[-3000:]  # a user-facing failure: `error: ...`, no traceback
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]

@@ -104,14 +104,8 @@ def test_accumulated_passes_keep_the_official_mask_loss_normalisation():
 
 
 @pytest.fixture(scope="module")
-def coco_twin(tmp_path_factory) -> Path:
-    from maskformer_core.data.prepare import prepare
-    from maskformer_core.data.synth import synthesize
-
-    base = tmp_path_factory.mktemp("coco_twin")
-    synthesize("coco_panoptic", base / "raw", num_images=8, num_classes=4, image_size=(40, 56), seed=1)
-    prepare("coco_panoptic", base / "raw", base / "prep", progress=False)
-    return base / "prep"
+def coco_twin(make_twin) -> Path:
+    return make_twin("coco_panoptic", num_images=8, num_classes=4, image_size=(40, 56), seed=1)
 
 
 def _coco_config(root: Path, out: Path, micro: int | None, **run):

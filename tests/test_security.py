@@ -49,14 +49,8 @@ def _tiny_config(path: Path, out: Path, **model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def twin(tmp_path_factory) -> Path:
-    from maskformer_core.data.prepare import prepare
-    from maskformer_core.data.synth import synthesize
-
-    base = tmp_path_factory.mktemp("security_twin")
-    synthesize("ade20k", base / "raw", num_images=6, num_classes=4, image_size=(48, 64), seed=2)
-    prepare("ade20k", base / "raw", base / "data", progress=False)
-    return base / "data"
+def twin(make_twin) -> Path:
+    return make_twin("ade20k", num_images=6, num_classes=4, seed=2)
 
 
 # ------------------------------------------------------------------------------------ pickles

@@ -35,14 +35,9 @@ TINY = dict(
 
 
 @pytest.fixture(scope="module")
-def twin_data(tmp_path_factory) -> Path:
-    from maskformer_core.data.prepare import prepare
-    from maskformer_core.data.synth import synthesize
-
-    base = tmp_path_factory.mktemp("real_cell_data")
-    synthesize("ade20k", base / "raw", num_images=8, num_classes=4, image_size=(32, 48), seed=0)
-    prepare("ade20k", base / "raw", base / "data" / "ade20k", progress=False)
-    return base / "data"
+def twin_data(make_twin) -> Path:
+    """The data root holding the ADE20K twin (``<root>/ade20k``)."""
+    return make_twin("ade20k", num_images=8, num_classes=4, image_size=(32, 48)).parent
 
 
 def _plan(tmp: Path, data_root: Path, **extra):

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.engine import Preempted, read_status, run_cell
 from pipeline.tracking import flatten_params
-from tests.test_engine import smoke_config, twin_root  # noqa: F401  (session fixture)
+from tests.test_engine import smoke_config
 
 
 def test_flatten_params_cuts_long_values():
@@ -17,7 +17,7 @@ def test_flatten_params_cuts_long_values():
     assert flat == {"a.b": "1", "a.c": "None", "a.d": "[1, 2]", "e": "x" * 500}
 
 
-def test_run_is_tracked_and_resume_continues_the_same_mlflow_run(twin_root, tmp_path, monkeypatch):  # noqa: F811
+def test_run_is_tracked_and_resume_continues_the_same_mlflow_run(twin_root, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

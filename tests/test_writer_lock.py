@@ -51,16 +51,11 @@ def _train(root: str, out: str, barrier) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_on_one_cell_train_it_once(tmp_path):
+def test_two_processes_on_one_cell_train_it_once(twin_root, tmp_path):
     """Two CLI-like runs of the same cell at once: one trains, the other waits and reads its result."""
-    from maskformer_core.data.prepare import prepare
-    from maskformer_core.data.synth import synthesize
-
-    synthesize("ade20k", tmp_path / "raw", num_images=12, num_classes=5, image_size=(48, 64), seed=0)
-    prepare("ade20k", tmp_path / "raw", tmp_path / "prepared", progress=False)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_train, args=(str(tmp_path / "prepared"), str(tmp_path / "run"), barrier))
+    procs = [ctx.Process(target=_train, args=(str(twin_root), str(tmp_path / "run"), barrier))
              for _ in range(2)]
     for p in procs:
         p.start()
