@@ -1,7 +1,7 @@
 """Writes reports/model_stats.csv: #params of the nine paper models against docs/FIDELITY.md §5 (analytic) and
-the paper, and fvcore GFLOPs against Table 1 (R50 and Swin-T at 512^2 by default; --flops-all adds
-the other ADE20K models and the COCO "+6 Enc" rows). Prints the table; exit 1 if a check fails
-(params within 1% of docs/FIDELITY.md §5, R50/Swin-T GFLOPs within 6% of 53G/55G).
+the paper, and fvcore GFLOPs against Table 1 (R50 and Swin-T at 512^2 by default; --flops-all adds the other
+ADE20K models and the COCO "+6 Enc" rows). Prints the table; exit 1 if a check fails (params within 1% of
+docs/FIDELITY.md §5, R50/Swin-T GFLOPs within 6% of 53G/55G).
 
 Usage: .venv/bin/python benchmarks/model_stats_table.py [--flops-all] [--out reports/model_stats.csv]
 (the committed CSV was made with --flops-all: ~14 min on 2 busy CPU cores)

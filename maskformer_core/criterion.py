@@ -1,10 +1,9 @@
 """Training losses: SetCriterion (mask classification, official ``mask_former/modeling/criterion.py``) and
 PerPixelCriterion (baselines, ``mask_former/modeling/heads/per_pixel_baseline.py``).
 
-Both return a dict of *unweighted* loss terms; ``criterion.weight_dict`` holds the weights and the
-total loss is ``sum(weight_dict[k] * losses[k] for k in losses if k in weight_dict)`` (detectron2's
-SimpleTrainer sums the weighted dict, detectron2 ``engine/train_loop.py``). ``build_criterion`` builds matcher +
-criterion.
+Both return a dict of *unweighted* loss terms; ``criterion.weight_dict`` holds the weights and the total loss is
+``sum(weight_dict[k] * losses[k] for k in losses if k in weight_dict)`` (detectron2's SimpleTrainer sums the
+weighted dict, detectron2 ``engine/train_loop.py``). ``build_criterion`` builds matcher + criterion.
 """
 from __future__ import annotations
 
@@ -53,13 +52,13 @@ class _BinaryFocalDice(torch.autograd.Function):
     """Per-mask focal loss (mean over pixels) and dice loss for {0, 1} targets in one autograd node.
 
     Same function as `focal_loss_per_mask` and `dice_loss_per_mask` (the official formulas,
-    ``mask_former/modeling/criterion.py``), computed
-    with fewer passes over the [N, P] tensors: with binary t and z = x if t = 0 else -x, the BCE is
-    softplus(z) and 1 - p_t is sigmoid(z), so the focal term is a_t * softplus(z) * sigmoid(z)^gamma, and the
-    gradient is written out in closed form (d/dz softplus(z) sigmoid(z)^g = sigmoid^g (sigmoid + g softplus
-    (1 - sigmoid)); ds/dx = sigmoid(z)(1 - sigmoid(z))). Four new [N, P] buffers forward and three backward,
-    against 17 intermediate [N, P] tensors in the explicit forward plus their autograd backward (R50
-    MaskFormer at 256 px, 6 layers: 72 x 65536 logits); the values differ from the explicit formulas by float rounding only (tests/test_fast_paths.py).
+    ``mask_former/modeling/criterion.py``), computed with fewer passes over the [N, P] tensors: with binary t
+    and z = x if t = 0 else -x, the BCE is softplus(z) and 1 - p_t is sigmoid(z), so the focal term is a_t *
+    softplus(z) * sigmoid(z)^gamma, and the gradient is written out in closed form (d/dz softplus(z)
+    sigmoid(z)^g = sigmoid^g (sigmoid + g softplus (1 - sigmoid)); ds/dx = sigmoid(z)(1 - sigmoid(z))). Four new
+    [N, P] buffers forward and three backward, against 17 intermediate [N, P] tensors in the explicit forward
+    plus their autograd backward (R50 MaskFormer at 256 px, 6 layers: 72 x 65536 logits); the values differ from
+    the explicit formulas by float rounding only (tests/test_fast_paths.py).
     """
 
     @staticmethod
@@ -115,7 +114,8 @@ def focal_dice_per_mask(inputs: Tensor, targets: Tensor, alpha: float = 0.25, ga
 
 
 def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, num_masks: float, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Sigmoid focal loss: mean over pixels per mask, summed over masks, divided by num_masks (``criterion.py``).
+    """Sigmoid focal loss: mean over pixels per mask, summed over masks, divided by num_masks
+    (``criterion.py``).
 
     Args: inputs ``[N, P]`` logits, targets ``[N, P]`` in {0, 1}. Returns a scalar.
     """
@@ -200,11 +200,11 @@ class SetCriterion(nn.Module):
         eos_coef: class weight of no-object in the CE (0.1, ``MODEL.MASK_FORMER.NO_OBJECT_WEIGHT``).
         losses: subset of ``("labels", "masks", "boxes")``.
 
-    ``forward(outputs, targets)``: outputs ``pred_logits [B,Q,K+1]``, ``pred_masks [B,Q,h,w]``,
-    optional ``pred_boxes [B,Q,4]`` and ``aux_outputs`` (list of dicts with the same keys); targets: list
-    of ``{"labels": [M], "masks": [M,H,W]}``. Returns the unweighted terms ``loss_ce``, ``loss_mask``,
-    ``loss_dice`` (``loss_bbox``, ``loss_giou`` with "boxes") and ``<name>_<i>`` for aux layer i. Every
-    decoder layer is matched on its own (``criterion.py``).
+    ``forward(outputs, targets)``: outputs ``pred_logits [B,Q,K+1]``, ``pred_masks [B,Q,h,w]``, optional
+    ``pred_boxes [B,Q,4]`` and ``aux_outputs`` (list of dicts with the same keys); targets: list of ``{"labels":
+    [M], "masks": [M,H,W]}``. Returns the unweighted terms ``loss_ce``, ``loss_mask``, ``loss_dice``
+    (``loss_bbox``, ``loss_giou`` with "boxes") and ``<name>_<i>`` for aux layer i. Every decoder layer is
+    matched on its own (``criterion.py``).
     """
 
     def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict[str, float], eos_coef: float = NO_OBJECT_WEIGHT,
@@ -334,11 +334,11 @@ class SetCriterion(nn.Module):
 class PerPixelCriterion(nn.Module):
     """Per-pixel CE of PerPixelBaseline(+) (official ``mask_former/modeling/heads/per_pixel_baseline.py``).
 
-    ``forward(outputs, targets)``: outputs ``sem_seg_logits [B,K,h,w]`` (+ ``aux_sem_seg_logits`` list
-    for PerPixelBaseline+); targets either a LongTensor ``[B,H,W]`` or a list of dicts with ``sem_seg``
-    ``[H,W]`` (padded with ignore_index to the largest size). Logits are upsampled x4 bilinearly
-    (align_corners False, the common stride) and a mean CE with ``ignore_index`` is taken. Returns
-    ``loss_sem_seg`` and, with ``aux``, ``loss_sem_seg_{i}`` per aux layer (weight 1, ``per_pixel_baseline.py``
+    ``forward(outputs, targets)``: outputs ``sem_seg_logits [B,K,h,w]`` (+ ``aux_sem_seg_logits`` list for
+    PerPixelBaseline+); targets either a LongTensor ``[B,H,W]`` or a list of dicts with ``sem_seg`` ``[H,W]``
+    (padded with ignore_index to the largest size). Logits are upsampled x4 bilinearly (align_corners False, the
+    common stride) and a mean CE with ``ignore_index`` is taken. Returns ``loss_sem_seg`` and, with ``aux``,
+    ``loss_sem_seg_{i}`` per aux layer (weight 1, ``per_pixel_baseline.py``
     ``PerPixelBaselinePlusHead.losses``).
     """
 

@@ -46,8 +46,8 @@ STRATEGIES = ("semantic", "general", "general_semantic", "detr", "per_pixel")
 
 
 def sem_seg_postprocess(result: Tensor, img_size: Sequence[int], output_height: int, output_width: int) -> Tensor:
-    """Crop ``result [C, Hp, Wp]`` to the un-padded ``img_size`` (h, w), then resize bilinearly
-    (align_corners False) to (output_height, output_width) (detectron2 ``sem_seg_postprocess``)."""
+    """Crop ``result [C, Hp, Wp]`` to the un-padded ``img_size`` (h, w), then resize bilinearly (align_corners
+    False) to (output_height, output_width) (detectron2 ``sem_seg_postprocess``)."""
     result = result[:, : int(img_size[0]), : int(img_size[1])]
     return F.interpolate(result[None], size=(int(output_height), int(output_width)), mode="bilinear", align_corners=False)[0]
 
@@ -179,8 +179,8 @@ class SemanticPostProcessor:
 
 class GeneralPostProcessor:
     """``general`` (official ``panoptic_inference``): masks resized to the original size first
-    (postprocess-before-inference is on
-    with PANOPTIC_ON), then semantic inference (``sem_seg``) and panoptic inference (``panoptic_seg``)."""
+    (postprocess-before-inference is on with PANOPTIC_ON), then semantic inference (``sem_seg``) and panoptic
+    inference (``panoptic_seg``)."""
 
     def __init__(self, thing_ids, object_mask_threshold: float, overlap_threshold: float):
         self.thing_ids = {int(t) for t in thing_ids}
@@ -380,7 +380,8 @@ def tta_input_shapes(height: int, width: int, sizes: Sequence[int] | None = None
 def tta_semantic(model, image: Tensor, scales: Sequence[int] | None, flip: bool, postprocessor: Callable,
                  max_size: int | None = None, out_size: tuple[int, int] | None = None,
                  factors: Sequence[float] | None = None) -> Tensor:
-    """Multi-scale (+ flip) test-time augmentation for semantic segmentation (official ``test_time_augmentation.py``).
+    """Multi-scale (+ flip) test-time augmentation for semantic segmentation (official
+    ``test_time_augmentation.py``).
 
     As in the official evaluation (`SemanticSegmentorWithTTA` fed by the test loader, then detectron2
     `DatasetMapperTTA`), ``image`` is the single-scale test input (already resized by the test mapper) and

@@ -101,10 +101,10 @@ class HungarianMatcher(nn.Module):
     """Bipartite matching by mask, per image (official ``mask_former/modeling/matcher.py``).
 
     Cost C[i, j] = cost_class * (-p_i(c_j)) + cost_mask * focal(i, j) + cost_dice * dice(i, j), with p the
-    softmax over K+1 classes, focal and dice as pixel means/ratios at the prediction resolution: the GT
-    masks are downsampled with *nearest* interpolation to ``pred_masks``' size (h, w); predictions are
-    not upsampled. Defaults are the official ones: class weight hard-coded to 1, MASK_WEIGHT 20,
-    DICE_WEIGHT 1 (official ``mask_former/config.py``; ``matcher.py``); focal alpha 0.25, gamma 2.
+    softmax over K+1 classes, focal and dice as pixel means/ratios at the prediction resolution: the GT masks
+    are downsampled with *nearest* interpolation to ``pred_masks``' size (h, w); predictions are not upsampled.
+    Defaults are the official ones: class weight hard-coded to 1, MASK_WEIGHT 20, DICE_WEIGHT 1 (official
+    ``mask_former/config.py``; ``matcher.py``); focal alpha 0.25, gamma 2.
     """
 
     def __init__(self, cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0,
@@ -132,9 +132,9 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def match_layers(self, layers: list[dict], targets: list[dict]) -> list[MatchIndices]:
-        """``[self(out, targets) for out in layers]`` with the costs of all L layers of an image computed in
-        one pass (rows of the [L*Q, M] cost are per query, so each layer's block equals its own cost
-        matrix) and the GT masks downsampled once. Each layer is still solved on its own (official
+        """``[self(out, targets) for out in layers]`` with the costs of all L layers of an image computed in one
+        pass (rows of the [L*Q, M] cost are per query, so each layer's block equals its own cost matrix) and the
+        GT masks downsampled once. Each layer is still solved on its own (official
         ``mask_former/modeling/matcher.py``)."""
         if len({tuple(out["pred_masks"].shape) for out in layers}) != 1:
             return [self(out, targets) for out in layers]

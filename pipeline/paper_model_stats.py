@@ -2,12 +2,11 @@
 DVC stage `model_stats` (`python -m pipeline model-stats-table`) and the tables' params / GFLOPs columns.
 
 Each table row of params.yaml `grid.table1` / `grid.table3` is resolved with the `paper` profile
-(pipeline.grid.resolve_cell: official K, Q = 100, "+6 Enc" where the cell says so), built on CPU
-without weights, and measured with the model engineer's counters (maskformer_core.models
-count_parameters / flops.count_flops; MaskFormer tools/analyze_model.py: nn.Parameters only, fvcore with
-detectron2's ignored
-ops, eval forward of a zero image at batch 1 including the mask upsample, semantic einsum and final
-resize). Rows sharing an architecture and input size are measured once.
+(pipeline.grid.resolve_cell: official K, Q = 100, "+6 Enc" where the cell says so), built on CPU without
+weights, and measured with the model engineer's counters (maskformer_core.models count_parameters /
+flops.count_flops; MaskFormer tools/analyze_model.py: nn.Parameters only, fvcore with detectron2's ignored ops,
+eval forward of a zero image at batch 1 including the mask upsample, semantic einsum and final resize). Rows
+sharing an architecture and input size are measured once.
 
 Input sizes (MaskFormer ``tools/analyze_model.py``; paper Tables 1 and 3):
 - Table 1 (ADE20K, semantic): the training crop, 512x512 (Swin-B/L: 640x640, params.yaml

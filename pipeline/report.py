@@ -283,12 +283,11 @@ def plot_query_categories(cells: list[CellState], fig_dir: Path, provenance: str
 
 
 def main_model_rank(cell: CellState) -> tuple:
-    """Sort key that puts a dataset's main MaskFormer first: the run that serves the most table rows
-    (the main model is Table 2's, Table 1's R50, Table VII's "semantic" and Table VIII's "6 layers" row
-    at once), then the fewest deviations from the paper's defaults (mask_former/config.py: Q 100, 6 decoder
-    layers with
-    self-attention, bipartite matching, semantic inference, single scale); ablations (no
-    self-attention, 1 layer, fixed matching, other Q) come later."""
+    """Sort key that puts a dataset's main MaskFormer first: the run that serves the most table rows (the main
+    model is Table 2's, Table 1's R50, Table VII's "semantic" and Table VIII's "6 layers" row at once), then the
+    fewest deviations from the paper's defaults (mask_former/config.py: Q 100, 6 decoder layers with
+    self-attention, bipartite matching, semantic inference, single scale); ablations (no self-attention, 1
+    layer, fixed matching, other Q) come later."""
     model = cell.config.get("model") or {}
     test = cell.config.get("test") or {}
     loss = cell.config.get("loss") or {}

@@ -1,7 +1,7 @@
 """Image and labels stay aligned through every augmentation and resize of the real mappers (official
-dataset_mappers/*.py), checked on
-data whose colours encode the label (tests/_colour_data.py); and the SSD colour augmentation checked
-against its definition (detectron2 projects/PointRend ColorAugSSDTransform) on grey images.
+dataset_mappers/*.py), checked on data whose colours encode the label (tests/_colour_data.py); and the SSD
+colour augmentation checked against its definition (detectron2 projects/PointRend ColorAugSSDTransform) on grey
+images.
 
 Away from region boundaries (where bilinear image resizing blends colours and nearest label resizing
 may move a boundary by a pixel) every pixel's colour must decode to its label; padding must carry the

@@ -87,8 +87,9 @@ def test_hf_import_gives_hf_outputs(tmp_path, backbone):
 
 def test_hf_semantic_postprocessing_matches_where_it_coincides(tmp_path):
     """HF's post_process_semantic_segmentation = official semantic inference (softmax without no-object,
-    sigmoid, einsum; official mask_former_model.py semantic_inference) at the mask resolution; it resizes the score map, the official code the mask
-    logits (official MaskFormer.forward), so only the unresized maps are compared."""
+    sigmoid, einsum; official mask_former_model.py semantic_inference) at the mask resolution; it resizes the
+    score map, the official code the mask logits (official MaskFormer.forward), so only the unresized maps are
+    compared."""
     from transformers import MaskFormerImageProcessor
 
     hf_model = _hf_model("SmokeSwin", num_labels=6)

@@ -1,10 +1,10 @@
-"""Split loaders over the prepared training layouts (official datasets/prepare_*.py) and the torch Dataset wrapper.
+"""Split loaders over the prepared training layouts (official datasets/prepare_*.py) and the torch Dataset
+wrapper.
 
 ``load_split(name, root, split)`` returns records (dicts) with ``file_name``, ``height``, ``width``,
-``image_id`` and either ``sem_seg_file_name`` (semantic) or ``pan_seg_file_name`` + ``segments_info``
-(panoptic; ``category_id`` contiguous, plus ``id``, ``iscrowd``, ``isthing``). ADE20K panoptic
-records also carry ``sem_seg_file_name`` (the 150-class semantic GT the official ADE20K-panoptic evaluator
-scores mIoU on).
+``image_id`` and either ``sem_seg_file_name`` (semantic) or ``pan_seg_file_name`` + ``segments_info`` (panoptic;
+``category_id`` contiguous, plus ``id``, ``iscrowd``, ``isthing``). ADE20K panoptic records also carry
+``sem_seg_file_name`` (the 150-class semantic GT the official ADE20K-panoptic evaluator scores mIoU on).
 """
 from __future__ import annotations
 

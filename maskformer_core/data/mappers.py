@@ -185,7 +185,8 @@ def build_mapper(meta: DatasetMeta, is_train: bool, crop_size: Optional[Sequence
                  short_sizes: Optional[Sequence[int]] = None, max_size: Optional[int] = None,
                  size_divisibility: Optional[int] = None, color_aug: bool = True,
                  test_short_size: Optional[int] = None, test_max_size: Optional[int] = None) -> Mapper:
-    """Mapper with the official defaults of ``meta`` (official configs ``INPUT.*``); every size can be overridden.
+    """Mapper with the official defaults of ``meta`` (official configs ``INPUT.*``); every size can be
+    overridden.
 
     crop_size: (H, W) random-crop size; short_sizes / max_size: ResizeShortestEdge "choice" set and
     long-side cap; size_divisibility: pad bottom/right to (s, s) (<= 0: no padding). COCO panoptic

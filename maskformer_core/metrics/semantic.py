@@ -88,9 +88,9 @@ class SemSegEvaluator:
 def dense_label_pair(pred, gt, num_classes: int, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
     """Flattened int64 (pred, gt) indices in 0..K: GT ignore -> K, predictions outside 0..K-1 -> K.
 
-    ``pred`` and ``gt`` are integer arrays (or tensors) of one shape; a GT value that is neither a class
-    nor the ignore label raises DataError naming the values (detectron2 SemSegEvaluator: the ignore label is an
-    extra index).
+    ``pred`` and ``gt`` are integer arrays (or tensors) of one shape; a GT value that is neither a class nor the
+    ignore label raises DataError naming the values (detectron2 SemSegEvaluator: the ignore label is an extra
+    index).
     """
     pred = np.asarray(pred.cpu() if hasattr(pred, "cpu") else pred)
     gt = np.asarray(gt.cpu() if hasattr(gt, "cpu") else gt)

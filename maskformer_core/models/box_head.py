@@ -1,4 +1,5 @@
-"""DETR box head (3-layer MLP -> 4, sigmoid) for the Table 5 "matching by box" rows (paper)."""
+"""DETR box head (3-layer MLP -> 4, sigmoid) for the Table 5 "matching by box" rows (paper Table 5;
+no official code)."""
 from __future__ import annotations
 
 import torch

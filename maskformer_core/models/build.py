@@ -1,7 +1,7 @@
-"""`build_model(**kwargs)`: the one place that turns explicit options into a MaskFormer or per-pixel
-baseline model (contract table in docs/ARCHITECTURE.md; defaults from official ``mask_former/config.py`` and
-``mask_former/modeling/``). Every option is
-validated before anything is built; impossible combinations raise ConfigError naming the option."""
+"""`build_model(**kwargs)`: the one place that turns explicit options into a MaskFormer or per-pixel baseline
+model (contract table in docs/ARCHITECTURE.md; defaults from official ``mask_former/config.py`` and
+``mask_former/modeling/``). Every option is validated before anything is built; impossible combinations raise
+ConfigError naming the option."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,7 +1,6 @@
 """FLOP counting the way the paper did (paper Tables 1 and 3; docs/FIDELITY.md §5): fvcore FlopCountAnalysis
-with detectron2's
-ignored elementwise ops (1 fused multiply-add = 1 flop; norms and upsampling counted by fvcore's own
-handlers), eval mode, batch 1 at a fixed input size, including the mask upsampling, the
+with detectron2's ignored elementwise ops (1 fused multiply-add = 1 flop; norms and upsampling counted by
+fvcore's own handlers), eval mode, batch 1 at a fixed input size, including the mask upsampling, the
 semantic-inference einsum (official ``mask_former_model.py`` ``semantic_inference``) and the final resize of
 detectron2's sem_seg_postprocess.
 
@@ -78,8 +77,8 @@ def last_layer_only(model: nn.Module):
 
 @contextlib.contextmanager
 def explicit_attention(model: nn.Module):
-    """Temporarily run every attention of `model` with explicit bmm matmuls (counted by fvcore, docs/FIDELITY.md §5)
-    instead of the fused scaled_dot_product_attention kernel (not counted)."""
+    """Temporarily run every attention of `model` with explicit bmm matmuls (counted by fvcore, docs/FIDELITY.md
+    §5) instead of the fused scaled_dot_product_attention kernel (not counted)."""
     from maskformer_core.models.transformer import MultiheadAttention
 
     modules = [m for m in model.modules() if isinstance(m, MultiheadAttention)]

@@ -1,7 +1,7 @@
 """MaskFormer meta-architecture (official ``mask_former/mask_former_model.py``): normalise + pad, backbone,
-pixel decoder, transformer
-predictor. Module names follow the official model (`backbone`, `sem_seg_head.pixel_decoder`,
-`sem_seg_head.predictor`) so a released `model_final_*.pkl` loads by name (weights.load_official_model)."""
+pixel decoder, transformer predictor. Module names follow the official model (`backbone`,
+`sem_seg_head.pixel_decoder`, `sem_seg_head.predictor`) so a released `model_final_*.pkl` loads by name
+(weights.load_official_model)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -27,10 +27,9 @@ class ImagePreprocessor(nn.Module):
     def preprocess(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """images: list of [3, H_i, W_i] uint8 or float tensors on the 0..255 RGB scale.
 
-        Returns (batch [B, 3, Hp, Wp] normalised and padded bottom/right with 0 *after* normalisation to
-        a multiple of `size_divisibility` (detectron2 ImageList.from_tensors, official
-        ``mask_former/mask_former_model.py``), image_sizes
-        [(H_i, W_i)]).
+        Returns (batch [B, 3, Hp, Wp] normalised and padded bottom/right with 0 *after* normalisation to a
+        multiple of `size_divisibility` (detectron2 ImageList.from_tensors, official
+        ``mask_former/mask_former_model.py``), image_sizes [(H_i, W_i)]).
         """
         if len(images) == 0:
             raise ValueError("preprocess: got an empty list of images")

@@ -1,7 +1,7 @@
 """Per-pixel classification baselines of Table 2 (official
-``mask_former/modeling/heads/per_pixel_baseline.py``): PerPixelBaseline (pixel decoder + 1x1
-conv to K logits) and PerPixelBaseline+ (pixel decoder + transformer predictor with Q = K queries whose
-mask logits are the K per-pixel class logits; no class head, no matching)."""
+``mask_former/modeling/heads/per_pixel_baseline.py``): PerPixelBaseline (pixel decoder + 1x1 conv to K logits)
+and PerPixelBaseline+ (pixel decoder + transformer predictor with Q = K queries whose mask logits are the K
+per-pixel class logits; no class head, no matching)."""
 from __future__ import annotations
 
 import torch
@@ -48,9 +48,9 @@ class PerPixelBaselinePlusHead(MaskFormerHead):
 
 
 class PerPixelModel(ImagePreprocessor):
-    """detectron2 `SemanticSegmentor` with a per-pixel head; size_divisibility defaults to the
-    backbone's (0 for ResNet, 32 for Swin; official ``mask_former/modeling/heads/per_pixel_baseline.py``).
-    forward(batch) -> the head's dict."""
+    """detectron2 `SemanticSegmentor` with a per-pixel head; size_divisibility defaults to the backbone's (0 for
+    ResNet, 32 for Swin; official ``mask_former/modeling/heads/per_pixel_baseline.py``). forward(batch) -> the
+    head's dict."""
 
     def __init__(self, backbone: nn.Module, sem_seg_head: nn.Module, num_classes: int, arch: str,
                  size_divisibility: int = 0, **norm) -> None:

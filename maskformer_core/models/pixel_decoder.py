@@ -1,7 +1,7 @@
 """MaskFormer pixel decoders (official ``mask_former/modeling/heads/pixel_decoder.py``): the FPN-like
-BasePixelDecoder and the "+6 Enc"
-TransformerEncoderPixelDecoder. Names follow the official modules (`adapter_1`, `layer_4`,
-`mask_features`, `input_proj`, `transformer.encoder.layers.N`) so official checkpoints load by name.
+BasePixelDecoder and the "+6 Enc" TransformerEncoderPixelDecoder. Names follow the official modules
+(`adapter_1`, `layer_4`, `mask_features`, `input_proj`, `transformer.encoder.layers.N`) so official checkpoints
+load by name.
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ class BasePixelDecoder(nn.Module):
     """FPN-like decoder over res2..res5 (official ``mask_former/modeling/heads/pixel_decoder.py``).
 
     res5 -> 3x3 conv+GN+ReLU (`layer_4`); for res4, res3, res2: 1x1 lateral+GN (`adapter_i`) + nearest-
-    upsampled previous map, then 3x3 conv+GN+ReLU (`layer_i`); `mask_features` = 3x3 conv conv_dim ->
-    mask_dim WITH bias, no norm/activation (the paper says 1x1; the code uses 3x3,
+    upsampled previous map, then 3x3 conv+GN+ReLU (`layer_i`); `mask_features` = 3x3 conv conv_dim -> mask_dim
+    WITH bias, no norm/activation (the paper says 1x1; the code uses 3x3,
     ``mask_former/modeling/heads/pixel_decoder.py``).
 
     forward(features {"res2".."res5"}) -> (mask_features [B, mask_dim, H/4, W/4], None)

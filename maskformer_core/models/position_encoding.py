@@ -12,9 +12,9 @@ class PositionEmbeddingSine(nn.Module):
     """Sine/cosine encoding of normalised (y, x) positions.
 
     num_pos_feats 128 per axis, temperature 10000, normalize=True, scale 2*pi, eps 1e-6 (official
-    ``mask_former/modeling/transformer/``).
-    No padding mask: cumulative sums run over an all-valid mask, so padded pixels are counted.
-    forward(x: [B, C, H, W]) -> pos: [B, 2*num_pos_feats, H, W], channels (pos_y, pos_x), sin/cos interleaved.
+    ``mask_former/modeling/transformer/``). No padding mask: cumulative sums run over an all-valid mask, so
+    padded pixels are counted. forward(x: [B, C, H, W]) -> pos: [B, 2*num_pos_feats, H, W], channels (pos_y,
+    pos_x), sin/cos interleaved.
     """
 
     def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True,

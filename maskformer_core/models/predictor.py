@@ -1,6 +1,6 @@
 """MaskFormer transformer predictor (official ``mask_former/modeling/transformer/``): input_proj, DETR decoder
-with learnable queries,
-class head (K+1), 3-layer mask-embedding MLP and the mask einsum; optional DETR box head (Table 5)."""
+with learnable queries, class head (K+1), 3-layer mask-embedding MLP and the mask einsum; optional DETR box head
+(Table 5)."""
 from __future__ import annotations
 
 import torch

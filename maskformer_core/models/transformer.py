@@ -1,11 +1,11 @@
 """DETR transformer pieces used by MaskFormer (official ``mask_former/modeling/transformer/transformer.py``):
-attention with explicit matmuls,
-post-norm encoder/decoder layers, and the decoder that returns every intermediate output.
+attention with explicit matmuls, post-norm encoder/decoder layers, and the decoder that returns every
+intermediate output.
 
-Tensors are sequence-first like DETR: [S, B, C]. `MultiheadAttention` keeps nn.MultiheadAttention's
-parameter names (`in_proj_weight`, `in_proj_bias`, `out_proj`) and math, so official checkpoints load
-by name. It writes q.k^T and attn.v as `torch.bmm` in training and whenever `explicit_matmuls` is set (FLOP
-counting, so fvcore counts them: docs/FIDELITY.md §5 caveat), and uses the fused SDPA kernel otherwise (eval).
+Tensors are sequence-first like DETR: [S, B, C]. `MultiheadAttention` keeps nn.MultiheadAttention's parameter
+names (`in_proj_weight`, `in_proj_bias`, `out_proj`) and math, so official checkpoints load by name. It writes
+q.k^T and attn.v as `torch.bmm` in training and whenever `explicit_matmuls` is set (FLOP counting, so fvcore
+counts them: docs/FIDELITY.md §5 caveat), and uses the fused SDPA kernel otherwise (eval).
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ class Dropout(nn.Dropout):
 class MultiheadAttention(nn.Module):
     """Same math and parameters as `nn.MultiheadAttention(embed_dim, num_heads, dropout)` (batch_first False).
 
-    forward(query [L,B,E], key [S,B,E], value [S,B,E]) -> [L,B,E]. Dropout on the attention weights in
-    training, as torch does. No masks (MaskFormer passes none; official ``mask_former/modeling/transformer/``).
+    forward(query [L,B,E], key [S,B,E], value [S,B,E]) -> [L,B,E]. Dropout on the attention weights in training,
+    as torch does. No masks (MaskFormer passes none; official ``mask_former/modeling/transformer/``).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
@@ -119,9 +119,9 @@ class TransformerDecoderLayer(nn.Module):
     2. cross-attn(q=tgt+query_pos, k=memory+pos, v=memory) -> add -> norm2
     3. FFN(ReLU) -> add -> norm3
 
-    `self_attention=False` is the appendix Table VIII variant. The official code for it was never
-    released and paper says it is unknown whether norm1 stayed; we drop the whole sub-block
-    (attention, dropout1, residual add and norm1), i.e. the layer starts at cross-attention.
+    `self_attention=False` is the appendix Table VIII variant. The official code for it was never released and
+    the paper does not say whether norm1 stayed; we drop the whole sub-block (attention, dropout1, residual
+    add and norm1), i.e. the layer starts at cross-attention.
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
@@ -216,8 +216,8 @@ class TransformerEncoderOnly(nn.Module):
 
 class Transformer(nn.Module):
     """DETR Transformer with ENC_LAYERS = 0 (every MaskFormer config; official ``mask_former/config.py``):
-    memory = projected
-    features, then the decoder from zero targets with the learnable query embedding as query_pos.
+    memory = projected features, then the decoder from zero targets with the learnable query embedding as
+    query_pos.
 
     forward(src [B,C,H,W], query_embed [Q,C], pos [B,C,H,W]) -> hs [L, B, Q, C].
     Xavier-uniform on every parameter with dim > 1 (DETR `_reset_parameters`).

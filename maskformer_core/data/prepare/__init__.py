@@ -1,5 +1,5 @@
-"""Official-download layout -> training layout, as the official preparation scripts do (official
-datasets/prepare_*.py).
+"""Official-download layout -> training layout, as the official preparation scripts
+(datasets/prepare_*.py) do.
 
 ``prepare(name, raw_root, out_root)`` checks the raw layout first (DataError naming the missing
 file or folder before any work), writes into a temp folder beside ``out_root`` and renames it into

@@ -1,5 +1,5 @@
-"""ADE20K SceneParse150 and ADE20K panoptic preparation (prepare_ade20k_sem_seg.py, prepare_ade20k_pan_seg.py;
-official datasets/prepare_*.py).
+"""ADE20K SceneParse150 and ADE20K panoptic preparation (official
+datasets/prepare_ade20k_sem_seg.py, datasets/prepare_ade20k_pan_seg.py).
 
 Semantic: annotations_detectron2 = label - 1 in uint8 (0 "other" wraps to 255 = ignore).
 Panoptic: stuff segments first (one per stuff class present), then one segment per instance of

@@ -1,5 +1,5 @@
-"""ADE20K-Full (847 classes) preparation, as datasets/prepare_ade20k_full_sem_seg.py does (official
-datasets/prepare_*.py).
+"""ADE20K-Full (847 classes) preparation, as the official datasets/prepare_ade20k_full_sem_seg.py
+does.
 
 Steps: iterate index_ade20k.pkl (folder, filename); split = "validation" when the filename's second
 "_" token is "val"; class = (R // 10) * 256 + G of ``*_seg.png``; short side > 512 -> 512

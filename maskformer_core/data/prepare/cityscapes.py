@@ -1,5 +1,6 @@
-"""Cityscapes preparation: gtFine polygons JSON -> *_gtFine_labelTrainIds.png with cityscapesScripts'
-own label table and rasteriser (preparation/createTrainIdLabelImgs.py, official datasets/prepare_*.py)."""
+"""Cityscapes preparation: gtFine polygons JSON -> *_gtFine_labelTrainIds.png with cityscapesScripts' own label
+table and rasteriser (preparation/createTrainIdLabelImgs.py,
+which the official datasets/README.md names)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,5 @@
-"""COCO-Stuff-10K v1.0 preparation, as datasets/prepare_coco_stuff_10k_v1.0_sem_seg.py does (official
-datasets/prepare_*.py).
+"""COCO-Stuff-10K v1.0 preparation, as the official datasets/prepare_coco_stuff_10k_v1.0_sem_seg.py
+does.
 
 For each split list (imageLists/{train,test}.txt): copy the jpg to images_detectron2/<split>/, read
 annotations/<name>.mat with h5py (MATLAB v7.3 = HDF5), field ``S`` transposed, and save

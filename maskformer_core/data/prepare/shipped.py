@@ -1,6 +1,5 @@
-"""Datasets used as shipped (official datasets/prepare_*.py): Mapillary Vistas v1.2 and COCO panoptic need no
-conversion;
-the raw download is validated, then linked (or copied) into the prepared folder."""
+"""Datasets used as shipped (the official datasets/README.md gives no preparation step): Mapillary Vistas v1.2 and
+COCO panoptic need no conversion; the raw download is validated, then linked (or copied) into the prepared folder."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,11 +1,10 @@
 """ResNet backbones as detectron2 builds them for MaskFormer: R50, R101, R101c (= "R-103") and SmokeR18.
 
-Module and parameter names follow detectron2 (`stem.conv1`, `res2.0.conv1.norm`, `res2.0.shortcut`),
-so detectron2 checkpoints (`R-50.pkl`, `R-103.pkl`, MaskFormer `model_final_*.pkl`) load by name.
-Every norm of the paper ResNets is `FrozenBatchNorm2d` (detectron2 ``config/defaults.py``
-``MODEL.RESNETS.NORM = "FrozenBN"``) whose statistics and affine terms are buffers, not parameters,
-so they neither train nor count in #params (docs/FIDELITY.md §5). The SmokeR18 extra
-(random init only) uses trainable GroupNorm instead, see `smoke_r18`.
+Module and parameter names follow detectron2 (`stem.conv1`, `res2.0.conv1.norm`, `res2.0.shortcut`), so
+detectron2 checkpoints (`R-50.pkl`, `R-103.pkl`, MaskFormer `model_final_*.pkl`) load by name. Every norm of the
+paper ResNets is `FrozenBatchNorm2d` (detectron2 ``config/defaults.py`` ``MODEL.RESNETS.NORM = "FrozenBN"``)
+whose statistics and affine terms are buffers, not parameters, so they neither train nor count in #params
+(docs/FIDELITY.md §5). The SmokeR18 extra (random init only) uses trainable GroupNorm instead, see `smoke_r18`.
 """
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ __all__ = ["FrozenBatchNorm2d", "Conv2dNorm", "ResNet", "resnet_r50", "resnet_r1
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm with fixed statistics and affine terms, all stored as buffers
-    (detectron2 ``layers/batch_norm.py`` ``FrozenBatchNorm2d``).
+    """BatchNorm with fixed statistics and affine terms, all stored as buffers (detectron2
+    ``layers/batch_norm.py`` ``FrozenBatchNorm2d``).
 
     y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, eps = 1e-5 (detectron2 default).
     Input/output: [B, C, H, W].
@@ -120,9 +119,9 @@ class BasicStem(nn.Module):
 
 
 class DeepLabStem(nn.Module):
-    """detectron2 DeepLab stem of R101c / R-103: 3x3 convs 3->64 (stride 2), 64->64, 64->128, each
-    FrozenBN + ReLU, then 3x3/2 max-pool (detectron2 ``projects/DeepLab/deeplab/resnet.py`` ``DeepLabStem``).
-    timm calls this ResNet variant `resnet101s`."""
+    """detectron2 DeepLab stem of R101c / R-103: 3x3 convs 3->64 (stride 2), 64->64, 64->128, each FrozenBN +
+    ReLU, then 3x3/2 max-pool (detectron2 ``projects/DeepLab/deeplab/resnet.py`` ``DeepLabStem``). timm calls
+    this ResNet variant `resnet101s`."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 128) -> None:
         super().__init__()
@@ -262,8 +261,8 @@ def resnet_r101() -> ResNet:
 
 
 def resnet_r101c() -> ResNet:
-    """R101c = detectron2 R-103: DeepLab stem (64-64-128) + [3, 4, 23, 3], res5 multi-grid
-    dilations 1/2/4 with stride 2 kept (RES5_MULTI_GRID [1,2,4], RES5_DILATION 1;
+    """R101c = detectron2 R-103: DeepLab stem (64-64-128) + [3, 4, 23, 3], res5 multi-grid dilations 1/2/4 with
+    stride 2 kept (RES5_MULTI_GRID [1,2,4], RES5_DILATION 1;
     ``configs/ade20k-150/maskformer_R101c_bs16_160k.yaml``; detectron2
     ``projects/DeepLab/deeplab/resnet.py``)."""
     return _bottleneck_resnet([3, 4, 23, 3], DeepLabStem(out_channels=128), res5_dilations=(1, 2, 4))

@@ -121,8 +121,8 @@ class WindowAttention(nn.Module):
 
 
 class SwinTransformerBlock(nn.Module):
-    """Pre-norm (S)W-MSA + MLP block. Padding to window multiples happens after norm1 and before the
-    cyclic shift; padded tokens are zeros and are not masked (official ``mask_former/modeling/backbone/swin.py``)."""
+    """Pre-norm (S)W-MSA + MLP block. Padding to window multiples happens after norm1 and before the cyclic
+    shift; padded tokens are zeros and are not masked (official ``mask_former/modeling/backbone/swin.py``)."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, drop_path_rate: float) -> None:
         super().__init__()
