@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python scripts/screenshot_ui.py URL OUT.png [ACTION ...]; an ACTION clicks the visible element
 whose text is exactly that string, or is `xy:X,Y` (click there), `type:TEXT`, `key:Enter`, `sleep:S`.
-Chromium from $CHROMIUM (default /usr/bin/chromium); flags as docs/SERVICES.md "Screenshots" lists.
+Chromium from $CHROMIUM (default /usr/bin/chromium), headless, with a throw-away profile. Needs `websockets` (installed with Prefect).
 """
 import asyncio, base64, json, os, subprocess, sys, tempfile, time, urllib.request
 import websockets
