@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
+import gc
 import signal
-import sys
 
 
 def register(subparsers) -> None:
@@ -49,26 +48,12 @@ def run(args: argparse.Namespace) -> int:
         allow_failures=args.allow_failures,
     )
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-        _exit_now(code)
+        # Stopped by Ctrl-C / SIGTERM: everything is recorded (cells.json, tables, MLflow and Prefect states).
+        # The interpreter's final garbage collection of the imported stack (Prefect, MLflow, torch) took
+        # 5-6 s of the 8-10 s a stopped SLURM study needed to return on 2 cores (tests/test_slurm_interrupt.py);
+        # frozen objects are left out of it, while atexit hooks and Prefect's event/log drain run as usual.
+        gc.freeze()
     return code
-
-
-def _exit_now(code: int) -> None:
-    """Exit after Ctrl-C / SIGTERM without the interpreter's teardown.
-
-    Everything is recorded by now (cells.json, tables, MLflow and Prefect states); atexit hooks still run
-    (Prefect's log/event workers flush there). What is skipped is the final garbage collection of the
-    imported stack (Prefect, MLflow, torch), measured at 5-6 s of the 8-10 s a stopped SLURM study took
-    to return on 2 cores (tests/test_slurm_interrupt.py).
-    """
-    import atexit
-    import logging
-
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def run_serve(args: argparse.Namespace) -> int:
