@@ -58,6 +58,7 @@ def test_twin_root_is_still_validated_as_a_twin(twin_copy):
     assert out.returncode == 0 and "(synthetic twin)" in out.stdout
 
 
+@pytest.mark.slow  # ~37 s on 2 cores: a 64-image COCO panoptic twin made and validated three times
 def test_real_coco_panoptic_root_needs_the_official_133_categories(tmp_path):
     import json
 
