@@ -489,6 +489,9 @@ def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     """Validate a params dict, then the cross-field rules; `UserError` names the key path."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping at the top level")
+    from pipeline import cell_overrides  # `cell_overrides.<table>.<i>.<field>` -> grid.<table>.cells[i]
+
+    raw = cell_overrides.apply(raw, source)
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:

@@ -521,9 +521,9 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     )
     plan.stop.register(unit_id, job)
     try:
-        from pipeline.executor import job_result
+        from pipeline.job_wait import wait_result
 
-        job_result(job)
+        wait_result(job, plan.stop)  # returns within seconds of a stop request (pipeline/job_wait.py)
     except Exception as exc:  # noqa: BLE001 - any job failure becomes the cell's recorded reason
         if plan.stop.is_set() and not is_done(unit):
             return _interrupted(plan, unit_id, job, start)

@@ -92,7 +92,7 @@ def repo_copy(tmp_path: Path) -> Path:
         pytest.skip(f"dvc not installed at {DVC}")
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", "data/dvc.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", "data/dvc.yaml", "data/params.yaml"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / name, repo / name)
     for name in ("maskformer_core", "pipeline", "flows"):  # stage deps
@@ -103,13 +103,20 @@ def repo_copy(tmp_path: Path) -> Path:
     return repo
 
 
-def test_default_repro_skips_real_data_stages_and_status_lists_them(repo_copy: Path):
+def _list_prepared(repo: Path, datasets: list[str]) -> None:
+    (repo / "data" / "params.yaml").write_text(yaml.safe_dump({"prepare": datasets}))
+
+
+def test_default_repro_skips_real_data_stages_and_status_lists_only_listed_ones(repo_copy: Path):
     repo = repo_copy
-    # No real data at all: `dvc status` succeeds and lists every opt-in prepare stage.
+    # No real data at all, data/params.yaml as shipped: `dvc status` says nothing about prepare stages.
+    status = _dvc("status", cwd=repo)
+    assert "prepare" not in status.stdout + status.stderr
+    # A dataset listed in data/params.yaml gets its stage, which `dvc status` then reports.
+    _list_prepared(repo, ["ade20k"])
     status = _dvc("status", cwd=repo).stdout
-    for d in DATASETS:
-        assert f"data/dvc.yaml:prepare@{d}:" in status
-        assert f"deleted:            data/raw/{d}" in status
+    assert "data/dvc.yaml:prepare@ade20k:" in status and "deleted:            data/raw/ade20k" in status
+    assert "prepare@cityscapes" not in status
     # Default `dvc repro` (target dvc.yaml): stand-ins for the upstream outputs let the dry run pass
     # every stage; the real-data stages are not part of it.
     for d in DATASETS:
@@ -129,6 +136,7 @@ def test_default_repro_skips_real_data_stages_and_status_lists_them(repo_copy: P
     assert "data@ade20k" in dag and "prepare@" not in dag
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["study"].update(profile="paper", data_root="data/prepared")
+    _list_prepared(repo, list(DATASETS))
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     validate_params(raw)
     dag = _dvc("dag", "study", cwd=repo).stdout

@@ -56,3 +56,48 @@ def test_twin_root_is_still_validated_as_a_twin(twin_copy):
     out = subprocess.run([sys.executable, "-m", "pipeline", "data", "validate", "--dataset", "ade20k", "--root",
                           str(twin_copy)], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0 and "(synthetic twin)" in out.stdout
+
+
+@pytest.mark.slow  # ~37 s on 2 cores: a 64-image COCO panoptic twin made and validated three times
+def test_real_coco_panoptic_root_needs_the_official_133_categories(tmp_path):
+    import json
+
+    from maskformer_core.data.metadata import get_metadata
+
+    root = tmp_path / "prepared" / "coco_panoptic"
+    subprocess.run([sys.executable, "-m", "pipeline", "data", "make", "--dataset", "coco_panoptic", "--params",
+                    str(REPO / "params.yaml"), "--out", str(root)], check=True, capture_output=True, cwd=REPO)
+    (root / "SYNTHETIC.json").unlink()
+    cmd = [sys.executable, "-m", "pipeline", "data", "validate", "--dataset", "coco_panoptic", "--root", str(root),
+           "--real", "--subset"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    val_json = root / "annotations" / "panoptic_val2017.json"
+    assert out.returncode == 2 and f"{val_json}: 4 categories, the official coco_panoptic has K = 133" in out.stderr
+
+    meta = get_metadata("coco_panoptic")
+    data = json.loads(val_json.read_text())
+    data["categories"] = [{"id": i, "name": n, "isthing": int(k in meta.thing_ids), "supercategory": "x"}
+                          for k, (i, n) in enumerate(zip(meta.dataset_ids, meta.class_names))]
+    data["categories"][0]["name"] = "persn"
+    val_json.write_text(json.dumps(data))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 2 and "category 1 is named 'persn', the official coco_panoptic name is 'person'" in out.stderr
+
+    data["categories"][0]["name"] = "person"
+    val_json.write_text(json.dumps(data))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
+def test_ade20k_full_preparation_needs_the_official_847_class_list(tmp_path):
+    from maskformer_core.data.metadata import SYNTHETIC_MARKER
+    from maskformer_core.data.prepare import ade20k_full
+    from maskformer_core.errors import DataError
+
+    raw = tmp_path / "raw" / "ade20k_full"
+    subprocess.run([sys.executable, "-m", "pipeline", "data", "synth", "--dataset", "ade20k_full", "--out", str(raw),
+                    "--num-images", "4", "--num-classes", "8", "--seed", "0"], check=True, capture_output=True, cwd=REPO)
+    assert len(ade20k_full.check("ade20k_full", raw)["lut"]) == 8  # a twin lists its own K classes
+    (raw / SYNTHETIC_MARKER).unlink()
+    with pytest.raises(DataError, match=r"ade20k_full_categories\.json: 8 entries .* has 847 classes"):
+        ade20k_full.check("ade20k_full", raw)

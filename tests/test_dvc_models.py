@@ -76,10 +76,12 @@ def test_fresh_clone_pulls_the_trained_study_and_rebuilds_tables_without_trainin
         fh.write(".venv\n")
     _run([".venv/bin/dvc", "remote", "modify", "--local", "local", "url", str(remote)], fresh, env)
     assert not (fresh / "models" / "smoke").exists() and not (fresh / "runs").exists()
-    # dvc.yaml only: data/dvc.yaml holds the opt-in real-data stages, which were never run here.
+    # dvc.yaml only: data/dvc.yaml holds the opt-in real-data stages (none listed in data/params.yaml).
     _run([".venv/bin/dvc", "pull", "dvc.yaml"], fresh, env)
     assert (fresh / "models" / "smoke" / cell / "checkpoints" / "final.pt").read_bytes() == trained
     _run([".venv/bin/dvc", "repro", "study"], fresh, env)
+    status = _run([".venv/bin/dvc", "status"], fresh, env)
+    assert "prepare" not in status.stdout + status.stderr  # data/dvc.yaml's opt-in stages: none listed
     after = json.loads((fresh / "reports" / "study" / "cells.json").read_text())["cells"]
     assert [(c["cell_id"], c["status"], c["skipped"]) for c in after] == [(cell, "done", True)]
     assert (fresh / "runs" / "smoke" / cell / "checkpoints" / "final.pt").read_bytes() == trained

@@ -161,6 +161,8 @@ def validate(name: str, root: str | Path, split: Optional[str] = None,
 # Cityscapes gtFine, Mapillary Vistas v1.2 and COCO 2017 panoptic.
 OFFICIAL_SPLIT_SIZES: dict[str, dict[str, int]] = {
     "ade20k": {"train": 20210, "val": 2000},
+    # ADE20K_2021_17_01: "27,574 images (25,574 for training and 2,000 for testing)" (CSAILVision/ADE20K
+    # README.md, "Dataset stats"); datasets/prepare_ade20k_full_sem_seg.py keeps every indexed image.
     "ade20k_full": {"train": 25574, "val": 2000},
     "coco_stuff_10k": {"train": 9000, "test": 1000},
     "cityscapes": {"train": 2975, "val": 500},
@@ -171,6 +173,31 @@ OFFICIAL_SPLIT_SIZES: dict[str, dict[str, int]] = {
 # Class-list files an official ADE20K download carries (ADEChallengeData2016/objectInfo150.txt: a
 # header line, then one line per class, Idx 1..150), copied into the prepared root by `prepare`.
 CLASS_LIST_FILES = {"ade20k": "objectInfo150.txt", "ade20k_panoptic": "objectInfo150.txt"}
+# Panoptic roots carry their class list in the panoptic JSON's "categories" (COCO: the 133 of
+# panoptic_val2017.json, names as detectron2's builtin_meta COCO_CATEGORIES; ADE20K panoptic: the 150
+# classes, ids 0..149, that MaskFormer's datasets/prepare_ade20k_pan_seg.py writes). Names are compared
+# where metadata.py holds the official ones (COCO); ADE20K-Full's 847-class list is checked when it is
+# prepared (prepare/ade20k_full.py); COCO-Stuff-10K, Cityscapes and Mapillary Vistas roots carry no
+# class-list file (their label values are checked by `validate`).
+NAMES_CHECKED = {"coco_panoptic"}
+
+
+def _check_panoptic_categories(name: str, root: Path, meta: DatasetMeta) -> None:
+    json_file = panoptic_paths(name, root, meta.test_split)[0]
+    if not json_file.is_file():
+        return  # `validate` names the missing file
+    cats = {int(c["id"]): str(c.get("name")) for c in read_panoptic_json(json_file)["categories"]}
+    official = dict(zip(meta.dataset_ids, meta.class_names))
+    if sorted(cats) != sorted(official):
+        extra, missing = sorted(set(cats) - set(official)), sorted(set(official) - set(cats))
+        raise DataError(f"{json_file}: {len(cats)} categories, the official {name} has K = {meta.num_classes}"
+                        + (f"; missing ids {missing[:5]}" if missing else "") + (f"; unknown ids {extra[:5]}" if extra else ""))
+    if name in NAMES_CHECKED:
+        wrong = [(i, cats[i], official[i]) for i in sorted(official) if cats[i] != official[i]]
+        if wrong:
+            i, got, want = wrong[0]
+            raise DataError(f"{json_file}: category {i} is named {got!r}, the official {name} name is {want!r} "
+                            f"({len(wrong)} names differ)")
 
 
 def check_real_root(name: str, root: str | Path, counts: dict[str, int], *, subset: bool = False) -> list[str]:
@@ -204,4 +231,6 @@ def check_real_root(name: str, root: str | Path, counts: dict[str, int], *, subs
         if ids != list(range(1, meta.num_classes + 1)):
             raise DataError(f"{root / listing}: lists {len(ids)} classes (ids {ids[:3]}...), the official {name} "
                             f"has K = {meta.num_classes} with ids 1..{meta.num_classes}")
+    if meta.task == "panoptic":
+        _check_panoptic_categories(name, root, meta)
     return notes

@@ -22,12 +22,14 @@ import numpy as np
 from PIL import Image
 
 from maskformer_core.data.formats import require_file, save_jpeg, save_tif_uint16
+from maskformer_core.data.metadata import SYNTHETIC_MARKER
 from maskformer_core.data.prepare.common import find_top, progress_iter
 from maskformer_core.errors import DataError
 
 IGNORE = 65535
 MAX_SHORT = 512  # F step 3
 CATEGORIES_FILE = "ade20k_full_categories.json"
+NUM_CLASSES = 847  # A.1 #13: MODEL.SEM_SEG_HEAD.NUM_CLASSES 847
 
 _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"),
@@ -109,6 +111,14 @@ def check(name: str, raw_root: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise DataError(f"{cat_path}: not valid JSON ({exc})") from exc
     lut = train_id_lut(categories, cat_path)
+    # The official list (MaskFormer mask_former/data/datasets/register_ade20k_full.py
+    # ADE20K_SEM_SEG_FULL_CATEGORIES): 847 entries, trainIds 0..846, each ADE index id once. A synthetic
+    # twin (SYNTHETIC.json in its raw root) lists only its K classes.
+    k = NUM_CLASSES if not (raw_root / SYNTHETIC_MARKER).is_file() else len(categories)
+    if len(categories) != len(lut) or sorted(lut.values()) != list(range(k)):
+        raise DataError(f"{cat_path}: {len(categories)} entries with {len(set(lut.values()))} distinct trainIds; "
+                        f"the official ADE20K-Full list has {NUM_CLASSES} classes, trainIds 0..{NUM_CLASSES - 1}, "
+                        f"each id once")
     index = load_index(index_path)
     items = []
     for folder, filename in zip(index["folder"], index["filename"]):
