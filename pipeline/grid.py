@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.errors import UserError
+from pipeline.subset import cap_world_size, one_row_per_table
 from pipeline.params import (
     DATASETS,
     OFFICIAL_NUM_CLASSES,
@@ -448,6 +449,7 @@ def resolve_cell(
             f"(set profiles.{profile_name}.solver.warmup_iters or solver_by_task)"
         )
     num_gpus = profile.num_gpus(cell.dataset)  # world size: one process per GPU (A.0)
+    num_gpus = cap_world_size(solver, num_gpus, profile.max_world_size, where)  # a deviation; pipeline/subset.py
     if solver["ims_per_batch"] % num_gpus:
         raise UserError(
             f"{where}: solver.ims_per_batch {solver['ims_per_batch']} is not divisible by the {num_gpus} "
@@ -594,6 +596,8 @@ def expand(
                     evals[eid] = EvalUnit(eid, tid, tcfg if eid == tid else ecfg)
                 ids.append(eid)
             rows.append(GridRow(table, i, cell.row, dict(cell.columns or grid.columns), cell, ids))
+    if prof.one_row_per_table:
+        return one_row_per_table(Grid(profile, rows, train, evals))
     return Grid(profile, rows, train, evals)
 
 
@@ -625,7 +629,8 @@ def profile_differences(params: Params, profile: str, tables: Iterable[str] | No
     ours, theirs = expand(params, profile, tables), expand(params, base, tables)
     skip = ("run.output_dir", "run.run_name", "run.tags", "run.experiment", "data.root", "run.seed")
     diff: dict[str, tuple[set, set]] = {}
-    for a, b in zip(theirs.rows, ours.rows):
+    by_place = {(r.table, r.index): r for r in theirs.rows}
+    for a, b in ((by_place[(r.table, r.index)], r) for r in ours.rows):  # ours: maybe one row per table
         ca = flatten(theirs.train[theirs.evals[a.eval_ids[0]].train_id].config)
         cb = flatten(ours.train[ours.evals[b.eval_ids[0]].train_id].config)
         for key in sorted(set(ca) | set(cb)):

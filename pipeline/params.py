@@ -208,6 +208,10 @@ class Profile(BaseModel):
     gpus: dict[str, int] = Field(default_factory=lambda: {"default": 1})
     # The profile this one rehearses (same cells, shrunk): `grid list` prints every key that differs.
     rehearses: str | None = None
+    # Cheap rehearsals (pipeline/subset.py; CI: tests/test_cluster2.py): cap the processes per run at
+    # this many, keeping the per-GPU batch (total batch = per-GPU batch x cap); keep one row per table.
+    max_world_size: int | None = Field(None, ge=1, le=1024)
+    one_row_per_table: bool = False
 
     @field_validator("gpus")
     @classmethod

@@ -228,14 +228,23 @@ class Tracker:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         with warnings.catch_warnings():  # a local folder matches the registry's local source twice: same class
             warnings.simplefilter("ignore", UserWarning)
             src = resolve_dataset_source(str(Path(source).resolve()))
         dataset = MetaDataset(src, name=name, digest=version)
-        self.client.log_inputs(self.run_id, datasets=[
-            DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException as exc:
+            # Two cells of one dataset starting together (a SLURM array) both insert the experiment's dataset
+            # row; the loser gets "UNIQUE constraint failed: datasets..." (SQL store's get-or-create is not
+            # atomic; seen in tests/test_cluster2.py). The row exists now: logging again links it.
+            if "UNIQUE constraint failed: datasets" not in str(exc):
+                raise
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def end(self, status: str) -> None:
         """Flush and close the run as FINISHED, FAILED or KILLED."""

@@ -28,6 +28,8 @@ BR=mfbr0
 NODES=(1 2)
 CONF=$ROOT/slurm.conf
 PIDS=$ROOT/pids
+# shellcheck source=scripts/slurm_conf.sh
+. "$REPO/scripts/slurm_conf.sh"   # slurm_conf_common: the lines shared with scripts/services.sh
 
 log() { printf '[cluster2 %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -87,40 +89,32 @@ write_conf() {
   # FirstJobId: ids never restart at 1 when the state folder is wiped (INFRA trap: submitit would
   # return old result files from a reused job folder).
   [ -s "$ROOT/first_job_id" ] || echo $(( ($(date +%s) / 4) % 20000000 + 45000000 )) >"$ROOT/first_job_id"
-  cat >"$CONF" <<CONF
+  # slurmctld listens on 0.0.0.0:$SLURMCTLD_PORT: SLURM 22.05 binds it to one address only with
+  # CommunicationParameters=NoCtldInAddrAny, and then to what the host NAME resolves to (here 127.0.0.1,
+  # measured: the nodes could no longer register), not to SlurmctldHost's (10.231.0.1); NoInAddrAny
+  # excludes slurmctld (slurm.conf(5)). Making the name resolve to the bridge would mean editing
+  # /etc/hosts machine-wide, which this script does not do. Munge authenticates every RPC regardless.
+  {
+    cat <<CONF
 ClusterName=maskformer2
 SlurmctldHost=$(hostname -s)($NET.1)
 SlurmctldPort=$SLURMCTLD_PORT
 SlurmdPort=$SLURMD_PORT
-SlurmUser=root
-AuthType=auth/munge
 StateSaveLocation=$ROOT/state
 SlurmdSpoolDir=$ROOT/spool%n
 SlurmctldPidFile=$PIDS/slurmctld.pid
 SlurmdPidFile=$PIDS/slurmd-%n.pid
 SlurmctldLogFile=$ROOT/log/slurmctld.log
 SlurmdLogFile=$ROOT/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-AccountingStoragePort=$SLURMDBD_PORT
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MpiDefault=none
-FirstJobId=$(cat "$ROOT/first_job_id")
-KillWait=5
-MinJobAge=300
-SlurmctldTimeout=30
-SlurmdTimeout=30
+CONF
+    slurm_conf_common "$SLURMDBD_PORT" "$(cat "$ROOT/first_job_id")"
+    cat <<CONF
 NodeName=node1 NodeAddr=$NET.11 CPUs=2 RealMemory=8000 State=UNKNOWN
 NodeName=node2 NodeAddr=$NET.12 CPUs=2 RealMemory=8000 State=UNKNOWN
 PartitionName=two Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
+  } >"$CONF.tmp"
+  mv "$CONF.tmp" "$CONF"
 }
 
 up() {

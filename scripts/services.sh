@@ -31,6 +31,8 @@ FAKE_GPUS=${FAKE_GPUS:-2}
 export SLURM_CONF=$ROOT/slurm/slurm.conf
 PIDS=$ROOT/pids
 SOCK=$ROOT/mysql/mysqld.sock
+# shellcheck source=scripts/slurm_conf.sh
+. "$REPO/scripts/slurm_conf.sh"   # slurm_conf_common: the lines shared with scripts/cluster2.sh
 
 log() { printf '[services %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -109,40 +111,26 @@ write_slurm_conf() {
   # from the clock (below MaxJobId 67,043,328), kept in the state folder so the conf is stable.
   [ -s "$ROOT/slurm/first_job_id" ] || echo $(( ($(date +%s) / 4) % 60000000 + 1000 )) >"$ROOT/slurm/first_job_id"
   first_id=$(cat "$ROOT/slurm/first_job_id")
-  cat >"$SLURM_CONF.tmp" <<CONF
+  {
+    cat <<CONF
 ClusterName=maskformer
 SlurmctldHost=localhost
 SlurmctldPort=$SLURMCTLD_PORT
 SlurmdPort=$SLURMD_PORT
-SlurmUser=root
-AuthType=auth/munge
 StateSaveLocation=$ROOT/slurm/state
 SlurmdSpoolDir=$ROOT/slurm/spool
 SlurmctldPidFile=$PIDS/slurmctld.pid
 SlurmdPidFile=$PIDS/slurmd.pid
 SlurmctldLogFile=$ROOT/slurm/log/slurmctld.log
 SlurmdLogFile=$ROOT/slurm/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-AccountingStoragePort=$SLURMDBD_PORT
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MpiDefault=none
-FirstJobId=$first_id
-KillWait=5
-MinJobAge=300
-SlurmctldTimeout=30
-SlurmdTimeout=30
+CONF
+    slurm_conf_common "$SLURMDBD_PORT" "$first_id"
+    cat <<CONF
 $gres_types
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$ncpu RealMemory=$mem $gres_node State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
+  } >"$SLURM_CONF.tmp"
   mv "$SLURM_CONF.tmp" "$SLURM_CONF"
   umask 077
   cat >"$ROOT/slurm/slurmdbd.conf" <<CONF

@@ -327,3 +327,69 @@ def test_study_cells_on_the_nodes_log_through_the_served_cluster_address_and_rea
                             text=True, timeout=120)
     assert tables.returncode == 0, tables.stderr[-2000:]
     assert any((tmp_path / "reports" / "tables").glob("table1*"))
+
+
+# Datasets of the rehearsal's one-row-per-table selection (tests below assert the selection needs no other).
+REHEARSAL_DATASETS = ("ade20k", "ade20k_full", "ade20k_panoptic", "cityscapes", "coco_panoptic", "mapillary_vistas")
+
+
+def test_rehearsal_study_of_one_row_per_table_reaches_every_table(cluster2, tmp_path):
+    """`study --profile rehearsal` on the two nodes, one row of each table (profiles.rehearsal.one_row_per_table):
+    the paper's cells -- full-size R50/R101 models, the recipe's per-GPU batch, schedule shape, evaluation
+    and inference -- at max_world_size 2 (one gloo process per node; the recipe's 8 / 64 processes of
+    full-size models need ~1.7 GB each: README "Running on your cluster"), on datasets in the real prepared
+    on-disk formats (twins written by the official-layout `prepare`, without the twin marker, as a real
+    prepared root has none). Every table gets its row measured, through the served bridge address."""
+    import yaml
+
+    from maskformer_core.data.prepare import prepare
+    from maskformer_core.data.synth import synthesize
+
+    root = tmp_path / "prepared"
+    for dataset in REHEARSAL_DATASETS:
+        synthesize(dataset, tmp_path / "raw" / dataset, num_images=6, num_classes=4, image_size=(48, 64), seed=0)
+        prepare(dataset, tmp_path / "raw" / dataset, root / dataset, progress=False)
+        (root / dataset / "SYNTHETIC.json").unlink()  # a real prepared root carries only PREPARED.json
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["study"].update(runs_root=str(tmp_path / "runs"), tracking_server="always", retry_delay_s=0)
+    raw["profiles"]["rehearsal"].update(data_root=str(root), one_row_per_table=True, max_world_size=2)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    from pipeline.grid import expand
+    from pipeline.params import load_params
+
+    grid = expand(load_params(params), "rehearsal")
+    assert grid.tables() == list(raw["grid"]) and len(grid.rows) == len(raw["grid"])  # one row of every table
+    assert {r.cell.dataset for r in grid.rows} == set(REHEARSAL_DATASETS)
+    assert {u.config["run"]["num_gpus"] for u in grid.train.values()} == {2}
+    env = _study_env(cluster2, tmp_path)
+    env["MASKFORMER_SLURM_MEM_GB"] = "4"  # a full-size R50 process peaked at 2.3 GB RSS
+    reports = tmp_path / "reports"
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pipeline", "study", "--profile", "rehearsal", "--params", str(params),
+                          "--reports", str(reports)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    print(f"rehearsal study: {time.monotonic() - start:.0f} s")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    cells = json.loads((reports / "study" / "cells.json").read_text())
+    assert cells["counts"]["done"] == cells["counts"]["total"] == len(grid.train) + sum(
+        e.is_variant for e in grid.evals.values()), cells["counts"]
+    for unit in grid.train.values():  # each training run: one SLURM job (task) on both nodes
+        job_id = json.loads((Path(unit.run_dir) / "cell.json").read_text())["job_id"]
+        [line] = sacct_settled(job_id, "JobID", "JobName", "NNodes")
+        print(line)
+        assert line.split("|")[2:] == ["2", "COMPLETED"], line
+    for unit in grid.train.values():
+        status = json.loads((Path(unit.run_dir) / "status.json").read_text())
+        assert status["status"] == "done" and status["tracking_uri"].startswith("http://10.231.0.1:"), status
+        assert ckpt.load_file(Path(unit.run_dir) / "checkpoints" / "final.pt")["world_size"] == 2
+    tables = subprocess.run([sys.executable, "-m", "pipeline", "tables", "--profile", "rehearsal", "--params",
+                             str(params), "--reports", str(reports)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert tables.returncode == 0, tables.stderr[-2000:]
+    import csv
+
+    for row in grid.rows:
+        lines = (reports / "tables" / f"{row.table}.csv").read_text().splitlines()
+        assert "profile rehearsal" in lines[0], lines[0]
+        measured = [r for r in csv.DictReader(lines[1:]) if r["row"] == row.row and r["status"] == "done"]
+        assert measured and all(r["ours"] != "" for r in measured), (row.table, row.row)

@@ -45,3 +45,48 @@ def test_grid_list_says_what_differs_and_grid_show_the_world_size(run_cli):
     assert show.returncode == 0, show.stderr
     assert "# world size 64 (one process per GPU), per-GPU batch 1 of 64" in show.stdout
     assert "num_gpus: 64" in show.stdout
+
+
+def _shrunk_params(tmp_path, **rehearsal):
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profiles"]["rehearsal"].update(rehearsal)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def test_one_row_per_table_and_max_world_size_keep_the_recipe_per_gpu(tmp_path):
+    """profiles.rehearsal.one_row_per_table keeps one row of every table (sharing training runs) and
+    max_world_size caps the processes while keeping each cell's per-GPU batch (pipeline/subset.py)."""
+    full = expand(load_params(REPO / "params.yaml"), "rehearsal")
+    small = expand(load_params(_shrunk_params(tmp_path, one_row_per_table=True, max_world_size=2)), "rehearsal")
+    assert small.tables() == full.tables() and len(small.rows) == len(full.tables())
+    # the selected rows need fewer training runs than one per table (Tables 1, 2, 6, 7, 8 share one)
+    assert len(small.train) < len(small.rows)
+    assert {small.evals[e].train_id for r in small.rows for e in r.eval_ids} == set(small.train)
+    assert {e for r in small.rows for e in r.eval_ids} == set(small.evals)
+    by_place = {(r.table, r.index): r for r in full.rows}
+    for row in small.rows:
+        a = full.train[full.evals[by_place[(row.table, row.index)].eval_ids[0]].train_id].config
+        b = small.train[small.evals[row.eval_ids[0]].train_id].config
+        assert b["run"]["num_gpus"] == 2 < a["run"]["num_gpus"]
+        per_gpu = a["solver"]["ims_per_batch"] // a["run"]["num_gpus"]
+        assert b["solver"]["ims_per_batch"] == per_gpu * 2
+        assert {k: v for k, v in b["model"].items()} == a["model"]
+        assert b["solver"]["base_lr"] == a["solver"]["base_lr"] and b["solver"]["steps"] == a["solver"]["steps"]
+        assert b["test"] == a["test"]
+    assert not set(small.train) & set(full.train)  # capped runs never share a run folder with uncapped ones
+
+
+def test_grid_list_names_the_ci_deviations(tmp_path, run_cli):
+    params = _shrunk_params(tmp_path, one_row_per_table=True, max_world_size=2)
+    out = run_cli("grid", "list", "--profile", "rehearsal", "--params", str(params), cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "run.num_gpus: 64, 8 -> 2" in out.stdout and "solver.ims_per_batch: 16, 64 -> 2, 4" in out.stdout
+    assert "world size capped at 2 processes (profiles.rehearsal.max_world_size)" in out.stdout
+    assert "rows: one per table (profiles.rehearsal.one_row_per_table)" in out.stdout
+    bad = run_cli("grid", "list", "--profile", "rehearsal", "--params",
+                  str(_shrunk_params(tmp_path, max_world_size=0)), cwd=REPO)
+    assert bad.returncode == 2 and "max_world_size" in bad.stderr, bad.stderr

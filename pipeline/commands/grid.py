@@ -59,4 +59,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"differs from profile {base} only in (there -> here, over the listed cells):")
         for key, (there, here) in profile_differences(params, grid.profile, args.table).items():
             print(f"  {key}: {', '.join(sorted(there))[:70]} -> {', '.join(sorted(here))[:70]}")
+        prof = params.profiles[grid.profile]
+        if prof.one_row_per_table:
+            print(f"  rows: one per table (profiles.{grid.profile}.one_row_per_table), not every row")
+        if prof.max_world_size:
+            print(f"  world size capped at {prof.max_world_size} processes (profiles.{grid.profile}.max_world_size): "
+                  "total batch = per-GPU batch x cap, learning rate and schedule unchanged")
     return 0
