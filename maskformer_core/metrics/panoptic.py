@@ -39,7 +39,7 @@ import multiprocessing
 import os
 import re
 import threading
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
 
@@ -143,30 +143,34 @@ class _IdTable:
 
 
 class _Workspace:
-    """Per-evaluator scratch: the id table and, with ``threads`` > 1, a thread pool that run-length encodes
-    slices of an image in parallel (numpy releases the GIL in those loops). Never pickled."""
+    """Per-thread scratch (the id table, the change mask of ``_runs``) for one evaluator. Never pickled."""
 
-    def __init__(self, threads: int = 1) -> None:
-        self.threads = max(1, int(threads))
-        self.table = _IdTable()
-        self._pool: ThreadPoolExecutor | None = None
+    def __init__(self) -> None:
+        self._local = threading.local()
 
     def __getstate__(self) -> dict:
-        return {"threads": self.threads, "table": _IdTable(), "_pool": None}
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    @property
+    def table(self) -> _IdTable:
+        t = getattr(self._local, "table", None)
+        if t is None:
+            t = self._local.table = _IdTable()
+        return t
+
+    def scratch(self, n: int) -> np.ndarray:
+        """A reusable bool buffer of 2n elements for ``_runs`` (fresh 300 kB arrays per image cost page
+        faults that take as long as the comparisons that fill them)."""
+        buf = getattr(self._local, "scratch", None)
+        if buf is None or buf.size < 2 * n:
+            buf = self._local.scratch = np.empty(max(2 * n, 2), dtype=bool)
+        return buf[:2 * n]
 
     def joint_runs(self, gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``_runs`` of the flat maps; with k threads, of k contiguous slices (a slice border only splits a
-        run in two, which changes no count)."""
-        n = gt.size
-        k = min(self.threads, n >> 17)  # slices of at least 2^17 pixels: smaller ones cost more than they save
-        if k <= 1:
-            return _runs(gt, pred)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="pq-runs")
-        cuts = [n * i // k for i in range(k + 1)]
-        futures = [self._pool.submit(_runs, gt[a:b], pred[a:b]) for a, b in zip(cuts[1:-1], cuts[2:])]
-        parts = [_runs(gt[:cuts[1]], pred[:cuts[1]])] + [f.result() for f in futures]
-        return tuple(np.concatenate(x) for x in zip(*parts))
+        return _runs(gt, pred, self.scratch(gt.size))
 
 
 def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdTable | None = None) -> np.ndarray:
@@ -223,6 +227,15 @@ class PQStats:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.tp, self.fp, self.fn = self.counts  # views again after unpickling
+
+    def empty_like(self) -> "PQStats":
+        """Zero sums over the same categories (one image's statistics), without rebuilding the index."""
+        out = PQStats.__new__(PQStats)
+        out.categories, out.cat_ids, out.position = self.categories, self.cat_ids, self.position
+        out.iou = np.zeros_like(self.iou)
+        out.counts = np.zeros_like(self.counts)
+        out.tp, out.fp, out.fn = out.counts
+        return out
 
     def index(self, cat_ids: Iterable, where: str) -> np.ndarray:
         """Dense positions of ``cat_ids``; DataError naming ``where`` and the first unknown category id."""
@@ -323,19 +336,22 @@ def match_segments(hist: np.ndarray, gt_cat: np.ndarray, gt_crowd: np.ndarray, g
                                 minlength=3 * c).reshape(3, c)
 
 
-def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _runs(gt: np.ndarray, pred: np.ndarray, scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run-length encode a pair of flat id maps jointly: (gt value, pred value, length) per run.
 
-    Panoptic maps are piecewise constant, so a 480x640 image has a few thousand joint runs; everything
-    after this single pass over the pixels works on the runs only.
+    Panoptic maps are piecewise constant, so a 480x640 image has ~10^4 joint runs; everything after this
+    pass over the pixels works on the runs only. ``scratch``: a bool buffer of twice the maps' size.
     """
     n = gt.size
     if n == 0:
         return gt[:0], pred[:0], np.zeros(0, dtype=np.int64)
-    change = np.empty(n, dtype=bool)
+    if scratch is None:
+        scratch = np.empty(2 * n, dtype=bool)
+    change, other = scratch[:n], scratch[n + 1:2 * n]
     change[0] = True
     np.not_equal(gt[1:], gt[:-1], out=change[1:])
-    np.logical_or(change[1:], np.not_equal(pred[1:], pred[:-1]), out=change[1:])
+    np.not_equal(pred[1:], pred[:-1], out=other)
+    np.logical_or(change[1:], other, out=change[1:])
     starts = np.flatnonzero(change)
     lengths = np.empty(starts.size, dtype=np.int64)
     np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
@@ -357,6 +373,22 @@ def _segment_fields(segments: Sequence[dict], where: str, what: str, gt: bool) -
         raise DataError(f"{where}: a {what} segment has a non-integer id ({exc})") from None
 
 
+def _check_segment_ids(ids: list, where: str, what: str) -> None:
+    if len(set(ids)) != len(ids):
+        dup = [i for i, k in Counter(ids).items() if k > 1]
+        raise DataError(f"{where}: the {what} segments list segment id {dup[0]} twice")
+
+
+def _gt_fields(gt_segments: Sequence[dict], where: str) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """Checked GT segment fields: (ids, category ids, crowd flags bool [G], JSON areas int64 [G], -1 = none)."""
+    gt_ids, gt_cats, gt_crowd, gt_area = _segment_fields(gt_segments, where, "ground-truth", gt=True)
+    _check_segment_ids(gt_ids, where, "ground-truth")
+    if VOID in gt_ids:
+        raise DataError(f"{where}: ground-truth segment id 0 is VOID (0 = unlabeled), not a segment")
+    g = len(gt_ids)
+    return gt_ids, gt_cats, np.array(gt_crowd, dtype=bool).reshape(g), np.array(gt_area, dtype=np.int64).reshape(g)
+
+
 def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndarray, pred_segments: Sequence[dict],
               stats: PQStats, where: str, id_mask=None, work: _Workspace | None = None) -> None:
     """Check one image's prediction against its segments lists and add its PQ statistics to ``stats``.
@@ -367,17 +399,7 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
     """
     if gt_map.shape != pred_map.shape:
         raise DataError(f"{where}: prediction size {pred_map.shape} differs from ground-truth size {gt_map.shape}")
-    gt_ids, gt_cats, gt_crowd, gt_area = _segment_fields(gt_segments, where, "ground-truth", gt=True)
-    pred_ids, pred_cats = _segment_fields(pred_segments, where, "predicted", gt=False)
-    for ids, what in ((gt_ids, "ground-truth"), (pred_ids, "prediction")):
-        if len(set(ids)) != len(ids):
-            dup = [i for i, k in Counter(ids).items() if k > 1]
-            raise DataError(f"{where}: the {what} segments list segment id {dup[0]} twice")
-    if VOID in gt_ids:
-        raise DataError(f"{where}: ground-truth segment id 0 is VOID (0 = unlabeled), not a segment")
-    gt_cat = stats.index(gt_cats, f"{where}, ground truth")
-    pred_cat = stats.index(pred_cats, f"{where}, prediction")
-    g, p = len(gt_ids), len(pred_ids)
+    gt_ids, gt_cats, gt_crowd, gt_area = _gt_fields(gt_segments, where)
     gt_flat, pred_flat = np.asarray(gt_map).reshape(-1), np.asarray(pred_map).reshape(-1)
     gt_run, pred_run, lengths = _runs(gt_flat, pred_flat) if work is None else work.joint_runs(gt_flat, pred_flat)
     table = None if work is None else work.table
@@ -385,6 +407,23 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
         gt_run = gt_run & id_mask
         pred_run = pred_run & id_mask
     gi = _dense_index(gt_run, gt_ids, VOID, table)
+    _runs_pq(gi, pred_run, lengths, gt_cats, gt_crowd, gt_area, pred_segments, stats, where, table)
+
+
+def _runs_pq(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_cats: list, gt_crowd: np.ndarray,
+             gt_area: np.ndarray, pred_segments: Sequence[dict], stats: PQStats, where: str,
+             table: _IdTable | None = None) -> None:
+    """The part of ``_image_pq`` after the pass over the pixels, shared with prepared ground truth.
+
+    ``gi``: dense GT index per joint run (0..G-1 segments, G = VOID, G + 1 = ids the JSON does not list);
+    ``pred_run``: the predicted id per run; ``lengths``: pixels per run; ``gt_area``: JSON areas, -1 where
+    the PNG's area is to be used.
+    """
+    pred_ids, pred_cats = _segment_fields(pred_segments, where, "predicted", gt=False)
+    _check_segment_ids(pred_ids, where, "prediction")
+    gt_cat = stats.index(gt_cats, f"{where}, ground truth")
+    pred_cat = stats.index(pred_cats, f"{where}, prediction")
+    g, p = len(gt_cats), len(pred_ids)
     pj = _dense_index(pred_run, pred_ids, VOID, table)
     key = np.multiply(gi, p + 2, dtype=np.intp)
     key += pj
@@ -396,12 +435,37 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
     if p and (pred_area == 0).any():
         missing = [pred_ids[j] for j in np.flatnonzero(pred_area == 0)]
         raise DataError(f"{where}: predicted segment(s) {missing} in segments_info but not in the PNG")
-    gt_area = np.array(gt_area, dtype=np.int64).reshape(g)
     from_png = gt_area < 0  # no JSON area: the PNG's
     if from_png.any():
+        gt_area = gt_area.copy()
         gt_area[from_png] = hist[:g].sum(axis=1)[from_png]
-    gt_crowd = np.array(gt_crowd, dtype=bool).reshape(g)
     match_segments(hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area, stats)
+
+
+class PanopticGT:
+    """One image's ground truth, prepared once for repeated in-memory evaluation (``PanopticEvaluator.prepare_gt``).
+
+    The validation set is evaluated many times during training; its id maps (24-bit colours, read as
+    int64) and segments lists do not change. Prepared, an image is ``index``: a flat uint8 map (uint16
+    above 254 segments) of dense indices, i for the i-th segment of the JSON, G for VOID and G + 1 for
+    ids the JSON does not list; ``cats`` (category ids), ``crowd`` (bool [G]) and ``area`` (int64 [G], the
+    JSON ``area`` or, without it, the PNG's). ``shape``: (H, W). 307 kB for a 480x640 image.
+    """
+
+    __slots__ = ("index", "shape", "cats", "crowd", "area")
+
+    def __init__(self, gt_ids, gt_segments: Sequence[dict], where: str = "ground truth",
+                 table: _IdTable | None = None) -> None:
+        gt_map = _as_id_map(gt_ids, "gt_ids")
+        ids, self.cats, self.crowd, area = _gt_fields(gt_segments, where)
+        g = len(ids)
+        dense = _dense_index(gt_map.reshape(-1), ids, VOID, table)
+        dtype = np.uint8 if g + 2 <= 256 else np.uint16 if g + 2 <= 65536 else np.int32
+        self.index = dense.astype(dtype, copy=False)
+        self.index.flags.writeable = False
+        self.shape = tuple(gt_map.shape)
+        png_area = np.bincount(self.index, minlength=g + 2)[:g]
+        self.area = np.where(area < 0, png_area, area)
 
 
 def _pq_worker(args) -> list[tuple]:
@@ -695,14 +759,19 @@ class PanopticEvaluator:
     Args:
         categories: list of ``{"id", "isthing", ("name")}`` (or a dict id -> such dict); segment
             ``category_id`` values in GT and predictions use these ids.
-        threads: at most this many threads share the pass over the pixels of an image, one per 2^17
-            pixels (default: the usable cores); the results do not depend on it.
+        threads: images evaluated at once (default: the usable cores). With more than one, ``process``
+            hands the image to a thread pool and returns (numpy releases the GIL in the passes over the
+            pixels, so images overlap each other and the caller's next forward pass); per-image sums are
+            added in image order, so the results do not depend on it, bit for bit. An image's error is
+            raised by a later ``process``, ``results`` or ``evaluate`` call and names the image.
 
     ``process(gt_ids, gt_segments, pred_ids, pred_segments, image_id=None)``: id maps ``[H, W]`` int
     (or ``[H, W, 3]`` uint8 colours) with 0 = VOID; GT segments ``{"id", "category_id", "iscrowd",
     ("area")}``, predicted ``{"id", "category_id", ...}`` (e.g. the ``panoptic_seg`` of the ``general``
-    post-processor). ``evaluate()`` -> ``{"PQ","SQ","RQ","PQ_th","SQ_th","RQ_th","PQ_st","SQ_st","RQ_st"}``
-    (x100); ``results()`` -> panopticapi's dict (fractions, with ``per_class``).
+    post-processor). ``gt_ids`` may instead be a ``PanopticGT`` from ``prepare_gt`` (kept across
+    evaluations of the same validation set; faster). The maps must not be changed until ``results``.
+    ``evaluate()`` -> ``{"PQ","SQ","RQ","PQ_th","SQ_th","RQ_th","PQ_st","SQ_st","RQ_st"}`` (x100);
+    ``results()`` -> panopticapi's dict (fractions, with ``per_class``).
     """
 
     def __init__(self, categories, threads: int | None = None):
@@ -714,27 +783,91 @@ class PanopticEvaluator:
         if dup is not None:
             raise ValueError(f"PanopticEvaluator: category id {dup} is listed twice")
         self.categories = {int(c["id"]): dict(c) for c in categories}
-        self._work = _Workspace(default_num_workers() if threads is None else threads)
+        self.threads = max(1, int(default_num_workers() if threads is None else threads))
+        self._work = _Workspace()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque = deque()
         self.reset()
 
+    def __getstate__(self) -> dict:
+        self._drain()
+        state = dict(self.__dict__)
+        state["_pool"], state["_pending"] = None, deque()
+        return state
+
     @property
-    def threads(self) -> int:
-        return self._work.threads
+    def stats(self) -> PQStats:
+        """The per-category sums of the images processed so far (waits for the pending ones)."""
+        self._drain()
+        return self._stats
 
     def reset(self) -> None:
-        self.stats = PQStats(self.categories)
+        self._drain(errors=False)
+        self._stats = PQStats(self.categories)
         self._count = 0
 
-    def process(self, gt_ids, gt_segments: Sequence[dict], pred_ids, pred_segments: Sequence[dict],
+    def prepare_gt(self, gt_ids, gt_segments: Sequence[dict], image_id=None) -> PanopticGT:
+        """One image's ground truth in the compact form ``process`` reads fastest (``PanopticGT``): keep it
+        (e.g. per image id) and pass it to ``process`` of this or a later evaluator in place of ``gt_ids``.
+        Its checks (duplicate ids, VOID as a segment, unknown categories) are those of ``process``."""
+        where = f"image {image_id!r}" if image_id is not None else "ground truth"
+        gt = PanopticGT(gt_ids, gt_segments, where, self._work.table)
+        self._stats.index(gt.cats, f"{where}, ground truth")
+        return gt
+
+    def process(self, gt_ids, gt_segments: Sequence[dict] | None, pred_ids, pred_segments: Sequence[dict],
                 image_id=None) -> None:
+        """Add one image (see the class docstring); the numbers are the same with a ``PanopticGT``."""
         where = f"image {image_id!r}" if image_id is not None else f"image #{self._count} of this evaluation"
-        _image_pq(_as_id_map(gt_ids, "gt_ids"), gt_segments, _as_id_map(pred_ids, "pred_ids"), pred_segments,
-                  self.stats, where, work=self._work)
+        pred = _as_id_map(pred_ids, "pred_ids")
+        if isinstance(gt_ids, PanopticGT):
+            if gt_segments is not None:
+                raise ValueError("PanopticEvaluator.process: a prepared PanopticGT holds its segments; "
+                                 "pass gt_segments=None")
+            gt = gt_ids
+        else:
+            gt = _as_id_map(gt_ids, "gt_ids")
         self._count += 1
+        if self.threads == 1:
+            self._stats += self._image(gt, gt_segments, pred, pred_segments, where)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pq-image")
+        self._pending.append(self._pool.submit(self._image, gt, gt_segments, pred, pred_segments, where))
+        while len(self._pending) > 2 * self.threads:  # bounded: at most a few images held in memory
+            self._stats += self._pending.popleft().result()
+
+    def _image(self, gt, gt_segments, pred: np.ndarray, pred_segments, where: str) -> PQStats:
+        """One image's statistics (added to the total in image order by the caller)."""
+        stats = self._stats.empty_like()
+        if isinstance(gt, PanopticGT):
+            if pred.shape != gt.shape:
+                raise DataError(f"{where}: prediction size {pred.shape} differs from ground-truth size {gt.shape}")
+            gi, pred_run, lengths = self._work.joint_runs(gt.index, pred.reshape(-1))
+            _runs_pq(gi, pred_run, lengths, gt.cats, gt.crowd, gt.area, pred_segments, stats, where,
+                     self._work.table)
+        else:
+            _image_pq(gt, gt_segments, pred, pred_segments, stats, where, work=self._work)
+        return stats
+
+    def _drain(self, errors: bool = True) -> None:
+        """Add the pending images' statistics in order; the first error is raised after all have finished."""
+        first = None
+        while self._pending:
+            try:
+                part = self._pending.popleft().result()
+            except Exception as exc:
+                first = first or exc
+                continue
+            if first is None:
+                self._stats += part
+        if first is not None and errors:
+            raise first
 
     def merge(self, other: "PanopticEvaluator") -> None:
         """Add another evaluator's statistics (e.g. gathered from other processes)."""
-        self.stats += other.stats
+        self._drain()
+        self._stats += other.stats
 
     def results(self) -> dict:
         return self.stats.results()
