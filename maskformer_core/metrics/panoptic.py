@@ -16,17 +16,22 @@ and shared by the in-memory evaluator, the numpy file engine and PQ^St (``pq_stu
 - per category PQ = sum IoU / (TP + FP/2 + FN/2), SQ = sum IoU / TP, RQ = TP / (TP + FP/2 + FN/2);
   All/Things/Stuff average over the categories with TP + FP + FN > 0 (``n``).
 
-``pq_compute`` (files): both JSONs are read and checked here first (an image, a segment id within an
+``pq_compute`` (files): both JSONs are read (orjson) and checked here (an image, a segment id within an
 image or a category listed twice; unknown categories; a GT image without prediction; missing PNGs), each
-error naming the file and the value. The PNG work is then delegated to hotcoco (``engine="hotcoco"``,
-the default; Rust, ``hotcoco.panoptic.PanopticEval``), which implements panopticapi's pq_compute and is
-faster than any numpy PNG path (``benchmarks/pq_benchmark.py``). ``engine="numpy"`` evaluates the files
-with this module's reader and rules instead (a process pool); the tests hold both to hotcoco.
+error naming the file and the value. hotcoco does none of these checks (it keeps the last duplicate), so
+they stay. The PNG work is delegated to hotcoco (``engine="hotcoco"``, the default; Rust,
+``hotcoco.panoptic.PanopticEval``), which implements panopticapi's pq_compute and is faster than any
+numpy PNG path (``benchmarks/pq_benchmark.py``). With integer image ids hotcoco reads the two files itself
+and starts before the checks, on its own threads; a failed check waits for it, discards its result and
+raises the check's error. ``engine="numpy"`` evaluates the files with this module's reader and rules
+instead (a process pool); the tests hold both to hotcoco.
 
 In-memory (training): the GT and predicted id maps are run-length encoded jointly in one pass over the
-pixels (slices of a large image on ``threads`` threads); the run values are mapped to dense segment
-indices and the GT x prediction intersections are one weighted ``np.bincount``; everything after the
-first pass works on the runs (a few thousand).
+pixels; the run values are mapped to dense segment indices and the GT x prediction intersections are one
+weighted ``np.bincount``; everything after the pass works on the runs (~10^4 for a COCO image). The GT
+can be prepared once (``PanopticGT``: dense uint8 indices) and kept across evaluations of a validation
+set; images are evaluated on a thread pool (numpy releases the GIL in the passes over the pixels) and
+their sums added in image order.
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
 {category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (a group
@@ -524,6 +529,7 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
     the value for an image listed twice, a segment id listed twice within an image, a missing key or a
     segment whose category_id is not among ``categories``."""
     out: dict = {}
+    known = set(categories)
     for k, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise DataError(f"{path}: annotation #{k} is not an object")
@@ -541,6 +547,14 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
         segments = ann["segments_info"]
         if not isinstance(segments, list):
             raise DataError(f"{path}: image id {image_id!r}: 'segments_info' is not a list")
+        try:  # the common case in C-level set operations; anything odd goes through the checks below
+            ids = [s["id"] for s in segments]
+            if (all(type(i) is int for i in ids) and len(set(ids)) == len(ids)
+                    and known.issuperset([s["category_id"] for s in segments])):
+                out[image_id] = ann
+                continue
+        except (KeyError, TypeError):
+            pass
         ids, cats = _segment_fields(segments, f"{path}: image id {image_id!r}", "listed", gt=False)
         dup = first_duplicate(ids)
         if dup is not None:
@@ -567,10 +581,11 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
 
     Folders default to the JSON path without ``.json``, as in panopticapi. Every GT image needs a
     prediction (matched by ``image_id``, a number or a string); predictions of other images are ignored.
-    Both JSONs are checked before any PNG is read (see ``read_categories`` / ``read_annotations``);
-    PNG/JSON mismatches raise DataError naming the image and files. ``engine``: ``hotcoco`` (default;
-    its own thread pool, one thread per core, ``RAYON_NUM_THREADS`` limits it) or ``numpy`` (this
-    module's reader and rules on ``num_workers`` processes, default: the usable cores). Returns
+    Both JSONs are checked (see ``read_categories`` / ``read_annotations``) and a failed check is the
+    error raised, before any result; with integer image ids hotcoco already reads (never writes) while
+    they run. PNG/JSON mismatches raise DataError naming the image and files. ``engine``: ``hotcoco``
+    (default; its own thread pool, one thread per core, ``RAYON_NUM_THREADS`` limits it) or ``numpy``
+    (this module's reader and rules on ``num_workers`` processes, default: the usable cores). Returns
     panopticapi's result dict.
     """
     if engine not in ENGINES:
@@ -621,15 +636,16 @@ def _checked_pairs(gt_json: dict, pred_json: dict, gt_json_file: str, pred_json_
     for folder, what in ((gt_folder, "ground-truth"), (pred_folder, "prediction")):
         if not os.path.isdir(folder):
             raise DataError(f"{what} segmentation folder {folder} does not exist")
+    listed = {folder: set(os.listdir(folder)) for folder in (gt_folder, pred_folder)}  # one call, not a stat per PNG
     pairs = []
     for image_id, gt_ann in gt_anns.items():
         if image_id not in pred_anns:
             raise DataError(f"{pred_json_file}: no prediction for the image with id {image_id!r}")
         pred_ann = pred_anns[image_id]
         for ann, folder in ((gt_ann, gt_folder), (pred_ann, pred_folder)):
-            path = os.path.join(folder, ann["file_name"])
-            if not os.path.isfile(path):
-                raise DataError(f"panoptic PNG not found: {path} (image id {image_id!r})")
+            name = ann["file_name"]
+            if not (name in listed[folder] or os.path.isfile(os.path.join(folder, name))):  # (names with a folder)
+                raise DataError(f"panoptic PNG not found: {os.path.join(folder, name)} (image id {image_id!r})")
         pairs.append((gt_ann, pred_ann))
     return pairs, categories
 
