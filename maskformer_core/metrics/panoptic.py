@@ -200,7 +200,7 @@ def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdT
         if void not in seg_ids:
             lut[void] = s
         lut[seg_ids] = np.arange(s)
-        return lut[np.minimum(ids, top + 1)]
+        return lut[ids] if hi <= top + 1 else lut[np.minimum(ids, top + 1)]
     if table is not None and max(hi, top) < 2**_TABLE_BITS and s < 254:
         return table.index(ids, seg_ids, void)
     known = np.asarray(seg_ids + ([] if void in seg_ids else [void]), dtype=np.int64)
