@@ -440,7 +440,8 @@ def test_benchmark_script_runs_and_all_paths_agree(tmp_path):
                           "--data-dir", str(tmp_path / "bench")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "every path equal to hotcoco to 1e-9: True; numpy engine == in-memory bit for bit: True" in out.stdout
-    for row in ("hotcoco pq_compute (files)", "pq_compute (files; checks + hotcoco)", "in-memory PanopticEvaluator"):
+    for row in ("hotcoco pq_compute (files)", "pq_compute (files; checks + hotcoco)", "in-memory PanopticEvaluator",
+                "same, GT prepared once (PanopticGT, cached)", "GT preparation (once per val set, not above)"):
         assert row in out.stdout
     # a folder the script did not generate is refused, not deleted
     (tmp_path / "mine").mkdir()
