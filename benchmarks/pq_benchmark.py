@@ -12,9 +12,9 @@ temp dir and prints one table, all paths timed in the same run (best of N, inter
   hotcoco's file-based evaluation), the same with uint32 GT maps (half the bytes to read), and the same
   with the GT prepared once (``PanopticGT``: uint8 dense indices, kept across evaluations of a validation
   set); the preparation is its own row (paid once per validation set, not per evaluation);
-- the floor of the in-memory path: the elementary numpy passes over the pixels that its run-length pass
-  makes (two comparisons, an OR, a nonzero scan at the measured run density), and a plain copy of the
-  prediction maps (memory bandwidth);
+- the floor of the in-memory path with prepared GT: the elementary numpy passes over the pixels that its
+  run-length pass makes (a comparison of neighbouring prediction pixels, the GT's change positions, a
+  nonzero scan at the measured run density), and a plain copy of the prediction maps (memory bandwidth);
 - for context: merely decoding the PNGs (OpenCV, same processes) and detectron2's way (write every
   prediction as PNG + JSON, then ``pq_compute`` the files).
 
@@ -182,15 +182,15 @@ def _buffer(name: str, size: int, dtype) -> np.ndarray:
 
 
 def pixel_floor(prepared: list, preds: list, threads: int) -> None:
-    """The elementary passes of the run-length pass (``panoptic._runs``) on every image, split over
-    ``threads`` threads like the evaluator's images: two comparisons of neighbours, an OR, the nonzero
-    scan; nothing else (no gathers, no histogram, no matching)."""
+    """The elementary passes of the run-length pass (``panoptic._runs``) with prepared GT on every image,
+    split over ``threads`` threads like the evaluator's images: one comparison of neighbouring prediction
+    pixels, the GT's change positions set, the nonzero scan; nothing else (no gathers, no histogram, no
+    matching)."""
     def one(k: int) -> None:
-        g, p = prepared[k].index, preds[k][1][0].reshape(-1)
-        a, b = _buffer("a", g.size, bool), _buffer("b", g.size - 1, bool)
-        np.not_equal(g[1:], g[:-1], out=a[1:])
-        np.not_equal(p[1:], p[:-1], out=b)
-        np.logical_or(a[1:], b, out=a[1:])
+        p = preds[k][1][0].reshape(-1)
+        a = _buffer("a", p.size, bool)
+        np.not_equal(p[1:], p[:-1], out=a[1:])
+        a[prepared[k].change] = True
         np.flatnonzero(a)
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(len(prepared))))
