@@ -21,7 +21,7 @@ temp dir and prints one table, all paths timed in the same run (best of N, inter
 Every path must give the same numbers (PQ/SQ/RQ/n of All/Things/Stuff and per class) to 1e-9, and this
 project's own paths bit for bit; the script checks this and exits 1 otherwise.
 
-Usage: python benchmarks/pq_benchmark.py [--images 120] [--workers N] [--repeats 3] [--data-dir DIR]
+Usage: python benchmarks/pq_benchmark.py [--images 120] [--workers N] [--repeats 3] [--data-dir DIR] [--pairs N]
 """
 from __future__ import annotations
 
@@ -257,6 +257,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None, help="processes of the numpy paths (default: usable cores)")
     ap.add_argument("--repeats", type=int, default=3, help="best of N timings")
     ap.add_argument("--data-dir", help="generate into / reuse this folder (kept); default: a temp dir, removed")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="also time hotcoco and pq_compute (files) back to back N times and print the quartiles of "
+                         "the per-pair ratio (steadier than best-of-N on a shared machine)")
     args = ap.parse_args()
     workers = args.workers or default_num_workers()
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="pq_bench_"))
@@ -334,6 +337,22 @@ def main() -> int:
               f"{runs:.0f} joint runs per image)")
         print(f"in-memory speed-up over detectron2-style files: "
               f"{best['detectron2-style: write PNG+JSON, pq_compute'] / best['in-memory PanopticEvaluator']:.1f}x")
+        if args.pairs:
+            pairs = {"pq_compute (files)": lambda: pq_compute(*files),
+                     "in-memory, GT prepared once": lambda: in_memory_prepared(prepared, preds)}
+            for name, fn in pairs.items():
+                ratios = []
+                for k in range(args.pairs):  # alternate which one goes first
+                    t0 = time.perf_counter()
+                    (fn if k % 2 else (lambda: hotcoco_files(root)))()
+                    t1 = time.perf_counter()
+                    ((lambda: hotcoco_files(root)) if k % 2 else fn)()
+                    t2 = time.perf_counter()
+                    ours, ref_s = (t1 - t0, t2 - t1) if k % 2 else (t2 - t1, t1 - t0)
+                    ratios.append(ours / ref_s)
+                q1, med, q3 = np.percentile(ratios, [25, 50, 75])
+                print(f"{name} / hotcoco (files), {args.pairs} back-to-back pairs: median {med:.3f} "
+                      f"(quartiles {q1:.3f}-{q3:.3f}); speed-up {1 / med:.1f}x")
         print(f"every path equal to hotcoco to 1e-9: {same}; numpy engine == in-memory bit for bit: {own_identical}")
         return 0 if same and own_identical else 1
     finally:
