@@ -600,24 +600,27 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
     """
     if engine not in ENGINES:
         raise ValueError(f"pq_compute: engine must be one of {ENGINES}, got {engine!r}")
-    gt_json = _load_json(gt_json_file, "ground-truth")
-    pred_json = _load_json(pred_json_file, "prediction")
     gt_folder = gt_json_file.replace(".json", "") if gt_folder is None else gt_folder
     pred_folder = pred_json_file.replace(".json", "") if pred_folder is None else pred_folder
     early = None
-    if engine == "hotcoco" and _plain_image_ids(gt_json) and _plain_image_ids(pred_json):
-        # hotcoco reads the two (unchanged) files itself; it runs on its own threads while the checks below
-        # run here. It only reads; when a check fails its run is awaited and discarded and the check's
-        # DataError is raised, so a bad input gives the same error as if the checks had come first.
+    if engine == "hotcoco" and os.path.isfile(gt_json_file) and os.path.isfile(pred_json_file):
+        # hotcoco reads the two files itself (it takes them as they are when every image id is a
+        # non-negative integer); it runs on its own threads while the JSONs are read and checked below. It
+        # only reads; when a check fails its run is awaited and discarded and the check's DataError is
+        # raised, so a bad input gives the same error as if the checks had come first.
         early = _HotcocoRun(gt_json_file, pred_json_file, gt_folder, pred_folder)
     try:
+        gt_json = _load_json(gt_json_file, "ground-truth")
+        pred_json = _load_json(pred_json_file, "prediction")
         pairs, categories = _checked_pairs(gt_json, pred_json, gt_json_file, pred_json_file, gt_folder, pred_folder)
     except BaseException:
         if early is not None:
             early.join()  # its result or error is discarded: the check's error is the one to report
         raise
     if early is not None:
-        return _hotcoco_results(early, pairs, gt_folder, pred_folder, categories)
+        if _plain_image_ids(gt_json) and _plain_image_ids(pred_json):
+            return _hotcoco_results(early, pairs, gt_folder, pred_folder, categories)
+        early.join()  # string image ids: hotcoco could not take the files (its run is discarded)
     if engine == "hotcoco":  # some image id is not a non-negative integer: hotcoco gets renumbered dicts
         gt = {"categories": list(categories.values()),
               "annotations": [dict(g, image_id=i) for i, (g, _) in enumerate(pairs)]}
