@@ -299,7 +299,8 @@ def test_in_memory_errors_name_the_image_on_any_thread_count():
     with pytest.raises(ValueError, match="gt_segments=None"):
         ev.process(prepared, gt_segments, pred, pred_segments)
     twice = gt_segments + [dict(gt_segments[0])]
-    with pytest.raises(DataError, match=rf"image 3: the ground-truth segments list segment id {gt_segments[0]['id']} twice"):
+    dup_id = gt_segments[0]["id"]
+    with pytest.raises(DataError, match=rf"image 3: the ground-truth segments list segment id {dup_id} twice"):
         ev.prepare_gt(gt, twice, image_id=3)
     unknown = [dict(gt_segments[0], category_id=77)] + gt_segments[1:]
     with pytest.raises(DataError, match=r"image 3, ground truth: unknown category_id 77"):
