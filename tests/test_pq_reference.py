@@ -185,6 +185,14 @@ def test_pq_equals_hotcoco_files_and_in_memory(seed, n_images, colour_pred_ids):
     assert_counts(ev, ref)
     # one implementation of the rules: the numpy file engine and the in-memory evaluator agree bit for bit
     assert ev.results() == numpy_files
+    # the ground truth prepared once (PanopticGT, kept across evaluations), on one thread and on a pool
+    prepared = [ev.prepare_gt(gt, gt_segments) for gt, gt_segments, _, _ in images]
+    for threads in (1, 3):
+        for _ in range(2):  # a second evaluation reuses the same prepared GT
+            cached = PanopticEvaluator(CATEGORIES, threads=threads)
+            for gt, (_, _, pred, pred_segments) in zip(prepared, images):
+                cached.process(gt, None, pred, pred_segments)
+            assert cached.results() == numpy_files
 
 
 def boundary_image():
@@ -250,12 +258,12 @@ def test_string_image_ids_and_process_pool_match_hotcoco(tmp_path):
 
 
 def test_in_memory_threads_and_pickling_change_no_number():
-    """Large images are run-length encoded in slices on several threads; a slice border splits a run,
-    which changes no count. A pickled evaluator (gathered from another process) merges the same sums."""
+    """With several threads, images are evaluated on a pool and their sums added in image order: the
+    same numbers bit for bit. A pickled evaluator (gathered from another process) merges the same sums."""
     rng = np.random.default_rng(21)
     small = [random_image(rng) for _ in range(3)]
     big = [tuple(np.kron(a, np.ones((32, 32), dtype=a.dtype)) if isinstance(a, np.ndarray) else a for a in im)
-           for im in small]  # 768 x 1024 px: 6 slices of 2^17 pixels, so 3 threads
+           for im in small]  # 768 x 1024 px
     for im in big:
         for seg in im[1]:
             if "area" in seg:
@@ -270,6 +278,50 @@ def test_in_memory_threads_and_pickling_change_no_number():
     merged = PanopticEvaluator(CATEGORIES)
     merged.merge(pickle.loads(pickle.dumps(single)))
     assert merged.results() == single.results()
+
+
+def test_in_memory_errors_name_the_image_on_any_thread_count():
+    """Bad input to the in-memory evaluator: a DataError naming the image, whether the image ran inline
+    (threads=1, raised by process) or on the pool (raised by a later call); GT checks also at prepare_gt."""
+    rng = np.random.default_rng(4)
+    gt, gt_segments, pred, pred_segments = random_image(rng)
+    unlisted = pred_segments[1:]  # the PNG still holds the first segment's pixels
+    for threads in (1, 2):
+        ev = PanopticEvaluator(CATEGORIES, threads=threads)
+        with pytest.raises(DataError, match=r"image 'img7': predicted segment\S* \[\d+\] in the PNG but not"):
+            ev.process(gt, gt_segments, pred, unlisted, image_id="img7")
+            ev.results()
+    ev = PanopticEvaluator(CATEGORIES, threads=2)
+    prepared = ev.prepare_gt(gt, gt_segments, image_id="img7")
+    with pytest.raises(DataError, match=r"image 'img7': prediction size \(3, 4\) differs"):
+        ev.process(prepared, None, pred[:3, :4], pred_segments, image_id="img7")
+        ev.results()
+    with pytest.raises(ValueError, match="gt_segments=None"):
+        ev.process(prepared, gt_segments, pred, pred_segments)
+    twice = gt_segments + [dict(gt_segments[0])]
+    dup_id = gt_segments[0]["id"]
+    with pytest.raises(DataError, match=rf"image 3: the ground-truth segments list segment id {dup_id} twice"):
+        ev.prepare_gt(gt, twice, image_id=3)
+    unknown = [dict(gt_segments[0], category_id=77)] + gt_segments[1:]
+    with pytest.raises(DataError, match=r"image 3, ground truth: unknown category_id 77"):
+        ev.prepare_gt(gt, unknown, image_id=3)
+    with pytest.raises(DataError, match=r"segment id 0 is VOID"):
+        ev.prepare_gt(gt, [dict(gt_segments[0], id=0)], image_id=3)
+
+
+def test_failed_check_waits_for_the_concurrent_hotcoco_run(tmp_path):
+    """pq_compute starts hotcoco while it checks the JSONs; a failed check still raises its own error,
+    and only after hotcoco's run has ended (no thread left reading the files)."""
+    import threading
+
+    rng = np.random.default_rng(8)
+    files = write_folder(tmp_path, [random_image(rng) for _ in range(3)], [0, 1, 2])
+    data = json.loads(Path(files[1]).read_text())
+    del data["annotations"][2]
+    Path(files[1]).write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"pred.json: no prediction for the image with id 2"):
+        pq_compute(*files)
+    assert not [t for t in threading.enumerate() if t.name == "pq-hotcoco"]
 
 
 def test_pq_stuff_equals_hotcoco_with_one_stuff_segment_per_class(tmp_path):
@@ -389,7 +441,8 @@ def test_benchmark_script_runs_and_all_paths_agree(tmp_path):
                           "--data-dir", str(tmp_path / "bench")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "every path equal to hotcoco to 1e-9: True; numpy engine == in-memory bit for bit: True" in out.stdout
-    for row in ("hotcoco pq_compute (files)", "pq_compute (files; checks + hotcoco)", "in-memory PanopticEvaluator"):
+    for row in ("hotcoco pq_compute (files)", "pq_compute (files; checks + hotcoco)", "in-memory PanopticEvaluator",
+                "same, GT prepared once (PanopticGT, cached)", "GT preparation (once per val set, not above)"):
         assert row in out.stdout
     # a folder the script did not generate is refused, not deleted
     (tmp_path / "mine").mkdir()

@@ -16,17 +16,22 @@ and shared by the in-memory evaluator, the numpy file engine and PQ^St (``pq_stu
 - per category PQ = sum IoU / (TP + FP/2 + FN/2), SQ = sum IoU / TP, RQ = TP / (TP + FP/2 + FN/2);
   All/Things/Stuff average over the categories with TP + FP + FN > 0 (``n``).
 
-``pq_compute`` (files): both JSONs are read and checked here first (an image, a segment id within an
+``pq_compute`` (files): both JSONs are read (orjson) and checked here (an image, a segment id within an
 image or a category listed twice; unknown categories; a GT image without prediction; missing PNGs), each
-error naming the file and the value. The PNG work is then delegated to hotcoco (``engine="hotcoco"``,
-the default; Rust, ``hotcoco.panoptic.PanopticEval``), which implements panopticapi's pq_compute and is
-faster than any numpy PNG path (``benchmarks/pq_benchmark.py``). ``engine="numpy"`` evaluates the files
-with this module's reader and rules instead (a process pool); the tests hold both to hotcoco.
+error naming the file and the value. hotcoco does none of these checks (it keeps the last duplicate), so
+they stay. The PNG work is delegated to hotcoco (``engine="hotcoco"``, the default; Rust,
+``hotcoco.panoptic.PanopticEval``), which implements panopticapi's pq_compute and is faster than any
+numpy PNG path (``benchmarks/pq_benchmark.py``). With integer image ids hotcoco reads the two files itself
+and starts before the checks, on its own threads; a failed check waits for it, discards its result and
+raises the check's error. ``engine="numpy"`` evaluates the files with this module's reader and rules
+instead (a process pool); the tests hold both to hotcoco.
 
 In-memory (training): the GT and predicted id maps are run-length encoded jointly in one pass over the
-pixels (slices of a large image on ``threads`` threads); the run values are mapped to dense segment
-indices and the GT x prediction intersections are one weighted ``np.bincount``; everything after the
-first pass works on the runs (a few thousand).
+pixels; the run values are mapped to dense segment indices and the GT x prediction intersections are one
+weighted ``np.bincount``; everything after the pass works on the runs (~10^4 for a COCO image). The GT
+can be prepared once (``PanopticGT``: dense uint8 indices) and kept across evaluations of a validation
+set; images are evaluated on a thread pool (numpy releases the GIL in the passes over the pixels) and
+their sums added in image order.
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
 {category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (a group
@@ -35,11 +40,11 @@ is 0.0 in ``per_class`` (panopticapi's value; hotcoco's -1 sentinel is mapped to
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
-from collections import Counter
+import threading
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
 
@@ -49,6 +54,11 @@ from PIL import Image
 
 from maskformer_core.data.formats import first_duplicate
 from maskformer_core.errors import DataError
+
+try:
+    from orjson import loads as _json_loads
+except ImportError:  # orjson is a dependency (pyproject.toml); json gives the same dicts, slower
+    from json import loads as _json_loads
 
 VOID = 0
 OFFSET = 256 * 256 * 256  # panopticapi's id offset; ids are 24-bit colours
@@ -138,30 +148,35 @@ class _IdTable:
 
 
 class _Workspace:
-    """Per-evaluator scratch: the id table and, with ``threads`` > 1, a thread pool that run-length encodes
-    slices of an image in parallel (numpy releases the GIL in those loops). Never pickled."""
+    """Per-thread scratch (the id table, the change mask of ``_runs``) for one evaluator. Never pickled."""
 
-    def __init__(self, threads: int = 1) -> None:
-        self.threads = max(1, int(threads))
-        self.table = _IdTable()
-        self._pool: ThreadPoolExecutor | None = None
+    def __init__(self) -> None:
+        self._local = threading.local()
 
     def __getstate__(self) -> dict:
-        return {"threads": self.threads, "table": _IdTable(), "_pool": None}
+        return {}
 
-    def joint_runs(self, gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``_runs`` of the flat maps; with k threads, of k contiguous slices (a slice border only splits a
-        run in two, which changes no count)."""
-        n = gt.size
-        k = min(self.threads, n >> 17)  # slices of at least 2^17 pixels: smaller ones cost more than they save
-        if k <= 1:
-            return _runs(gt, pred)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="pq-runs")
-        cuts = [n * i // k for i in range(k + 1)]
-        futures = [self._pool.submit(_runs, gt[a:b], pred[a:b]) for a, b in zip(cuts[1:-1], cuts[2:])]
-        parts = [_runs(gt[:cuts[1]], pred[:cuts[1]])] + [f.result() for f in futures]
-        return tuple(np.concatenate(x) for x in zip(*parts))
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    @property
+    def table(self) -> _IdTable:
+        t = getattr(self._local, "table", None)
+        if t is None:
+            t = self._local.table = _IdTable()
+        return t
+
+    def scratch(self, n: int) -> np.ndarray:
+        """A reusable bool buffer of 2n elements for ``_runs`` (fresh 300 kB arrays per image cost page
+        faults that take as long as the comparisons that fill them)."""
+        buf = getattr(self._local, "scratch", None)
+        if buf is None or buf.size < 2 * n:
+            buf = self._local.scratch = np.empty(max(2 * n, 2), dtype=bool)
+        return buf[:2 * n]
+
+    def joint_runs(self, gt: np.ndarray, pred: np.ndarray,
+                   gt_change: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _runs(gt, pred, self.scratch(gt.size), gt_change)
 
 
 def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdTable | None = None) -> np.ndarray:
@@ -186,7 +201,7 @@ def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdT
         if void not in seg_ids:
             lut[void] = s
         lut[seg_ids] = np.arange(s)
-        return lut[np.minimum(ids, top + 1)]
+        return lut[ids] if hi <= top + 1 else lut[np.minimum(ids, top + 1)]
     if table is not None and max(hi, top) < 2**_TABLE_BITS and s < 254:
         return table.index(ids, seg_ids, void)
     known = np.asarray(seg_ids + ([] if void in seg_ids else [void]), dtype=np.int64)
@@ -218,6 +233,15 @@ class PQStats:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.tp, self.fp, self.fn = self.counts  # views again after unpickling
+
+    def empty_like(self) -> "PQStats":
+        """Zero sums over the same categories (one image's statistics), without rebuilding the index."""
+        out = PQStats.__new__(PQStats)
+        out.categories, out.cat_ids, out.position = self.categories, self.cat_ids, self.position
+        out.iou = np.zeros_like(self.iou)
+        out.counts = np.zeros_like(self.counts)
+        out.tp, out.fp, out.fn = out.counts
+        return out
 
     def index(self, cat_ids: Iterable, where: str) -> np.ndarray:
         """Dense positions of ``cat_ids``; DataError naming ``where`` and the first unknown category id."""
@@ -318,19 +342,28 @@ def match_segments(hist: np.ndarray, gt_cat: np.ndarray, gt_crowd: np.ndarray, g
                                 minlength=3 * c).reshape(3, c)
 
 
-def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _runs(gt: np.ndarray, pred: np.ndarray, scratch: np.ndarray | None = None,
+          gt_change: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run-length encode a pair of flat id maps jointly: (gt value, pred value, length) per run.
 
-    Panoptic maps are piecewise constant, so a 480x640 image has a few thousand joint runs; everything
-    after this single pass over the pixels works on the runs only.
+    Panoptic maps are piecewise constant, so a 480x640 image has ~10^4 joint runs; everything after this
+    pass over the pixels works on the runs only. ``scratch``: a bool buffer of twice the maps' size;
+    ``gt_change``: the positions i where gt[i] != gt[i - 1], when known (``PanopticGT``).
     """
     n = gt.size
     if n == 0:
         return gt[:0], pred[:0], np.zeros(0, dtype=np.int64)
-    change = np.empty(n, dtype=bool)
+    if scratch is None:
+        scratch = np.empty(2 * n, dtype=bool)
+    change, other = scratch[:n], scratch[n + 1:2 * n]
     change[0] = True
-    np.not_equal(gt[1:], gt[:-1], out=change[1:])
-    np.logical_or(change[1:], np.not_equal(pred[1:], pred[:-1]), out=change[1:])
+    if gt_change is None:
+        np.not_equal(gt[1:], gt[:-1], out=change[1:])
+        np.not_equal(pred[1:], pred[:-1], out=other)
+        np.logical_or(change[1:], other, out=change[1:])
+    else:  # prepared GT: its change positions are known
+        np.not_equal(pred[1:], pred[:-1], out=change[1:])
+        change[gt_change] = True
     starts = np.flatnonzero(change)
     lengths = np.empty(starts.size, dtype=np.int64)
     np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
@@ -352,6 +385,22 @@ def _segment_fields(segments: Sequence[dict], where: str, what: str, gt: bool) -
         raise DataError(f"{where}: a {what} segment has a non-integer id ({exc})") from None
 
 
+def _check_segment_ids(ids: list, where: str, what: str) -> None:
+    if len(set(ids)) != len(ids):
+        dup = [i for i, k in Counter(ids).items() if k > 1]
+        raise DataError(f"{where}: the {what} segments list segment id {dup[0]} twice")
+
+
+def _gt_fields(gt_segments: Sequence[dict], where: str) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """Checked GT segment fields: (ids, category ids, crowd flags bool [G], JSON areas int64 [G], -1 = none)."""
+    gt_ids, gt_cats, gt_crowd, gt_area = _segment_fields(gt_segments, where, "ground-truth", gt=True)
+    _check_segment_ids(gt_ids, where, "ground-truth")
+    if VOID in gt_ids:
+        raise DataError(f"{where}: ground-truth segment id 0 is VOID (0 = unlabeled), not a segment")
+    g = len(gt_ids)
+    return gt_ids, gt_cats, np.array(gt_crowd, dtype=bool).reshape(g), np.array(gt_area, dtype=np.int64).reshape(g)
+
+
 def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndarray, pred_segments: Sequence[dict],
               stats: PQStats, where: str, id_mask=None, work: _Workspace | None = None) -> None:
     """Check one image's prediction against its segments lists and add its PQ statistics to ``stats``.
@@ -362,17 +411,7 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
     """
     if gt_map.shape != pred_map.shape:
         raise DataError(f"{where}: prediction size {pred_map.shape} differs from ground-truth size {gt_map.shape}")
-    gt_ids, gt_cats, gt_crowd, gt_area = _segment_fields(gt_segments, where, "ground-truth", gt=True)
-    pred_ids, pred_cats = _segment_fields(pred_segments, where, "predicted", gt=False)
-    for ids, what in ((gt_ids, "ground-truth"), (pred_ids, "prediction")):
-        if len(set(ids)) != len(ids):
-            dup = [i for i, k in Counter(ids).items() if k > 1]
-            raise DataError(f"{where}: the {what} segments list segment id {dup[0]} twice")
-    if VOID in gt_ids:
-        raise DataError(f"{where}: ground-truth segment id 0 is VOID (0 = unlabeled), not a segment")
-    gt_cat = stats.index(gt_cats, f"{where}, ground truth")
-    pred_cat = stats.index(pred_cats, f"{where}, prediction")
-    g, p = len(gt_ids), len(pred_ids)
+    gt_ids, gt_cats, gt_crowd, gt_area = _gt_fields(gt_segments, where)
     gt_flat, pred_flat = np.asarray(gt_map).reshape(-1), np.asarray(pred_map).reshape(-1)
     gt_run, pred_run, lengths = _runs(gt_flat, pred_flat) if work is None else work.joint_runs(gt_flat, pred_flat)
     table = None if work is None else work.table
@@ -380,6 +419,23 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
         gt_run = gt_run & id_mask
         pred_run = pred_run & id_mask
     gi = _dense_index(gt_run, gt_ids, VOID, table)
+    _runs_pq(gi, pred_run, lengths, gt_cats, gt_crowd, gt_area, pred_segments, stats, where, table)
+
+
+def _runs_pq(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_cats: list, gt_crowd: np.ndarray,
+             gt_area: np.ndarray, pred_segments: Sequence[dict], stats: PQStats, where: str,
+             table: _IdTable | None = None) -> None:
+    """The part of ``_image_pq`` after the pass over the pixels, shared with prepared ground truth.
+
+    ``gi``: dense GT index per joint run (0..G-1 segments, G = VOID, G + 1 = ids the JSON does not list);
+    ``pred_run``: the predicted id per run; ``lengths``: pixels per run; ``gt_area``: JSON areas, -1 where
+    the PNG's area is to be used.
+    """
+    pred_ids, pred_cats = _segment_fields(pred_segments, where, "predicted", gt=False)
+    _check_segment_ids(pred_ids, where, "prediction")
+    gt_cat = stats.index(gt_cats, f"{where}, ground truth")
+    pred_cat = stats.index(pred_cats, f"{where}, prediction")
+    g, p = len(gt_cats), len(pred_ids)
     pj = _dense_index(pred_run, pred_ids, VOID, table)
     key = np.multiply(gi, p + 2, dtype=np.intp)
     key += pj
@@ -391,12 +447,40 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
     if p and (pred_area == 0).any():
         missing = [pred_ids[j] for j in np.flatnonzero(pred_area == 0)]
         raise DataError(f"{where}: predicted segment(s) {missing} in segments_info but not in the PNG")
-    gt_area = np.array(gt_area, dtype=np.int64).reshape(g)
     from_png = gt_area < 0  # no JSON area: the PNG's
     if from_png.any():
+        gt_area = gt_area.copy()
         gt_area[from_png] = hist[:g].sum(axis=1)[from_png]
-    gt_crowd = np.array(gt_crowd, dtype=bool).reshape(g)
     match_segments(hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area, stats)
+
+
+class PanopticGT:
+    """One image's ground truth, prepared once for repeated in-memory evaluation (``PanopticEvaluator.prepare_gt``).
+
+    The validation set is evaluated many times during training; its id maps (24-bit colours, read as
+    int64) and segments lists do not change. Prepared, an image is ``index``: a flat uint8 map (uint16
+    above 254 segments) of dense indices, i for the i-th segment of the JSON, G for VOID and G + 1 for
+    ids the JSON does not list; ``cats`` (category ids), ``crowd`` (bool [G]) and ``area`` (int64 [G], the
+    JSON ``area`` or, without it, the PNG's); ``change``: the positions where the flat index changes
+    (int32), so that an evaluation compares only the prediction's neighbouring pixels. ``shape``: (H, W).
+    About 330 kB for a 480x640 COCO image.
+    """
+
+    __slots__ = ("index", "shape", "cats", "crowd", "area", "change")
+
+    def __init__(self, gt_ids, gt_segments: Sequence[dict], where: str = "ground truth",
+                 table: _IdTable | None = None) -> None:
+        gt_map = _as_id_map(gt_ids, "gt_ids")
+        ids, self.cats, self.crowd, area = _gt_fields(gt_segments, where)
+        g = len(ids)
+        dense = _dense_index(gt_map.reshape(-1), ids, VOID, table)
+        dtype = np.uint8 if g + 2 <= 256 else np.uint16 if g + 2 <= 65536 else np.int32
+        self.index = dense.astype(dtype, copy=False)
+        self.index.flags.writeable = False
+        self.change = (np.flatnonzero(self.index[1:] != self.index[:-1]) + 1).astype(np.int32)
+        self.shape = tuple(gt_map.shape)
+        png_area = np.bincount(self.index, minlength=g + 2)[:g]
+        self.area = np.where(area < 0, png_area, area)
 
 
 def _pq_worker(args) -> list[tuple]:
@@ -420,12 +504,14 @@ def _pq_worker(args) -> list[tuple]:
 
 
 def _load_json(path: str, what: str) -> dict:
+    """A panoptic JSON with orjson (about twice as fast as ``json`` on COCO-sized files; part of the
+    file-based pq_compute's time); DataError naming the file when missing, invalid or without annotations."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            data = _json_loads(f.read())
     except FileNotFoundError:
         raise DataError(f"{what} JSON not found: {path}") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # json.JSONDecodeError and orjson.JSONDecodeError are ValueErrors
         raise DataError(f"{what} JSON {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise DataError(f"{what} JSON {path} has no 'annotations' list")
@@ -453,6 +539,7 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
     the value for an image listed twice, a segment id listed twice within an image, a missing key or a
     segment whose category_id is not among ``categories``."""
     out: dict = {}
+    known = set(categories)
     for k, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise DataError(f"{path}: annotation #{k} is not an object")
@@ -470,6 +557,14 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
         segments = ann["segments_info"]
         if not isinstance(segments, list):
             raise DataError(f"{path}: image id {image_id!r}: 'segments_info' is not a list")
+        try:  # the common case in C-level set operations; anything odd goes through the checks below
+            ids = [s["id"] for s in segments]
+            if (all(type(i) is int for i in ids) and len(set(ids)) == len(ids)
+                    and known.issuperset([s["category_id"] for s in segments])):
+                out[image_id] = ann
+                continue
+        except (KeyError, TypeError):
+            pass
         ids, cats = _segment_fields(segments, f"{path}: image id {image_id!r}", "listed", gt=False)
         dup = first_duplicate(ids)
         if dup is not None:
@@ -496,18 +591,57 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
 
     Folders default to the JSON path without ``.json``, as in panopticapi. Every GT image needs a
     prediction (matched by ``image_id``, a number or a string); predictions of other images are ignored.
-    Both JSONs are checked before any PNG is read (see ``read_categories`` / ``read_annotations``);
-    PNG/JSON mismatches raise DataError naming the image and files. ``engine``: ``hotcoco`` (default;
-    its own thread pool, one thread per core, ``RAYON_NUM_THREADS`` limits it) or ``numpy`` (this
-    module's reader and rules on ``num_workers`` processes, default: the usable cores). Returns
+    Both JSONs are checked (see ``read_categories`` / ``read_annotations``) and a failed check is the
+    error raised, before any result; with integer image ids hotcoco already reads (never writes) while
+    they run. PNG/JSON mismatches raise DataError naming the image and files. ``engine``: ``hotcoco``
+    (default; its own thread pool, one thread per core, ``RAYON_NUM_THREADS`` limits it) or ``numpy``
+    (this module's reader and rules on ``num_workers`` processes, default: the usable cores). Returns
     panopticapi's result dict.
     """
     if engine not in ENGINES:
         raise ValueError(f"pq_compute: engine must be one of {ENGINES}, got {engine!r}")
-    gt_json = _load_json(gt_json_file, "ground-truth")
-    pred_json = _load_json(pred_json_file, "prediction")
     gt_folder = gt_json_file.replace(".json", "") if gt_folder is None else gt_folder
     pred_folder = pred_json_file.replace(".json", "") if pred_folder is None else pred_folder
+    early = None
+    if engine == "hotcoco" and os.path.isfile(gt_json_file) and os.path.isfile(pred_json_file):
+        # hotcoco reads the two files itself (it takes them as they are when every image id is a
+        # non-negative integer); it runs on its own threads while the JSONs are read and checked below. It
+        # only reads; when a check fails its run is awaited and discarded and the check's DataError is
+        # raised, so a bad input gives the same error as if the checks had come first.
+        early = _HotcocoRun(gt_json_file, pred_json_file, gt_folder, pred_folder)
+    try:
+        gt_json = _load_json(gt_json_file, "ground-truth")
+        pred_json = _load_json(pred_json_file, "prediction")
+        pairs, categories = _checked_pairs(gt_json, pred_json, gt_json_file, pred_json_file, gt_folder, pred_folder)
+    except BaseException:
+        if early is not None:
+            early.join()  # its result or error is discarded: the check's error is the one to report
+        raise
+    if early is not None:
+        if _plain_image_ids(gt_json) and _plain_image_ids(pred_json):
+            return _hotcoco_results(early, pairs, gt_folder, pred_folder, categories)
+        early.join()  # string image ids: hotcoco could not take the files (its run is discarded)
+    if engine == "hotcoco":  # some image id is not a non-negative integer: hotcoco gets renumbered dicts
+        gt = {"categories": list(categories.values()),
+              "annotations": [dict(g, image_id=i) for i, (g, _) in enumerate(pairs)]}
+        pred = {"annotations": [dict(p, image_id=i) for i, (_, p) in enumerate(pairs)]}
+        return _hotcoco_results(_HotcocoRun(gt, pred, gt_folder, pred_folder), pairs, gt_folder, pred_folder,
+                                categories, renumbered=True)
+    return _run_pool(pairs, gt_folder, pred_folder, categories, num_workers).results()
+
+
+def _plain_image_ids(data: dict) -> bool:
+    """Whether every annotation of a loaded panoptic JSON has a non-negative integer image_id (what hotcoco
+    reads from a file; ``read_annotations`` checks the rest)."""
+    try:
+        return all(type(a["image_id"]) is int and a["image_id"] >= 0 for a in data["annotations"])
+    except (KeyError, TypeError):
+        return False
+
+
+def _checked_pairs(gt_json: dict, pred_json: dict, gt_json_file: str, pred_json_file: str, gt_folder: str,
+                   pred_folder: str) -> tuple[list, dict]:
+    """(gt_ann, pred_ann) pairs in GT order and the GT categories, after every JSON and file check."""
     categories = read_categories(gt_json, gt_json_file)
     read_categories(pred_json, pred_json_file, required=False)
     gt_anns = read_annotations(gt_json, gt_json_file, categories)
@@ -515,50 +649,68 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
     for folder, what in ((gt_folder, "ground-truth"), (pred_folder, "prediction")):
         if not os.path.isdir(folder):
             raise DataError(f"{what} segmentation folder {folder} does not exist")
+    listed = {folder: set(os.listdir(folder)) for folder in (gt_folder, pred_folder)}  # one call, not a stat per PNG
     pairs = []
     for image_id, gt_ann in gt_anns.items():
         if image_id not in pred_anns:
             raise DataError(f"{pred_json_file}: no prediction for the image with id {image_id!r}")
         pred_ann = pred_anns[image_id]
         for ann, folder in ((gt_ann, gt_folder), (pred_ann, pred_folder)):
-            path = os.path.join(folder, ann["file_name"])
-            if not os.path.isfile(path):
-                raise DataError(f"panoptic PNG not found: {path} (image id {image_id!r})")
+            name = ann["file_name"]
+            if not (name in listed[folder] or os.path.isfile(os.path.join(folder, name))):  # (names with a folder)
+                raise DataError(f"panoptic PNG not found: {os.path.join(folder, name)} (image id {image_id!r})")
         pairs.append((gt_ann, pred_ann))
-    if engine == "hotcoco":
-        plain_ids = all(type(i) is int and i >= 0 for ids in (gt_anns, pred_anns) for i in ids)
-        return _hotcoco_results(pairs, gt_folder, pred_folder, categories,
-                                (gt_json_file, pred_json_file) if plain_ids else None)
-    return _run_pool(pairs, gt_folder, pred_folder, categories, num_workers).results()
+    return pairs, categories
 
 
-def _hotcoco_results(pairs: list, gt_folder: str, pred_folder: str, categories: dict,
-                     json_files: tuple[str, str] | None = None) -> dict:
-    """Evaluate checked (gt_ann, pred_ann) pairs with hotcoco's PanopticEval; panopticapi's result dict.
+class _HotcocoRun:
+    """hotcoco's ``PanopticEval(gt, pred).evaluate()`` on a background thread (hotcoco releases the GIL and
+    evaluates on its own thread pool, one thread per core; ``RAYON_NUM_THREADS`` limits it). ``gt``/``pred``:
+    JSON paths or dicts."""
 
-    ``json_files``: the checked (GT, prediction) JSON paths, handed to hotcoco as they are (every image id
-    in both is a non-negative integer). hotcoco takes integer image ids only, so without them the images
-    are numbered 0..N-1 in GT order and passed as dicts (string ids, as in ADE20K panoptic, work). Its
-    error messages are given the original image id and file names.
+    def __init__(self, gt, pred, gt_folder: str, pred_folder: str) -> None:
+        try:
+            from hotcoco.panoptic import PanopticEval
+        except ImportError:
+            raise ImportError("pq_compute(engine='hotcoco') needs the hotcoco package (a dependency of this project: "
+                              "pip install 'hotcoco>=1.3,<2'); engine='numpy' works without it") from None
+        self._make = lambda: PanopticEval(gt, pred, gt_folder=gt_folder, pred_folder=pred_folder)
+        self._result: dict | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pq-hotcoco", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            ev = self._make()
+            ev.evaluate()
+            self._result = ev.results()
+        except BaseException as exc:  # handed to the caller in wait()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def wait(self) -> dict:
+        """hotcoco's ``results()``; re-raises its error."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _hotcoco_results(run: _HotcocoRun, pairs: list, gt_folder: str, pred_folder: str, categories: dict,
+                     renumbered: bool = False) -> dict:
+    """panopticapi's result dict from a hotcoco run over the checked (gt_ann, pred_ann) pairs.
+
+    ``renumbered``: hotcoco was given the images numbered 0..N-1 in GT order (it takes integer image ids
+    only; string ids, as in ADE20K panoptic, work that way). Its error messages are given the original
+    image id and file names.
     """
     try:
-        from hotcoco.panoptic import PanopticEval
-    except ImportError:
-        raise ImportError("pq_compute(engine='hotcoco') needs the hotcoco package (a dependency of this project: "
-                          "pip install 'hotcoco>=1.3,<2'); engine='numpy' works without it") from None
-
-    if json_files is not None:
-        by_id = {g["image_id"]: (g, p) for g, p in pairs}
-        gt, pred = json_files
-    else:
-        by_id = dict(enumerate(pairs))
-        gt = {"categories": list(categories.values()),
-              "annotations": [dict(g, image_id=i) for i, (g, _) in enumerate(pairs)]}
-        pred = {"annotations": [dict(p, image_id=i) for i, (_, p) in enumerate(pairs)]}
-    try:
-        ev = PanopticEval(gt, pred, gt_folder=gt_folder, pred_folder=pred_folder)
-        ev.evaluate()
+        res = run.wait()
     except (ValueError, OSError) as exc:
+        by_id = dict(enumerate(pairs)) if renumbered else {g["image_id"]: (g, p) for g, p in pairs}
         message = str(exc)
         m = re.match(r"image (\d+): (.*)", message, re.S)
         if m and int(m.group(1)) in by_id:
@@ -566,7 +718,6 @@ def _hotcoco_results(pairs: list, gt_folder: str, pred_folder: str, categories: 
             message = (f"image id {g['image_id']!r} (prediction {os.path.join(pred_folder, p['file_name'])}, "
                        f"ground truth {os.path.join(gt_folder, g['file_name'])}): {m.group(2)}")
         raise DataError(message) from None
-    res = ev.results()
     out: dict = {}
     for name in ("All", "Things", "Stuff"):
         r = res[name]
@@ -637,14 +788,19 @@ class PanopticEvaluator:
     Args:
         categories: list of ``{"id", "isthing", ("name")}`` (or a dict id -> such dict); segment
             ``category_id`` values in GT and predictions use these ids.
-        threads: at most this many threads share the pass over the pixels of an image, one per 2^17
-            pixels (default: the usable cores); the results do not depend on it.
+        threads: images evaluated at once (default: the usable cores). With more than one, ``process``
+            hands the image to a thread pool and returns (numpy releases the GIL in the passes over the
+            pixels, so images overlap each other and the caller's next forward pass); per-image sums are
+            added in image order, so the results do not depend on it, bit for bit. An image's error is
+            raised by a later ``process``, ``results`` or ``evaluate`` call and names the image.
 
     ``process(gt_ids, gt_segments, pred_ids, pred_segments, image_id=None)``: id maps ``[H, W]`` int
     (or ``[H, W, 3]`` uint8 colours) with 0 = VOID; GT segments ``{"id", "category_id", "iscrowd",
     ("area")}``, predicted ``{"id", "category_id", ...}`` (e.g. the ``panoptic_seg`` of the ``general``
-    post-processor). ``evaluate()`` -> ``{"PQ","SQ","RQ","PQ_th","SQ_th","RQ_th","PQ_st","SQ_st","RQ_st"}``
-    (x100); ``results()`` -> panopticapi's dict (fractions, with ``per_class``).
+    post-processor). ``gt_ids`` may instead be a ``PanopticGT`` from ``prepare_gt`` (kept across
+    evaluations of the same validation set; faster). The maps must not be changed until ``results``.
+    ``evaluate()`` -> ``{"PQ","SQ","RQ","PQ_th","SQ_th","RQ_th","PQ_st","SQ_st","RQ_st"}`` (x100);
+    ``results()`` -> panopticapi's dict (fractions, with ``per_class``).
     """
 
     def __init__(self, categories, threads: int | None = None):
@@ -656,27 +812,91 @@ class PanopticEvaluator:
         if dup is not None:
             raise ValueError(f"PanopticEvaluator: category id {dup} is listed twice")
         self.categories = {int(c["id"]): dict(c) for c in categories}
-        self._work = _Workspace(default_num_workers() if threads is None else threads)
+        self.threads = max(1, int(default_num_workers() if threads is None else threads))
+        self._work = _Workspace()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque = deque()
         self.reset()
 
+    def __getstate__(self) -> dict:
+        self._drain()
+        state = dict(self.__dict__)
+        state["_pool"], state["_pending"] = None, deque()
+        return state
+
     @property
-    def threads(self) -> int:
-        return self._work.threads
+    def stats(self) -> PQStats:
+        """The per-category sums of the images processed so far (waits for the pending ones)."""
+        self._drain()
+        return self._stats
 
     def reset(self) -> None:
-        self.stats = PQStats(self.categories)
+        self._drain(errors=False)
+        self._stats = PQStats(self.categories)
         self._count = 0
 
-    def process(self, gt_ids, gt_segments: Sequence[dict], pred_ids, pred_segments: Sequence[dict],
+    def prepare_gt(self, gt_ids, gt_segments: Sequence[dict], image_id=None) -> PanopticGT:
+        """One image's ground truth in the compact form ``process`` reads fastest (``PanopticGT``): keep it
+        (e.g. per image id) and pass it to ``process`` of this or a later evaluator in place of ``gt_ids``.
+        Its checks (duplicate ids, VOID as a segment, unknown categories) are those of ``process``."""
+        where = f"image {image_id!r}" if image_id is not None else "ground truth"
+        gt = PanopticGT(gt_ids, gt_segments, where, self._work.table)
+        self._stats.index(gt.cats, f"{where}, ground truth")
+        return gt
+
+    def process(self, gt_ids, gt_segments: Sequence[dict] | None, pred_ids, pred_segments: Sequence[dict],
                 image_id=None) -> None:
+        """Add one image (see the class docstring); the numbers are the same with a ``PanopticGT``."""
         where = f"image {image_id!r}" if image_id is not None else f"image #{self._count} of this evaluation"
-        _image_pq(_as_id_map(gt_ids, "gt_ids"), gt_segments, _as_id_map(pred_ids, "pred_ids"), pred_segments,
-                  self.stats, where, work=self._work)
+        pred = _as_id_map(pred_ids, "pred_ids")
+        if isinstance(gt_ids, PanopticGT):
+            if gt_segments is not None:
+                raise ValueError("PanopticEvaluator.process: a prepared PanopticGT holds its segments; "
+                                 "pass gt_segments=None")
+            gt = gt_ids
+        else:
+            gt = _as_id_map(gt_ids, "gt_ids")
         self._count += 1
+        if self.threads == 1:
+            self._stats += self._image(gt, gt_segments, pred, pred_segments, where)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pq-image")
+        self._pending.append(self._pool.submit(self._image, gt, gt_segments, pred, pred_segments, where))
+        while len(self._pending) > 2 * self.threads:  # bounded: at most a few images held in memory
+            self._stats += self._pending.popleft().result()
+
+    def _image(self, gt, gt_segments, pred: np.ndarray, pred_segments, where: str) -> PQStats:
+        """One image's statistics (added to the total in image order by the caller)."""
+        stats = self._stats.empty_like()
+        if isinstance(gt, PanopticGT):
+            if pred.shape != gt.shape:
+                raise DataError(f"{where}: prediction size {pred.shape} differs from ground-truth size {gt.shape}")
+            gi, pred_run, lengths = self._work.joint_runs(gt.index, pred.reshape(-1), gt.change)
+            _runs_pq(gi, pred_run, lengths, gt.cats, gt.crowd, gt.area, pred_segments, stats, where,
+                     self._work.table)
+        else:
+            _image_pq(gt, gt_segments, pred, pred_segments, stats, where, work=self._work)
+        return stats
+
+    def _drain(self, errors: bool = True) -> None:
+        """Add the pending images' statistics in order; the first error is raised after all have finished."""
+        first = None
+        while self._pending:
+            try:
+                part = self._pending.popleft().result()
+            except Exception as exc:
+                first = first or exc
+                continue
+            if first is None:
+                self._stats += part
+        if first is not None and errors:
+            raise first
 
     def merge(self, other: "PanopticEvaluator") -> None:
         """Add another evaluator's statistics (e.g. gathered from other processes)."""
-        self.stats += other.stats
+        self._drain()
+        self._stats += other.stats
 
     def results(self) -> dict:
         return self.stats.results()
