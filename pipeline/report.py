@@ -609,7 +609,7 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
                  "machine-readable source), wide CSV, LaTeX and the MLflow runs behind it.</p>")
     if not tables:
         parts.append(f"<p>No tables found in <code>{html.escape(str(tables_dir))}</code> (run the tables stage).</p>")
-    pdf = Path(tables_dir) / "tables.pdf"
+    pdf = Path(tables_dir).parent / "tables.pdf"  # written by the tables stage (pipeline.tables.TABLES_PDF)
     for table in tables:
         prov = table.provenance
         title = table.caption.split("|")[0].split(":", 1)[-1].strip() or table.name
