@@ -11,7 +11,7 @@ from tests._study_helpers import REPO, write_params
 
 
 def test_panoptic_cells_train_longer_semantic_cells_do_not(tmp_path):
-    params = load_params(write_params(tmp_path, {"table5": slice(0, 2), "table4": slice(0, 2)}), environ={})
+    params = load_params(write_params(tmp_path, {"table5": slice(1, 2), "table4": slice(0, 2)}), environ={})
     smoke = params.profiles["smoke"]
     grid = expand(params, "smoke")
     iters = {u.config["data"]["dataset"]: u.config["solver"]["max_iter"] for u in grid.train.values()}
@@ -49,4 +49,22 @@ def test_unknown_task_in_solver_by_task_is_an_error(tmp_path):
     raw["profiles"]["smoke"]["solver_by_task"] = {"instance": {"max_iter": 10}}
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     with pytest.raises(UserError, match=r"profiles\.smoke\.solver_by_task"):
+        load_params(path, environ={})
+
+
+def test_solver_by_matching_applies_to_the_box_matched_cell_only(tmp_path):
+    path = write_params(tmp_path, {"table5": slice(0, 2)})
+    raw = yaml.safe_load(path.read_text())
+    raw["profiles"]["smoke"]["solver_by_matching"] = {"box": {"max_iter": 37, "base_lr": 1.5e-4}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    params = load_params(path, environ={})
+    grid = expand(params, "smoke")
+    solvers = {u.config["loss"]["matching"]: u.config["solver"] for u in grid.train.values()}
+    assert (solvers["box"]["max_iter"], solvers["box"]["base_lr"]) == (37, 1.5e-4)
+    pan = params.profiles["smoke"].solver_by_task["panoptic"]  # the mask-matched twin keeps the panoptic solver
+    lr = pan.base_lr or params.profiles["smoke"].solver.base_lr
+    assert (solvers["hungarian"]["max_iter"], solvers["hungarian"]["base_lr"]) == (pan.max_iter, lr)
+    raw["profiles"]["smoke"]["solver_by_matching"] = {"boxes": {"max_iter": 10}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    with pytest.raises(UserError, match=r"profiles\.smoke\.solver_by_matching"):
         load_params(path, environ={})
