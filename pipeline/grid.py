@@ -426,7 +426,7 @@ def resolve_cell(
             solver.update({k2: v for k2, v in source.model_dump().items() if v is not None})
     if recipe.micro_batch is not None:
         solver["micro_batch"] = recipe.micro_batch  # the official per-GPU batch (COCO panoptic: 1)
-    ps = profile.solver_for(cell.dataset, cell.matching)
+    ps = profile.solver_for(cell.dataset)
     solver.update({k2: v for k2, v in ps.model_dump(exclude={"ims_per_batch", "max_iter", "iter_scale", "scale_warmup"}).items()
                    if v is not None})
     max_iter = ps.max_iter or max(1, round(recipe.max_iter * (ps.iter_scale or 1.0)))

@@ -196,8 +196,6 @@ class Profile(BaseModel):
     solver: ProfileSolver = Field(default_factory=ProfileSolver)
     # Per task (semantic | panoptic) over `solver`, e.g. the smoke profile's longer panoptic cells.
     solver_by_task: dict[Literal["semantic", "panoptic"], ProfileSolver] = Field(default_factory=dict)
-    # Per matching (bipartite | fixed | box) over both, e.g. the smoke profile's Table 5 box-matched cell.
-    solver_by_matching: dict[Literal["bipartite", "fixed", "box"], ProfileSolver] = Field(default_factory=dict)
     test: ProfileTest = Field(default_factory=ProfileTest)
     run: ProfileRun = Field(default_factory=ProfileRun)
     executor: Literal["local", "slurm"] = "local"
@@ -253,16 +251,13 @@ class Profile(BaseModel):
                 raise ValueError(f"{src}: unknown backbone {dst!r}; expected one of {', '.join(BACKBONES)}")
         return v
 
-    def solver_for(self, dataset: str, matching: str | None = None) -> ProfileSolver:
-        """`solver` with `solver_by_task[semantic|panoptic]` of `dataset`, then `solver_by_matching[matching]`
-        (None: bipartite) on top (set keys win)."""
-        overs = [self.solver_by_task.get("panoptic" if dataset in PANOPTIC_DATASETS else "semantic"),
-                 self.solver_by_matching.get(matching or "bipartite")]
-        if not any(overs):
+    def solver_for(self, dataset: str) -> ProfileSolver:
+        """`solver` with `solver_by_task[semantic|panoptic]` of `dataset` on top (set keys win)."""
+        over = self.solver_by_task.get("panoptic" if dataset in PANOPTIC_DATASETS else "semantic")
+        if over is None:
             return self.solver
         merged = self.solver.model_dump()
-        for over in filter(None, overs):
-            merged.update({k: v for k, v in over.model_dump().items() if v is not None})
+        merged.update({k: v for k, v in over.model_dump().items() if v is not None})
         return ProfileSolver(**merged)
 
     def num_seeds(self, dataset: str) -> int:

@@ -410,7 +410,6 @@ def profile_settings_html(params_path: str | Path | None, profile: str) -> str:
 
     items = [f"solver: {kv(prof.solver.model_dump())}"]
     items += [f"{task} cells: {kv(s.model_dump())}" for task, s in prof.solver_by_task.items()]
-    items += [f"{m}-matched cells: {kv(s.model_dump())}" for m, s in prof.solver_by_matching.items()]
     items.append(f"model: {kv(prof.model.model_dump())}")
     items += [f"{m}-matched cells: {q} queries where the paper uses its default 100"
               for m, q in prof.queries_by_matching.items()]

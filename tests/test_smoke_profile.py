@@ -52,22 +52,25 @@ def test_unknown_task_in_solver_by_task_is_an_error(tmp_path):
         load_params(path, environ={})
 
 
-def test_solver_and_queries_by_matching_apply_to_the_box_matched_cell_only(tmp_path):
+
+def test_queries_by_matching_apply_to_the_box_matched_cell_only(tmp_path):
     path = write_params(tmp_path, {"table5": slice(0, 2)})
     raw = yaml.safe_load(path.read_text())
-    raw["profiles"]["smoke"]["solver_by_matching"] = {"box": {"max_iter": 37, "base_lr": 1.5e-4}}
     raw["profiles"]["smoke"]["queries_by_matching"] = {"box": 7}
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     params = load_params(path, environ={})
     grid = expand(params, "smoke")
-    solvers = {u.config["loss"]["matching"]: u.config["solver"] for u in grid.train.values()}
-    assert (solvers["box"]["max_iter"], solvers["box"]["base_lr"]) == (37, 1.5e-4)
     queries = {u.config["loss"]["matching"]: u.config["model"]["num_queries"] for u in grid.train.values()}
     assert queries == {"box": 7, "hungarian": params.profiles["smoke"].default_queries}
-    pan = params.profiles["smoke"].solver_by_task["panoptic"]  # the mask-matched twin keeps the panoptic solver
-    lr = pan.base_lr or params.profiles["smoke"].solver.base_lr
-    assert (solvers["hungarian"]["max_iter"], solvers["hungarian"]["base_lr"]) == (pan.max_iter, lr)
-    raw["profiles"]["smoke"]["solver_by_matching"] = {"boxes": {"max_iter": 10}}
+    raw["profiles"]["smoke"]["queries_by_matching"] = {"boxes": 10}
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-    with pytest.raises(UserError, match=r"profiles\.smoke\.solver_by_matching"):
+    with pytest.raises(UserError, match=r"profiles\.smoke\.queries_by_matching"):
         load_params(path, environ={})
+
+
+def test_shipped_box_matched_cell_has_fewer_queries(tmp_path):
+    params = load_params(write_params(tmp_path, {"table5": slice(0, 2)}), environ={})
+    grid = expand(params, "smoke")
+    queries = {u.config["loss"]["matching"]: u.config["model"]["num_queries"] for u in grid.train.values()}
+    assert queries == {"box": params.profiles["smoke"].queries_by_matching["box"], "hungarian": 20}
+    assert queries["box"] < queries["hungarian"]
