@@ -456,7 +456,7 @@ def ablations(
 
 @flow(name="tables")
 def tables(profile: str | None = None, params_path: str = "params.yaml", reports_dir: str = "reports"):
-    """Build reports/tables/* (long CSV, paper-layout .tex/.wide.csv, tables.pdf) and reports/claims.json
+    """Build reports/tables/* (long CSV, paper-layout .tex/.wide.csv), reports/tables.pdf and reports/claims.json
     from the cells' metrics.json files; logs every claim's verdict and returns the files and verdicts."""
     from pipeline.stages import tables_summary
     from pipeline.tables import build_tables

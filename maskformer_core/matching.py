@@ -210,6 +210,7 @@ class BoxMatcher(nn.Module):
     Cost = cost_class * (-p(c)) + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU), DETR's weights 1 / 5 / 2.
     Needs ``pred_boxes`` [B, Q, 4]; target boxes are ``targets[b]["boxes"]`` when present, else
     ``masks_to_boxes(masks)`` (normalised by the padded size, the ARCHITECTURE targets contract).
+    Targets with an empty box (a segment the crop removed) are left unmatched, as DETR drops them.
     """
 
     def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0):
@@ -232,12 +233,20 @@ class BoxMatcher(nn.Module):
                 indices.append(_empty_pair())
                 continue
             tgt_boxes = target_boxes(tgt).to(pred_boxes.device, torch.float32)
+            # Segments a crop removed (all-False masks) have no box: DETR drops them from the targets
+            # (detr datasets/transforms.py `crop`: keep boxes with x1 > x0 and y1 > y0), so they stay unmatched.
+            keep = torch.nonzero((tgt_boxes[:, 2] > 0) & (tgt_boxes[:, 3] > 0)).flatten()
+            if keep.numel() == 0:
+                indices.append(_empty_pair())
+                continue
+            labels, tgt_boxes = labels[keep], tgt_boxes[keep]
             prob = pred_logits[b].float().softmax(-1)
             out_boxes = pred_boxes[b].float()
             cost = (self.cost_class * -prob[:, labels]
                     + self.cost_bbox * torch.cdist(out_boxes, tgt_boxes, p=1)
                     - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(out_boxes), box_cxcywh_to_xyxy(tgt_boxes)))
-            indices.append(_solve(cost, b))
+            rows, cols = _solve(cost, b)
+            indices.append((rows, keep.cpu()[cols]))
         return indices
 
 

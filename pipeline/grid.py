@@ -387,8 +387,10 @@ def resolve_cell(
     elif cell.queries == "K" or cell.model == "per_pixel_plus":
         queries = k
     else:
-        # A.0 NUM_OBJECT_QUERIES 100, unless the profile scales the default down (smoke: default_queries)
-        queries = cell.queries if cell.queries is not None else (profile.default_queries or 100)
+        # A.0 NUM_OBJECT_QUERIES 100, unless the profile scales the default down (smoke: default_queries,
+        # queries_by_matching for one matching's cells)
+        default = profile.queries_by_matching.get(cell.matching or "bipartite") or profile.default_queries
+        queries = cell.queries if cell.queries is not None else (default or 100)
     model = {
         "arch": cell.model,
         "backbone": backbone,

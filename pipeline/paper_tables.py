@@ -331,7 +331,7 @@ def build_pdf(doc: str, out_pdf: Path, *, timeout: int = 120) -> tuple[bool, str
         if proc.returncode != 0:
             log = Path(tmp) / "tables.log"
             tail = log.read_text(errors="replace")[-1500:] if log.exists() else proc.stdout[-1500:]
-            return False, f"pdflatex failed on {out_pdf.with_suffix('.tex')}:\n{tail}"
+            return False, f"pdflatex failed on tables.tex:\n{tail}"
         out_pdf.parent.mkdir(parents=True, exist_ok=True)
         tmp_pdf = out_pdf.with_name(f".{out_pdf.name}.tmp")
         shutil.copyfile(Path(tmp) / "tables.pdf", tmp_pdf)
@@ -339,6 +339,33 @@ def build_pdf(doc: str, out_pdf: Path, *, timeout: int = 120) -> tuple[bool, str
         log_text = (Path(tmp) / "tables.log").read_text(errors="replace")
     overfull = log_text.count("Overfull \\hbox")  # a table wider than the page would show here
     return True, f"{out_pdf} ({overfull} overfull hbox)"
+
+
+def write_note_pdf(out_pdf: Path, title: str, note: str) -> Path:
+    """A one-page A4 PDF (matplotlib, no TeX) that says why the tables' PDF is not there and how to get it.
+
+    The tables stage writes it in place of `reports/tables.pdf` when pdflatex is missing or fails, so the
+    stage's declared output always exists (DVC has no optional outputs) and a reader who opens it learns
+    what to install; written atomically like every other output.
+    """
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [title, ""] + [w for para in note.splitlines() for w in (textwrap.wrap(para, 95) or [""])]
+    fig = plt.figure(figsize=(8.27, 11.69))  # A4 in inches
+    fig.text(0.06, 0.95, "\n".join(lines[:70]), va="top", ha="left", family="monospace", fontsize=8)
+    out_pdf.parent.mkdir(parents=True, exist_ok=True)
+    tmp_pdf = out_pdf.with_name(f".{out_pdf.name}.tmp")
+    try:
+        fig.savefig(tmp_pdf, format="pdf")
+    finally:
+        plt.close(fig)
+    os.replace(tmp_pdf, out_pdf)
+    return out_pdf
 
 
 # --------------------------------------------------------------------------------------- HTML

@@ -189,6 +189,8 @@ class Profile(BaseModel):
     # Queries of the cells that do not set `queries` (the paper's default 100, A.0); rows that set
     # queries (Table 6's Q20..Q1000, Q = K) keep theirs. None: 100.
     default_queries: int | None = Field(None, ge=1)
+    # The same per matching (bipartite | fixed | box), over default_queries: the smoke Table 5 box cell.
+    queries_by_matching: dict[Literal["bipartite", "fixed", "box"], int] = Field(default_factory=dict)
     model: ProfileModel = Field(default_factory=ProfileModel)
     input: InputOverride = Field(default_factory=InputOverride)
     solver: ProfileSolver = Field(default_factory=ProfileSolver)

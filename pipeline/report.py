@@ -411,6 +411,8 @@ def profile_settings_html(params_path: str | Path | None, profile: str) -> str:
     items = [f"solver: {kv(prof.solver.model_dump())}"]
     items += [f"{task} cells: {kv(s.model_dump())}" for task, s in prof.solver_by_task.items()]
     items.append(f"model: {kv(prof.model.model_dump())}")
+    items += [f"{m}-matched cells: {q} queries where the paper uses its default 100"
+              for m, q in prof.queries_by_matching.items()]
     if prof.default_queries:
         items.append(f"queries: {prof.default_queries} where the paper uses its default 100 (rows that set "
                      f"queries, e.g. Table 6's, keep theirs)")
@@ -609,7 +611,7 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
                  "machine-readable source), wide CSV, LaTeX and the MLflow runs behind it.</p>")
     if not tables:
         parts.append(f"<p>No tables found in <code>{html.escape(str(tables_dir))}</code> (run the tables stage).</p>")
-    pdf = Path(tables_dir) / "tables.pdf"
+    pdf = Path(tables_dir).parent / "tables.pdf"  # written by the tables stage (pipeline.tables.TABLES_PDF)
     for table in tables:
         prov = table.provenance
         title = table.caption.split("|")[0].split(":", 1)[-1].strip() or table.name

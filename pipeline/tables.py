@@ -9,7 +9,7 @@ status and reason. Each file starts with a caption: profile, seeds, git commit a
 profiles, "smoke scale: synthetic data, small models — not comparable to the paper" (and no
 tolerance marks). Output: reports/tables/<table>.csv (this long format, the machine-readable source;
 `device` = the fps device, `cells` = the evaluation runs behind the line), and in the paper's layout
-(pipeline.paper_tables): <table>.tex, <table>.wide.csv, tables.tex with every table and tables.pdf
+(pipeline.paper_tables): <table>.tex, <table>.wide.csv, tables.tex with every table; reports/tables.pdf
 (pdflatex, when installed); reports/claims.json (pipeline.claims).
 
 Params (M) and GFLOPs of Tables 1 and 3 come from the DVC stage `model_stats`
@@ -39,6 +39,7 @@ from pipeline.study import METRICS_FILE, read_json, unit_state
 
 PAPER_NUMBERS = Path(__file__).parent / "data" / "paper_numbers.csv"
 SMOKE_NOTE = "smoke scale: synthetic data, small models — not comparable to the paper"
+TABLES_PDF = "tables.pdf"  # every table in one PDF, at reports/tables.pdf (issue 17), beside reports/tables/
 # Relative tolerance of the counted columns (task spec): params are exact up to the paper's rounding to
 # whole millions; FLOPs depend on the counting convention (FACTS H.3: all vs last-layer mask einsums).
 STATS_TOLERANCE = {"params (M)": 0.01, "GFLOPs": 0.06}
@@ -294,8 +295,8 @@ def build_tables(
     pdf: bool = True,
 ) -> list[Path]:
     """Write reports/tables/<table>.csv (long), <table>.wide.csv and <table>.tex (the paper's layout,
-    pipeline.paper_tables) for every grid table, tables.tex (+ tables.pdf when pdflatex is installed
-    and `pdf`) and reports/claims.json (pipeline.claims); returns the written paths.
+    pipeline.paper_tables) for every grid table, tables.tex, reports/tables.pdf when `pdf`
+    (compiled with pdflatex; without it a one-page PDF saying how to get it) and reports/claims.json (pipeline.claims); returns the written paths.
 
     `model_stats_path`: the model_stats stage's JSON (default <reports_dir>/model_stats/paper_models.json).
     """
@@ -343,14 +344,13 @@ def build_tables(
     _atomic_write(doc_path, pt.latex_document(wide_docs))
     written.append(doc_path)
     pdf_note = "not built (pdf=False)"
-    if pdf:
-        ok, pdf_note = pt.build_pdf(doc_path.read_text(encoding="utf-8"), out_dir / "tables.pdf")
-        if ok:
-            written.append(out_dir / "tables.pdf")
-        else:
-            stale = out_dir / "tables.pdf"
-            if stale.exists():  # never leave a PDF of older numbers next to the new tables
-                stale.unlink()
+    if pdf:  # reports/tables.pdf (issue 17); without pdflatex a one-page PDF saying how to get it
+        pdf_path = Path(reports_dir) / TABLES_PDF
+        ok, pdf_note = pt.build_pdf(doc_path.read_text(encoding="utf-8"), pdf_path)
+        if not ok:  # never leave a PDF of older numbers next to the new tables
+            pt.write_note_pdf(pdf_path, f"Tables PDF not built: the LaTeX source is {doc_path}", pdf_note)
+            pdf_note = f"not built, {pdf_path} says why: {pdf_note}"
+        written.append(pdf_path)
     verdicts = claims_mod.evaluate_claims(claims, frames, grid=grid, params=params)
     claims_path = Path(reports_dir) / "claims.json"
     _atomic_write(claims_path, json.dumps(claims_mod.claims_report(verdicts, grid.profile, synthetic),

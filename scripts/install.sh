@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-$PWD/.venv}
 PY=${PYTHON:-python3}
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
-bash scripts/install_tex.sh   # pdflatex for reports/tables/tables.pdf (apt-get as root; else prints how)
+bash scripts/install_tex.sh   # pdflatex for reports/tables.pdf (apt-get as root; else prints how)
 if [ -f "$stamp" ]; then
   echo "install: $VENV is up to date"
   exit 0

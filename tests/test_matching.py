@@ -152,3 +152,20 @@ def test_masks_to_boxes_and_box_matcher():
     assert dict(zip(src.tolist(), tgt.tolist())) == {0: 1, 1: 0}
     with pytest.raises(ConfigError, match="pred_boxes"):
         BoxMatcher()({"pred_logits": logits}, [{"labels": torch.tensor([0]), "masks": masks[:1]}])
+
+
+def test_box_matcher_leaves_segments_with_empty_masks_unmatched():
+    # A crop can remove a segment from the image (the COCO panoptic mapper's DETR-style crop keeps its
+    # all-False mask, as the official detr_panoptic_dataset_mapper.py does). It has no box: DETR drops such
+    # targets (detr datasets/transforms.py `crop`, keep = boxes with positive area), so box matching must
+    # not pair a query with it, or that query is trained towards the degenerate box (0, 0, 0, 0).
+    masks = torch.zeros(3, 10, 20, dtype=torch.bool)
+    masks[0, 2:5, 4:10] = True
+    masks[2, 6:10, 0:3] = True  # target 1 stays empty
+    logits = torch.zeros(2, 4, 3)
+    pred_boxes = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    targets = [{"labels": torch.tensor([0, 1, 1]), "masks": masks},
+               {"labels": torch.tensor([1]), "masks": torch.zeros(1, 10, 20, dtype=torch.bool)}]
+    (src, tgt), (src_empty, tgt_empty) = BoxMatcher()({"pred_logits": logits, "pred_boxes": pred_boxes}, targets)
+    assert sorted(tgt.tolist()) == [0, 2] and len(set(src.tolist())) == 2
+    assert src_empty.numel() == 0 and tgt_empty.numel() == 0  # only empty segments: nothing matched

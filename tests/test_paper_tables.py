@@ -106,8 +106,8 @@ def test_pdf_of_all_tables_fits_the_page(tmp_path):
             _write_metrics(grid.evals[eid].run_dir, {k: 12.345 for k in r.columns.values()})
     build_tables(params=params, reports_dir=tmp_path / "reports")
     out = tmp_path / "reports" / "tables"
-    pdf = out / "tables.pdf"
-    assert pdf.is_file() and not (out / "tables.log").exists()
+    pdf = tmp_path / "reports" / "tables.pdf"  # reports/tables.pdf (issue 17; dvc.yaml tables outs)
+    assert pdf.is_file() and not (out / "tables.log").exists() and not (out / "tables.pdf").exists()
     assert json.loads((out / "index.json").read_text())["pdf"] == f"{pdf} (0 overfull hbox)"  # pdflatex's log
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
     assert re.search(r"Page size:\s+595\.\d+ x 841\.\d+ pts \(A4\)", info)
@@ -248,3 +248,19 @@ def test_per_class_figure_uses_the_main_model():
     cells[2].rows = ["table6: Q100 ADE20K"]
     cells[0].rows = ["table8: 6 layers no self-attention"]
     assert sorted(cells + [main], key=main_model_rank)[0] is main
+
+
+def test_without_pdflatex_reports_tables_pdf_says_how_to_get_it(tmp_path, monkeypatch):
+    # DVC has no optional outputs: reports/tables.pdf must exist after the stage even without pdflatex,
+    # and then it is a one-page PDF with the install hint instead of the tables.
+    monkeypatch.setattr(pt.shutil, "which", lambda name, *a, **k: None)
+    params = load_params(write_params(tmp_path, {"table5": slice(0, 2)}), environ={})
+    build_tables(params=params, reports_dir=tmp_path / "reports")
+    monkeypatch.undo()
+    pdf = tmp_path / "reports" / "tables.pdf"
+    assert pdf.read_bytes().startswith(b"%PDF-") and not list(pdf.parent.glob(".*.tmp"))
+    note = json.loads((tmp_path / "reports" / "tables" / "index.json").read_text())["pdf"]
+    assert note.startswith(f"not built, {pdf} says why: pdflatex not found") and "install_tex.sh" in note
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+        assert "pdflatex not found" in text and "install_tex.sh" in text

@@ -11,7 +11,7 @@ from tests._study_helpers import REPO, write_params
 
 
 def test_panoptic_cells_train_longer_semantic_cells_do_not(tmp_path):
-    params = load_params(write_params(tmp_path, {"table5": slice(0, 2), "table4": slice(0, 2)}), environ={})
+    params = load_params(write_params(tmp_path, {"table5": slice(1, 2), "table4": slice(0, 2)}), environ={})
     smoke = params.profiles["smoke"]
     grid = expand(params, "smoke")
     iters = {u.config["data"]["dataset"]: u.config["solver"]["max_iter"] for u in grid.train.values()}
@@ -50,3 +50,27 @@ def test_unknown_task_in_solver_by_task_is_an_error(tmp_path):
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     with pytest.raises(UserError, match=r"profiles\.smoke\.solver_by_task"):
         load_params(path, environ={})
+
+
+
+def test_queries_by_matching_apply_to_the_box_matched_cell_only(tmp_path):
+    path = write_params(tmp_path, {"table5": slice(0, 2)})
+    raw = yaml.safe_load(path.read_text())
+    raw["profiles"]["smoke"]["queries_by_matching"] = {"box": 7}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    params = load_params(path, environ={})
+    grid = expand(params, "smoke")
+    queries = {u.config["loss"]["matching"]: u.config["model"]["num_queries"] for u in grid.train.values()}
+    assert queries == {"box": 7, "hungarian": params.profiles["smoke"].default_queries}
+    raw["profiles"]["smoke"]["queries_by_matching"] = {"boxes": 10}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    with pytest.raises(UserError, match=r"profiles\.smoke\.queries_by_matching"):
+        load_params(path, environ={})
+
+
+def test_shipped_box_matched_cell_has_fewer_queries(tmp_path):
+    params = load_params(write_params(tmp_path, {"table5": slice(0, 2)}), environ={})
+    grid = expand(params, "smoke")
+    queries = {u.config["loss"]["matching"]: u.config["model"]["num_queries"] for u in grid.train.values()}
+    assert queries == {"box": params.profiles["smoke"].queries_by_matching["box"], "hungarian": 20}
+    assert queries["box"] < queries["hungarian"]

@@ -1,5 +1,5 @@
-"""`python -m pipeline tables`: reports/tables/* (long CSV, paper-layout .tex / .wide.csv, tables.pdf) and
-reports/claims.json from the cells' metrics.json files."""
+"""`python -m pipeline tables`: reports/tables/* (long CSV, paper-layout .tex / .wide.csv), reports/tables.pdf
+and reports/claims.json from the cells' metrics.json files."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "tables", help="build Tables 1-8 (+ appendix) next to the paper's numbers, and check the paper's claims",
         description="Writes reports/tables/<t>.csv (long: one line per row and metric), <t>.tex and <t>.wide.csv "
-                    "(the paper's layout, pipeline/data/table_layouts.yaml), tables.tex + tables.pdf (all tables; "
-                    "the PDF needs pdflatex: bash scripts/install_tex.sh) and reports/claims.json (the claims of "
+                    "(the paper's layout, pipeline/data/table_layouts.yaml), tables.tex + reports/tables.pdf (all "
+                    "tables; the PDF needs pdflatex: bash scripts/install_tex.sh, else it says how to get it) and reports/claims.json (the claims of "
                     "pipeline/data/claims.yaml: supported / contradicted / inconclusive), then prints the verdicts.")
     p.add_argument("--profile", help="profile in params.yaml (default: study.profile)")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml) (relative paths in it, and the default output folders, mean its folder)")
