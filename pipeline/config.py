@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from maskformer_core.models.backbones import is_swin
 from pipeline.errors import UserError
 from pipeline.yamlio import load_yaml
 
@@ -288,10 +289,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _is_swin(backbone: str) -> bool:
-    return "swin" in backbone.lower()
-
-
 def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
     """Fill every `None` field with its official default; returns a new config.
 
@@ -302,7 +299,7 @@ def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
     """
     d = cfg.to_dict()
     s, m, data, test = d["solver"], d["model"], d["data"], d["test"]
-    swin = _is_swin(m["backbone"])
+    swin = is_swin(m["backbone"])
     _fill(s, "base_lr", 6e-5 if swin else 1e-4)
     _fill(s, "weight_decay", 0.01 if swin else 1e-4)
     _fill(s, "backbone_multiplier", 1.0 if swin else 0.1)

@@ -14,23 +14,18 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from maskformer_core.data.metadata import DATASETS, OFFICIAL_NUM_CLASSES, PANOPTIC_DATASETS
+from maskformer_core.models.backbones import BACKBONE_NAMES, PAPER_BACKBONES, SMOKE_BACKBONES, backbone_family
+from pipeline.checks import check_cells, check_references
 from pipeline.errors import UserError
 from pipeline.yamlio import load_yaml
 
 _STRICT = ConfigDict(extra="forbid")
 
-DATASETS = (
-    "ade20k", "ade20k_full", "coco_stuff_10k", "cityscapes", "mapillary_vistas", "coco_panoptic", "ade20k_panoptic",
-)
-PANOPTIC_DATASETS = ("coco_panoptic", "ade20k_panoptic")
-# Official K per dataset (FACTS F, A.1); twins read K from their metadata instead.
-OFFICIAL_NUM_CLASSES = {
-    "ade20k": 150, "ade20k_full": 847, "coco_stuff_10k": 171, "cityscapes": 19,
-    "mapillary_vistas": 65, "coco_panoptic": 133, "ade20k_panoptic": 150,
-}
-PAPER_BACKBONES = ("R50", "R101", "R101c", "Swin-T", "Swin-S", "Swin-B", "Swin-L")
-SMOKE_BACKBONES = ("SmokeR18", "SmokeSwin")
-BACKBONES = PAPER_BACKBONES + SMOKE_BACKBONES
+# Datasets and their official K come from the dataset metadata (maskformer_core.data.metadata), backbone
+# names and families from the backbone registry (maskformer_core.models.backbones); twins read K from
+# their own metadata instead.
+BACKBONES = BACKBONE_NAMES
 STRATEGIES = ("semantic", "general", "general_semantic", "detr")
 # Data layout (docs/ARCHITECTURE.md "Synthetic twins"): twins are prepared into data/synthetic/<d>
 # (dvc.yaml `data`), real downloads data/raw/<d> into data/prepared/<d> (data/dvc.yaml `prepare`).
@@ -38,11 +33,6 @@ TWIN_DATA_ROOT = "data/synthetic"
 REAL_DATA_ROOT = "data/prepared"
 RAW_DATA_ROOT = "data/raw"
 SLURM_ENV_PREFIX = "MASKFORMER_SLURM_"  # MASKFORMER_SLURM_<KEY> sets executor.slurm.<key> (any key, see SlurmExecutor)
-
-
-def backbone_family(backbone: str) -> str:
-    """`resnet` or `swin` (A.1: the solver recipe follows the family)."""
-    return "swin" if "swin" in backbone.lower() else "resnet"
 
 
 class StudyParams(BaseModel):
@@ -512,8 +502,6 @@ def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         if bb not in params.time_model.fps:
             raise UserError(f"{source}: time_model.fps: missing backbone {bb!r}")
     check_data_roots(params, source)
-    from pipeline.grid import check_cells, check_references  # cross-field rules live with the grid expansion
-
     check_cells(params, source)
     check_references(params, source)
     return params

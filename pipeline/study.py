@@ -170,6 +170,34 @@ class StudyPlan:
     def variant_ids(self) -> list[str]:
         return [e for e, u in self.grid.evals.items() if u.is_variant]
 
+    def unit(self, unit_id: str) -> TrainUnit | EvalUnit:
+        """The training unit, or the evaluation-only variant, with this id."""
+        evals = self.grid.evals
+        return evals[unit_id] if unit_id in evals and evals[unit_id].is_variant else self.grid.train[unit_id]
+
+
+# Plans of this process by study run id: the study stage plans once and hands the plan to the Prefect
+# flows by id (a JSON flow parameter, so a deployment run, which plans itself, takes the same path).
+_SHARED_PLANS: dict[str, "StudyPlan"] = {}
+
+
+def share_plan(plan: StudyPlan) -> str:
+    """Make `plan` reachable by its run id (`shared_plan`) in this process; returns the id."""
+    _SHARED_PLANS[plan.run_id] = plan
+    return plan.run_id
+
+
+def shared_plan(run_id: str) -> StudyPlan:
+    """The plan `share_plan` registered under `run_id` (UserError when this process has none)."""
+    try:
+        return _SHARED_PLANS[run_id]
+    except KeyError:
+        raise UserError(f"no study plan {run_id!r} in this process (plans are shared in-process only)") from None
+
+
+def release_plan(run_id: str) -> None:
+    _SHARED_PLANS.pop(run_id, None)
+
 
 def plan_study(
     params: Params | None = None,
@@ -275,7 +303,7 @@ def make_snapshot(plan: StudyPlan) -> Path | None:
 
 def job_name_for(plan: StudyPlan, unit_id: str) -> str:
     """`<tables>-<dataset>-<cell id>`: squeue/sacct say which table and dataset a job belongs to."""
-    unit = _unit(plan, unit_id)
+    unit = plan.unit(unit_id)
     tables = sorted({r.table for r in plan.grid.rows
                      if any(plan.grid.evals[e].train_id == unit.train_id or e == unit_id for e in r.eval_ids)})
     return f"{'+'.join(tables) or 'cell'}-{unit.config['data']['dataset']}-{unit_id}"
@@ -285,7 +313,7 @@ def recorded_live_job(plan: StudyPlan, unit_id: str) -> Any:
     """The cell's job recorded in cell.json when SLURM says it is still live (re-attach), else None."""
     if plan.executor != "slurm":
         return None
-    unit = _unit(plan, unit_id)
+    unit = plan.unit(unit_id)
     record = read_json(Path(unit.run_dir) / CELL_FILE)
     if not isinstance(record, dict) or not record.get("job_id") or record.get("executor", "slurm") != "slurm":
         return None
@@ -439,10 +467,6 @@ def is_done(unit: TrainUnit | EvalUnit) -> bool:
     return unit_state(unit.run_dir)[0] == "done"
 
 
-def _unit(plan: StudyPlan, unit_id: str) -> TrainUnit | EvalUnit:
-    return plan.grid.evals[unit_id] if unit_id in plan.grid.evals and plan.grid.evals[unit_id].is_variant else plan.grid.train[unit_id]
-
-
 def _reason(run_dir: Path, exc: BaseException, job_id: str | None = None, since: float | None = None) -> str:
     """The exception message the job recorded (executor.record_failure), else the failed status's reason.
 
@@ -472,7 +496,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
 
     `job` is a job already submitted in a SLURM array (first attempt); retries submit a fresh job.
     """
-    unit = _unit(plan, unit_id)
+    unit = plan.unit(unit_id)
     run_dir = Path(unit.run_dir)
     # A job already submitted in an array was pending at submission: when it finished before this task
     # started, the cell is done by this study run, not skipped; its result is collected below.
@@ -558,7 +582,7 @@ def _interrupted(plan: StudyPlan, unit_id: str, job: Any, start: float) -> dict[
 
 
 def pending(plan: StudyPlan, ids: list[str]) -> list[str]:
-    return [i for i in ids if not is_done(_unit(plan, i))]
+    return [i for i in ids if not is_done(plan.unit(i))]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -700,13 +724,13 @@ def dry_run_text(plan: StudyPlan) -> str:
     for phase, ids in (("training", plan.train_ids()), ("evaluation variants", plan.variant_ids())):
         by_dataset: dict[str, list[str]] = {}
         for uid in ids:
-            by_dataset.setdefault(_unit(plan, uid).config["data"]["dataset"], []).append(uid)
+            by_dataset.setdefault(plan.unit(uid).config["data"]["dataset"], []).append(uid)
         for dataset, uids in by_dataset.items():
-            todo = [u for u in uids if not is_done(_unit(plan, u))]
+            todo = [u for u in uids if not is_done(plan.unit(u))]
             lines += ["", f"# {phase}, {dataset}: {len(todo)} to run, {len(uids) - len(todo)} done"]
             if executor is not None and todo:
                 tables = sorted({r.table for r in plan.grid.rows if r.cell.dataset == dataset})
-                lines.append(sbatch_header(executor, cell_config(plan, _unit(plan, todo[0])),
+                lines.append(sbatch_header(executor, cell_config(plan, plan.unit(todo[0])),
                                            f"{'+'.join(tables)}-{dataset}-array", len(todo), plan.array_folder() / dataset))
             lines += [f"  {'run ' if u in todo else 'skip'} {u}" for u in uids]
     return "\n".join(lines)

@@ -33,11 +33,11 @@ import pandas as pd
 from pipeline.config import atomic_write_text
 from pipeline.grid import Grid, expand
 from pipeline.paper_model_stats import DEFAULT_OUT as MODEL_STATS_FILE
+from pipeline.paper_numbers import PAPER_NUMBERS, load_paper_numbers
 from pipeline.paper_model_stats import load_stats
 from pipeline.params import Params, load_params
 from pipeline.study import METRICS_FILE, read_json, unit_state
 
-PAPER_NUMBERS = Path(__file__).parent / "data" / "paper_numbers.csv"
 SMOKE_NOTE = "smoke scale: synthetic data, small models — not comparable to the paper"
 # Relative tolerance of the counted columns (task spec): params are exact up to the paper's rounding to
 # whole millions; FLOPs depend on the counting convention (FACTS H.3: all vs last-layer mask einsums).
@@ -50,23 +50,6 @@ PAPER_MEM_PROTOCOL = {"measure": "torch.cuda.max_memory_allocated", "images_per_
 MEM_METRIC = "perf/train_peak_mem_mb"
 COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source",
            "device", "cells"]
-
-
-def load_paper_numbers(path: str | os.PathLike = PAPER_NUMBERS) -> list[dict[str, str]]:
-    """Rows of paper_numbers.csv: table, row, metric, value, std, status (reproduce|cited|not_run|inconsistent),
-    source, note. `inconsistent`: a number the paper contradicts elsewhere; kept and compared, never marked."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    seen: dict[tuple[str, str, str], int] = {}
-    for i, r in enumerate(rows, start=2):
-        key = (r["table"], r["row"], r["metric"])
-        if key in seen:  # the table would show one of the two numbers, silently
-            raise ValueError(f"{path}:{i}: {key[0]} row {key[1]!r} metric {key[2]!r} is already on line {seen[key]}")
-        seen[key] = i
-        if r["status"] not in ("reproduce", "cited", "not_run", "inconsistent"):
-            raise ValueError(f"{path}:{i}: status {r['status']!r} is not reproduce, cited, not_run or inconsistent")
-        float(r["value"])
-    return rows
 
 
 def git_commit() -> str:
