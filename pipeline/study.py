@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -27,10 +25,17 @@ from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.grid import EvalUnit, Grid, TrainUnit, check_pretrained_files, expand
 from pipeline.params import Params, load_params
+from pipeline.runfolder import (
+    CELL_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    median_over_seeds,
+    metric_values,
+    read_json,
+    read_metrics,
+    write_json,
+)
 
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.json"
-CELL_FILE = "cell.json"  # written by the study: which study run submitted this folder, and where its logs are
 REASON_CHARS = 1000  # a failure reason is the exception's message: long enough for a path, a URL and what to do
 
 
@@ -439,16 +444,9 @@ def close_parent_run(plan: StudyPlan, tracker: Any, counts: dict[str, int] | Non
         tracker.end(status)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file + rename; no temp file left on failure)."""
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
+def write_record(path: Path, data: Any) -> None:
+    """A study record (cell.json, reports/study/cells.json, reports/metrics.json): atomic, keys in order."""
+    write_json(path, data, indent=1, sort_keys=False, allow_nan=True, default=str)
 
 
 def unit_state(run_dir: str | Path) -> tuple[str, str]:
@@ -528,7 +526,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
         job = executor.submit(cell_config(plan, unit), log_folder=plan.log_folder(unit_id), init_from=init_from,
                               name=job_name_for(plan, unit_id))
     previous = read_json(run_dir / CELL_FILE) if reattached else None
-    write_json(
+    write_record(
         run_dir / CELL_FILE,
         {
             "cell_id": unit_id,
@@ -642,13 +640,13 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
             }
         )
     counts = _count([c for c in cells if c["cell_id"] in mine])
-    write_json(
+    write_record(
         plan.reports_dir / "study" / "cells.json",
         {"profile": plan.profile, "study_run": plan.run_id, "tables": plan.grid.tables(),
          "mlflow_run_id": plan.parent_run_id, "counts": _count(cells), "cells": cells},
     )
     metrics = key_metrics(grid)
-    write_json(plan.reports_dir / "metrics.json", metrics)
+    write_record(plan.reports_dir / "metrics.json", metrics)
     write_table_metrics(metrics, plan.reports_dir / "metrics")
     write_queries_plot(grid, plan.reports_dir / "plots" / "queries.csv")
     return counts
@@ -660,7 +658,7 @@ def write_table_metrics(metrics: dict[str, Any], folder: Path) -> None:
     The folder exists even when no row has finished (it is a stage output); stale tables are removed."""
     folder.mkdir(parents=True, exist_ok=True)
     for table, rows in metrics.items():
-        write_json(folder / f"{table}.json", rows)
+        write_record(folder / f"{table}.json", rows)
     for stale in folder.glob("*.json"):
         if stale.stem not in metrics:
             stale.unlink()
@@ -668,12 +666,7 @@ def write_table_metrics(metrics: dict[str, Any], folder: Path) -> None:
 
 def row_values(grid: Grid, row: Any, metric: str) -> list[float]:
     """The metric of every seed of a row that finished (missing ones left out)."""
-    values = []
-    for eid in row.eval_ids:
-        metrics = read_json(Path(grid.evals[eid].run_dir) / METRICS_FILE)
-        if metrics is not None and isinstance(metrics.get(metric), (int, float)):
-            values.append(float(metrics[metric]))
-    return values
+    return metric_values((read_metrics(grid.evals[eid].run_dir) for eid in row.eval_ids), metric)
 
 
 def key_metrics(grid: Grid) -> dict[str, Any]:
@@ -683,7 +676,7 @@ def key_metrics(grid: Grid) -> dict[str, Any]:
         for col, metric in row.columns.items():
             values = row_values(grid, row, metric)
             if values:
-                out.setdefault(row.table, {}).setdefault(row.row, {})[col] = round(statistics.median(values), 3)
+                out.setdefault(row.table, {}).setdefault(row.row, {})[col] = round(median_over_seeds(values), 3)
     return out
 
 
@@ -699,8 +692,8 @@ def write_queries_plot(grid: Grid, path: Path) -> None:
         values = row_values(grid, row, "val/mIoU")
         if values:
             q = grid.train[grid.evals[row.eval_ids[0]].train_id].config["model"]["num_queries"]
-            lines.append(f"{row.cell.dataset},{q},{statistics.median(values):.3f}")
-            per_dataset.setdefault(row.cell.dataset, ["queries,mIoU"]).append(f"{q},{statistics.median(values):.3f}")
+            lines.append(f"{row.cell.dataset},{q},{median_over_seeds(values):.3f}")
+            per_dataset.setdefault(row.cell.dataset, ["queries,mIoU"]).append(f"{q},{median_over_seeds(values):.3f}")
     atomic_write_text(path, "\n".join(lines) + "\n")
     folder = path.parent / "queries"  # a DVC output of the study stage: exists even without Table 6
     folder.mkdir(parents=True, exist_ok=True)

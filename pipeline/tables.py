@@ -24,7 +24,6 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,11 @@ import pandas as pd
 from pipeline.config import atomic_write_text
 from pipeline.grid import Grid, expand
 from pipeline.paper_model_stats import DEFAULT_OUT as MODEL_STATS_FILE
-from pipeline.paper_numbers import PAPER_NUMBERS, load_paper_numbers
 from pipeline.paper_model_stats import load_stats
+from pipeline.paper_numbers import PAPER_NUMBERS, load_paper_numbers  # noqa: F401 - load_paper_numbers re-exported
 from pipeline.params import Params, load_params
-from pipeline.study import METRICS_FILE, read_json, unit_state
+from pipeline.runfolder import METRICS_FILE, git_commit, median_over_seeds, read_json
+from pipeline.study import unit_state
 
 SMOKE_NOTE = "smoke scale: synthetic data, small models — not comparable to the paper"
 # Relative tolerance of the counted columns (task spec): params are exact up to the paper's rounding to
@@ -50,14 +50,6 @@ PAPER_MEM_PROTOCOL = {"measure": "torch.cuda.max_memory_allocated", "images_per_
 MEM_METRIC = "perf/train_peak_mem_mb"
 COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source",
            "device", "cells"]
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _base_metric(column: str) -> str:
@@ -204,7 +196,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                 devices = _fps_devices(cell_metrics) if _base_metric(p["metric"]) == "fps" else []
                 mem_mismatch = _memory_protocol_mismatch(cell_metrics) if metric_key == MEM_METRIC else ""
                 if values:
-                    ours = statistics.median(values)
+                    ours = median_over_seeds(values)
                     other_device = bool(devices) and not all(PAPER_FPS_DEVICE in d for d in devices)
                     line.update(ours=round(ours, 2), delta=None if other_device else round(ours - value, 2),
                                 ours_std=round(statistics.stdev(values), 2) if len(values) > 1 else None,
@@ -242,7 +234,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                 if devices:
                     reason = "; ".join(x for x in (reason, f"measured on {', '.join(devices)}") if x)
                 lines.append({"row": row_name, "metric": col, "paper": None, "paper_std": None,
-                              "ours": round(statistics.median(values), 2) if values else None,
+                              "ours": round(median_over_seeds(values), 2) if values else None,
                               "ours_std": round(statistics.stdev(values), 2) if len(values) > 1 else None,
                               "seeds": len(values), "delta": None, "mark": "", "status": status, "reason": reason,
                               "source": "grid only", "device": ", ".join(devices), "cells": ";".join(r.eval_ids),
@@ -254,7 +246,7 @@ def caption(params: Params, grid: Grid, table: str) -> str:
     prof = params.profiles[grid.profile]
     seeds = ", ".join(f"{k}={v}" for k, v in prof.seeds.items())
     title = params.grid[table].title if table in params.grid else "appendix table (cited / not run rows only)"
-    text = f"{table}: {title} | profile {grid.profile} | seeds {seeds} | git {git_commit()}"
+    text = f"{table}: {title} | profile {grid.profile} | seeds {seeds} | git {git_commit('.', short=True)}"
     if prof.synthetic:
         text += f" | {SMOKE_NOTE}"
     if prof.released:
@@ -296,7 +288,7 @@ def build_tables(
     synthetic = params.profiles[grid.profile].synthetic
     prof = params.profiles[grid.profile]
     provenance = (f"Profile {grid.profile}, seeds {', '.join(f'{k}={v}' for k, v in prof.seeds.items())}, "
-                  f"git {git_commit()}.")
+                  f"git {git_commit('.', short=True)}.")
     written: list[Path] = []
     names = grid.tables()
     if tables is None:  # tables with paper numbers but no grid cells (test-server rows, cited only)

@@ -8,7 +8,7 @@ import sys
 from pipeline.config import RunConfig, load_config, parse_config
 from pipeline.errors import UserError
 
-EXIT_PREEMPTED = 75  # mirrors pipeline.engine.EXIT_PREEMPTED (kept import-light for `--help`)
+EXIT_PREEMPTED = 75  # mirrors pipeline.trainer.EXIT_PREEMPTED (kept import-light for `--help`)
 
 
 def add_config_args(p: argparse.ArgumentParser, dataset_source: bool = False) -> None:
