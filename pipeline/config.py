@@ -81,13 +81,9 @@ class LossConfig(BaseModel):
 
     model_config = _STRICT
 
-    # A.3: bipartite (Hungarian by mask, C) | fixed (T4) | box (T5); "hungarian" is a synonym of "bipartite".
-    matching: Literal["bipartite", "hungarian", "fixed", "box"] = "bipartite"
-
-    @property
-    def core_matching(self) -> str:
-        """The name `maskformer_core.criterion.build_criterion` expects."""
-        return "bipartite" if self.matching == "hungarian" else self.matching
+    # paper Sec. 3.2 bipartite matching (Hungarian, by mask) | fixed (Table 4) | box (Table 5): one spelling,
+    # the one `maskformer_core.criterion.build_criterion` takes.
+    matching: Literal["bipartite", "fixed", "box"] = "bipartite"
     no_object_weight: float = 0.1  # A.0 NO_OBJECT_WEIGHT
     mask_weight: float = 20.0  # A.0 MASK_WEIGHT (focal)
     dice_weight: float = 1.0  # A.0 DICE_WEIGHT

@@ -26,7 +26,7 @@ from maskformer_core.data.metadata import get_metadata
 from maskformer_core.errors import CheckpointError
 from maskformer_core.models.weights import DEFAULT_PRETRAIN, OFFICIAL_FILES, hub_tag, is_hub
 from pipeline.checks import cell_path
-from pipeline.config import flatten
+from pipeline.config import flatten, parse_config
 from pipeline.errors import UserError
 from pipeline.params import (
     OFFICIAL_NUM_CLASSES,
@@ -277,7 +277,7 @@ def resolve_cell(
     model.update({k2: v for k2, v in profile.model.model_dump().items() if v is not None and k2 != "pretrained"})
     model["pretrained"] = resolve_pretrained(profile.model.pretrained, backbone, cell.pretrain,
                                              where=f"profiles.{profile_name}.model.pretrained ({where})")
-    matching = {"bipartite": "hungarian", "fixed": "fixed", "box": "box", None: "hungarian"}[cell.matching]
+    matching = cell.matching or "bipartite"  # one spelling from params.yaml to build_criterion
     data = {
         "dataset": cell.dataset,
         "root": root,
@@ -346,7 +346,7 @@ def resolve_cell(
         slug += "-nosa"
     if enc:
         slug += "-enc6"
-    if matching != "hungarian":
+    if matching != "bipartite":
         slug += f"-{matching}"
     if model.get("pretrained") and cell.pretrain:
         slug += f"-{cell.pretrain}"
@@ -459,6 +459,10 @@ def expand(
                 if prof.released:
                     tcfg, tid = released_unit(params, prof, entry, ecfg, eid)
                     eid = tid
+                # Plan time: every run config is a valid RunConfig before any job is submitted (the
+                # executor ships the same dict; the engine parses it again in the job).
+                for cfg, uid in ((tcfg, tid), (ecfg, eid)):
+                    parse_config(cfg, source=f"profile {profile}: {where} ({cell.row}, seed {seed}) -> cell {uid}")
                 if tid not in train:
                     hours = params.time_model.eval_hours if prof.released else estimate_gpu_hours(params, tcfg, cell.backbone)
                     train[tid] = TrainUnit(tid, tcfg, hours)

@@ -224,7 +224,7 @@ def build_components(cfg: RunConfig, meta, device: torch.device):
     kwargs = cfg.model.build_kwargs(meta.num_classes)
     model = build_model(**kwargs).to(device)
     criterion = build_criterion(
-        cfg.model.arch, kwargs["num_classes"], matching=cfg.loss.core_matching, ignore_label=meta.ignore_label,
+        cfg.model.arch, kwargs["num_classes"], matching=cfg.loss.matching, ignore_label=meta.ignore_label,
         deep_supervision=cfg.model.deep_supervision, dec_layers=cfg.model.dec_layers,
         num_queries=kwargs["num_queries"], no_object_weight=cfg.loss.no_object_weight,
         mask_weight=cfg.loss.mask_weight, dice_weight=cfg.loss.dice_weight).to(device)
