@@ -145,3 +145,17 @@ def test_config_model_section_matches_build_model_signature():
             continue
         default = params[name].default
         assert (field.default, default) == known.get(name, (default, default)), name
+
+
+def test_grid_show_prints_the_resolved_config_the_engine_runs(params, run_cli):
+    """`grid show`: the plan's config with the metadata defaults filled (splits, strategy, thresholds, flip)."""
+    from pipeline.config import RunConfig
+
+    unit = next(iter(expand(params, "smoke", ["table2"]).train.values()))
+    out = run_cli("grid", "show", unit.train_id, "--profile", "smoke", cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    shown = RunConfig.model_validate(yaml.safe_load(out.stdout))
+    assert unit.config["data"].get("train_split") is None  # the plan leaves metadata defaults to the engine ...
+    assert shown.data.train_split and shown.data.val_split and shown.test.strategy  # ... which grid show fills
+    assert shown.test.overlap_threshold == 0.8 and shown.solver.base_lr is not None
+    assert shown.model.num_queries == unit.config["model"]["num_queries"]
