@@ -39,7 +39,7 @@ def _check_cell(cell: Cell, table: str, i: int, num_classes: int, source: str) -
     if cell.model in ("per_pixel", "per_pixel_plus"):
         for field in ("matching", "inference"):
             if getattr(cell, field) is not None:
-                fail(field, f"{cell.model} has no {field} (B.5); remove it")
+                fail(field, f"{cell.model} has no {field} (paper Sec. 4, Baseline models); remove it")
         if cell.box_head:
             fail("box_head", f"{cell.model} has no box head")
         if not cell.self_attention:
@@ -48,34 +48,34 @@ def _check_cell(cell: Cell, table: str, i: int, num_classes: int, source: str) -
             fail("model", f"{cell.model} is a semantic baseline; {cell.dataset} is panoptic")
     if cell.model == "per_pixel":
         if cell.queries is not None:
-            fail("queries", "per_pixel has no queries (B.5)")
+            fail("queries", "per_pixel has no queries (paper Sec. 4, Baseline models)")
         if "dec_layers" in set_fields:
-            fail("dec_layers", "per_pixel has no Transformer decoder (B.5)")
+            fail("dec_layers", "per_pixel has no Transformer decoder (paper Sec. 4, Baseline models)")
     if cell.model == "per_pixel_plus" and cell.queries not in ("K", num_classes):
-        fail("queries", f"per_pixel_plus needs queries = K ({num_classes} for {cell.dataset}; B.5), got {cell.queries}")
+        fail("queries", f"per_pixel_plus needs queries = K ({num_classes} for {cell.dataset}; paper Table 4: 150 queries = K), got {cell.queries}")
     if cell.matching == "fixed" and cell.queries not in ("K", num_classes):
-        fail("queries", f"fixed matching needs queries = K ({num_classes} for {cell.dataset}; A.3), got {cell.queries}")
+        fail("queries", f"fixed matching needs queries = K ({num_classes} for {cell.dataset}; paper Table 4), got {cell.queries}")
     if cell.matching == "box" and not cell.box_head:
-        fail("matching", "box matching needs a box head (set box_head: true; A.3 / Table 5)")
+        fail("matching", "box matching needs a box head (set box_head: true; paper Table 5)")
     if cell.inference in ("general", "detr") and not panoptic:
         fail("inference", f"{cell.inference} inference needs a panoptic dataset; use general_semantic for {cell.dataset}")
     if cell.inference in ("semantic", "general_semantic") and panoptic:
         fail("inference", f"{cell.dataset} is panoptic: use general or detr")
     if cell.tta and panoptic:
-        fail("tta", "test-time augmentation applies to semantic segmentation only (D.6)")
+        fail("tta", "test-time augmentation applies to semantic segmentation only (paper Sec. 4.2)")
     if cell.pretrain is not None and backbone_family(cell.backbone) != "swin":
-        fail("pretrain", "pretrain in1k/in22k selects the Swin checkpoint (A.1); ResNets have one")
+        fail("pretrain", "pretrain in1k/in22k selects the Swin checkpoint (paper Tables 1 and 3); ResNets have one")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Cross-references: grid rows <-> paper numbers, columns <-> metric keys (checked at plan time)
 
 # Scalar metric names pipeline/evaluation.py writes (its module docstring): SemSegEvaluator's, PQ^St's
-# (E.3) and the panoptic evaluator's (E.2), each under `val/` (and `val_ms/` with TTA, semantic only).
+# (official tools/evaluate_pq_for_semantic_segmentation.py) and the panoptic evaluator's (detectron2 panoptic_evaluation.py), each under `val/` (and `val_ms/` with TTA, semantic only).
 SEMANTIC_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
 PQ_STUFF_METRICS = ("PQSt", "SQSt", "RQSt")
 PANOPTIC_METRICS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
-# Datasets whose panoptic records also carry the semantic GT (E.1: ADE20K panoptic reports mIoU too).
+# Datasets whose panoptic records also carry the semantic GT (official ade20k-150-panoptic configs evaluate sem_seg too).
 SEMANTIC_GT_PANOPTIC = ("ade20k_panoptic",)
 
 

@@ -223,7 +223,7 @@ def _merge_input(params: Params, profile: Profile, dataset: str, paper_backbone:
             out.update({k: v for k, v in over.model_dump().items() if v is not None})
     prof = {k: v for k, v in profile.input.model_dump().items() if v is not None}
     if "size_divisibility" in prof:
-        # Only datasets that pad to the crop keep padding (Cityscapes -1 and COCO panoptic 0 stay; A.1).
+        # Only datasets that pad to the crop keep padding (Cityscapes -1 and COCO panoptic 0 stay; INPUT.SIZE_DIVISIBILITY of the official configs).
         official_div = getattr(official, "size_divisibility", 1) if official is not None else 1
         if official_div <= 0:
             prof.pop("size_divisibility")
@@ -258,7 +258,7 @@ def resolve_cell(
     elif cell.queries == "K" or cell.model == "per_pixel_plus":
         queries = k
     else:
-        # A.0 NUM_OBJECT_QUERIES 100, unless the profile scales the default down (smoke: default_queries)
+        # MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 100, unless the profile scales the default down (smoke: default_queries)
         queries = cell.queries if cell.queries is not None else (profile.default_queries or 100)
     model = {
         "arch": cell.model,
@@ -267,9 +267,9 @@ def resolve_cell(
         "num_queries": queries,
         "dec_layers": cell.dec_layers,
         "dec_self_attention": cell.self_attention,
-        "pixel_decoder": "transformer_encoder" if enc else "base",  # B.3 "+6 Enc"
+        "pixel_decoder": "transformer_encoder" if enc else "base",  # paper Table 3 "+6 Enc": TransformerEncoderPixelDecoder
         "enc_layers": 6 if enc else 0,
-        "transformer_in_feature": "transformer_encoder" if enc else "res5",  # B.4
+        "transformer_in_feature": "transformer_encoder" if enc else "res5",  # MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
         "box_head": cell.box_head,
     }
     if recipe.size_divisibility is not None and cell.model == "maskformer":
@@ -304,7 +304,7 @@ def resolve_cell(
     solver.update(
         {
             "schedule": recipe.schedule,
-            # milestones keep their fraction of training (A.0: 369,600 of 554,400 = 2/3)
+            # milestones keep their fraction of training (coco-panoptic SOLVER.STEPS: 369,600 of 554,400 = 2/3)
             "steps": [max(1, round(s * scale)) for s in recipe.steps],
             "max_iter": max_iter,
             "ims_per_batch": ps.ims_per_batch or recipe.ims_per_batch,
@@ -319,7 +319,7 @@ def resolve_cell(
             f"{where}: warmup of {solver['warmup_iters']} iterations >= max_iter {max_iter} in profile {profile_name} "
             f"(set profiles.{profile_name}.solver.warmup_iters or solver_by_task)"
         )
-    num_gpus = profile.num_gpus(cell.dataset)  # world size: one process per GPU (A.0)
+    num_gpus = profile.num_gpus(cell.dataset)  # world size: one process per GPU (detectron2 launch)
     if solver["ims_per_batch"] % num_gpus:
         raise UserError(
             f"{where}: solver.ims_per_batch {solver['ims_per_batch']} is not divisible by the {num_gpus} "

@@ -65,7 +65,7 @@ class StudyParams(BaseModel):
 
 
 class Recipe(BaseModel):
-    """One dataset's training recipe (FACTS A.1)."""
+    """One dataset's training recipe (official configs/<dataset>/*.yaml)."""
 
     model_config = _STRICT
     config: str = ""  # the official config file it reproduces
@@ -121,8 +121,8 @@ class ProfileModel(BaseModel):
     conv_dim: int | None = Field(None, ge=8)
     nheads: int | None = Field(None, ge=1)
     dim_feedforward: int | None = Field(None, ge=8)
-    dropout: float | None = Field(None, ge=0, lt=1)  # transformer dropout (A.0: 0.1)
-    drop_path: float | None = Field(None, ge=0, lt=1)  # Swin stochastic depth (B.2: 0.3)
+    dropout: float | None = Field(None, ge=0, lt=1)  # transformer dropout (MODEL.MASK_FORMER.DROPOUT 0.1)
+    drop_path: float | None = Field(None, ge=0, lt=1)  # Swin stochastic depth (MODEL.SWIN.DROP_PATH_RATE 0.3)
     # Backbone initialisation: None (random), "hub" (timm), a local file, or a mapping per backbone
     # {"*": hub, R101c: data/weights/R-103.pkl, "Swin-B:in1k": ...} (pipeline.grid.resolve_pretrained).
     pretrained: str | dict[str, str] | None = None
@@ -176,7 +176,7 @@ class Profile(BaseModel):
     data_root: str = "data/prepared"
     seeds: dict[str, int] = Field(default_factory=lambda: {"default": 1})
     backbone_map: dict[str, str] = Field(default_factory=dict)
-    # Queries of the cells that do not set `queries` (the paper's default 100, A.0); rows that set
+    # Queries of the cells that do not set `queries` (the paper's default 100, MODEL.MASK_FORMER.NUM_OBJECT_QUERIES); rows that set
     # queries (Table 6's Q20..Q1000, Q = K) keep theirs. None: 100.
     default_queries: int | None = Field(None, ge=1)
     model: ProfileModel = Field(default_factory=ProfileModel)
@@ -193,7 +193,7 @@ class Profile(BaseModel):
     released: bool = False
     checkpoint_root: str = "checkpoints/released"
     # Processes (GPUs) per training run, keyed like `seeds` (default / semantic / panoptic / dataset):
-    # resolved into `run.num_gpus`. A.0: 8 GPUs per run, 64 for COCO panoptic (the official configs'
+    # resolved into `run.num_gpus`. Paper Sec. 4.2: 8 GPUs per run, 64 for COCO panoptic (the official configs'
     # SOLVER.IMS_PER_BATCH is the total over them). CPU profiles run that many gloo processes.
     gpus: dict[str, int] = Field(default_factory=lambda: {"default": 1})
     # The profile this one rehearses (same cells, shrunk): `grid list` prints every key that differs.
@@ -269,7 +269,7 @@ class SlurmExecutor(BaseModel):
     constraint: str | None = None
     exclude: str | None = None
     exclusive: bool | None = None
-    gpus_per_node: int = Field(8, ge=0, le=16)  # GPUs (and processes) per node; A.0: 8 V100 per machine; 0: CPU nodes
+    gpus_per_node: int = Field(8, ge=0, le=16)  # GPUs (and processes) per node; paper Sec. 4.2: 8 V100 per machine; 0: CPU nodes
     cpus_per_task: int = Field(10, ge=1, le=256)
     mem_gb: int = Field(64, ge=1)
     timeout_min: int = Field(4320, ge=1)
@@ -333,7 +333,7 @@ class Cell(BaseModel):
     model: Literal["maskformer", "per_pixel", "per_pixel_plus"] = "maskformer"
     backbone: str = "R50"
     pretrain: Literal["in1k", "in22k"] | None = None  # None: in22k for Swin-B/L (†), in1k otherwise
-    queries: Union[int, Literal["K"], None] = None  # None: 100 (A.0); "K" = number of classes
+    queries: Union[int, Literal["K"], None] = None  # None: 100 (MODEL.MASK_FORMER.NUM_OBJECT_QUERIES); "K" = number of classes
     dec_layers: int = Field(6, ge=1, le=12)
     self_attention: bool = True
     pixel_decoder: Literal["base", "+6Enc"] = "base"
@@ -397,7 +397,7 @@ class ReleasedCheckpoint(BaseModel):
 
     def fits(self, table: str, cell: "Cell") -> bool:
         """The cell is a row of one of `tables` with the released model: its dataset, backbone, pixel decoder
-        and pretraining, and the official decoder (Q 100, 6 layers, self-attention, bipartite, no box head; A.0)."""
+        and pretraining, and the official decoder (Q 100, 6 layers, self-attention, bipartite, no box head; add_mask_former_config)."""
         official = (cell.model == "maskformer" and cell.queries in (None, 100) and cell.dec_layers == 6
                     and cell.self_attention and cell.matching in (None, "bipartite") and not cell.box_head)
         return (table in self.tables and official and cell.dataset == self.dataset and cell.backbone == self.backbone
