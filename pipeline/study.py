@@ -13,20 +13,24 @@ import contextlib
 import dataclasses
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pipeline import reaper
+from pipeline.cluster import is_live_state, is_loopback, job_state, slurm_nodes, tracking_host
 from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.grid import EvalUnit, Grid, TrainUnit, check_pretrained_files, expand
 from pipeline.params import Params, load_params
 from pipeline.runfolder import (
     CELL_FILE,
+    FAILURE_FILE,
     METRICS_FILE,
     STATUS_FILE,
     median_over_seeds,
@@ -35,6 +39,7 @@ from pipeline.runfolder import (
     read_metrics,
     write_json,
 )
+from pipeline.tracking import Tracker, resolve_tracking_uri
 
 REASON_CHARS = 1000  # a failure reason is the exception's message: long enough for a path, a URL and what to do
 
@@ -111,8 +116,6 @@ class StudyStop:
     def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal handler signature
         if self.event.is_set():  # second Ctrl-C: stop waiting
             os._exit(self.exit_code())
-        import sys
-
         name = signal.Signals(signum).name
         print(f"study: {name}: stopping (no new cells; running cells save a checkpoint and stop); "
               f"again to quit at once", file=sys.stderr, flush=True)
@@ -255,10 +258,6 @@ def plan_study(
 
 def check_tracking_reachable(plan: StudyPlan) -> None:
     """A SLURM study on more than one node must not hand its cells a loopback tracking URI."""
-    from pipeline.cluster import is_loopback, slurm_nodes, tracking_host
-    from pipeline.tracking import resolve_tracking_uri
-    from urllib.parse import urlparse
-
     nodes = slurm_nodes()
     if len(nodes) <= 1:
         return
@@ -286,8 +285,6 @@ def check_tracking_reachable(plan: StudyPlan) -> None:
 def make_snapshot(plan: StudyPlan) -> Path | None:
     """A copy of the repository's tracked files for this study run (submitit's RsyncSnapshot), which the
     SLURM jobs import (PYTHONPATH, pipeline.executor) also after a requeue; None outside a git checkout."""
-    import subprocess
-
     os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
     import submitit.helpers
 
@@ -322,8 +319,6 @@ def recorded_live_job(plan: StudyPlan, unit_id: str) -> Any:
     record = read_json(Path(unit.run_dir) / CELL_FILE)
     if not isinstance(record, dict) or not record.get("job_id") or record.get("executor", "slurm") != "slurm":
         return None
-    from pipeline.cluster import is_live_state, job_state
-
     job_id = str(record["job_id"])
     if not job_id.split("_")[0].isdigit():
         return None
@@ -352,8 +347,6 @@ def shared_sqlite_uri(plan: StudyPlan) -> str | None:
     tracked = [u for u in units if u.config["run"].get("tracking", True)]
     if not tracked:
         return None
-    from pipeline.tracking import resolve_tracking_uri
-
     uri = resolve_tracking_uri(tracked[0].config["run"].get("tracking_uri"))
     return uri if uri.startswith("sqlite:///") else None
 
@@ -393,8 +386,6 @@ def open_parent_run(plan: StudyPlan, source_name: str = "pipeline.study") -> Any
     """Open the MLflow run of this study run (tags `profile`, `tables`, `study_run`) in the cells'
     experiment and store its id in `plan.parent_run_id`; None when the cells are not tracked.
     Returns the `Tracker` to close with `close_parent_run`."""
-    from pipeline.tracking import Tracker
-
     units = list(plan.grid.train.values())
     tracked = [u for u in units if u.config["run"].get("tracking", True)]
     if not tracked:
@@ -413,8 +404,6 @@ def log_report(html_path: str | os.PathLike, cells_json: str | os.PathLike | Non
     """Log the report (`index.html` and its `figures/`) to the MLflow run of the study run that wrote
     `reports/study/cells.json` (`mlflow_run_id`); returns that run id, None when there is none or the
     store cannot be reached (the report itself is written either way)."""
-    from pipeline.tracking import Tracker
-
     html_path = Path(html_path)
     record = read_json(Path(cells_json) if cells_json else html_path.parent / "study" / "cells.json") or {}
     run_id = record.get("mlflow_run_id")
@@ -471,8 +460,6 @@ def _reason(run_dir: Path, exc: BaseException, job_id: str | None = None, since:
     The failure.json counts when it names this job, or was written after this job was submitted (`since`):
     in-process debug jobs share one environment, so their job ids can be mixed up between threads.
     """
-    from pipeline.executor import FAILURE_FILE
-
     path = run_dir / FAILURE_FILE
     failure = read_json(path)
     if isinstance(failure, dict) and failure.get("reason"):
@@ -509,8 +496,6 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
         train = plan.grid.train[unit.train_id]
         if not is_done(train):
             state, reason = unit_state(train.run_dir)
-            from pipeline.executor import FAILURE_FILE
-
             failure = read_json(Path(train.run_dir) / FAILURE_FILE)  # the training job's own exception
             if state != "failed" and isinstance(failure, dict) and failure.get("reason"):
                 state, reason = "failed", str(failure["reason"])[:REASON_CHARS]
