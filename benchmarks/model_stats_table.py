@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from maskformer_core.models import build_model, count_parameters  # noqa: E402
 from maskformer_core.models.flops import count_flops  # noqa: E402
-from pipeline.commands.model_stats import input_size, model_kwargs  # noqa: E402
+from pipeline.model_inputs import input_size, model_kwargs  # noqa: E402
 
 # (label, dataset, backbone, analytic params M (docs/FIDELITY.md §5), paper params M, paper GFLOPs (T1/T3, paper
 # Tables 1 and 3))

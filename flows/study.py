@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")  # INFRA trap: before submitit is imported
 import submitit  # noqa: E402,F401  (imported at module top on purpose, see INFRA.md)
@@ -37,9 +38,17 @@ from prefect.runtime import flow_run, task_run  # noqa: E402
 from prefect.states import Cancelled, Completed, Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from pipeline import study as st  # noqa: E402
+from pipeline.cluster import tracking_host  # noqa: E402
 from pipeline.executor import CellExecutor  # noqa: E402
+from pipeline.models_store import restore_models  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+from pipeline.report import build_report  # noqa: E402
+from pipeline.services import tracking_server  # noqa: E402
+from pipeline.stages import tables_summary  # noqa: E402
+from pipeline.tables import build_tables  # noqa: E402
 
 @contextlib.contextmanager
 def shielded_ephemeral_server():
@@ -111,7 +120,7 @@ def cell_task(plan: st.StudyPlan, executor: CellExecutor, unit_id: str, jobs: di
 
 def cell_tags(plan: st.StudyPlan, unit_id: str) -> list[str]:
     """Prefect tags of a cell's task run: `table:<t>` and `row:<row>` of every row it serves, `dataset:<d>`."""
-    unit = st._unit(plan, unit_id)
+    unit = plan.unit(unit_id)
     tags = [f"dataset:{unit.config['data']['dataset']}", f"profile:{plan.profile}"]
     for row in st.unit_rows(plan, unit_id):
         tags += [f"table:{row.table}", f"row:{row.row}"]
@@ -125,7 +134,7 @@ def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -
     todo = st.pending(plan, ids)
     by_dataset: dict[tuple[str, int, str], list[str]] = {}
     for uid in todo:
-        unit = st._unit(plan, uid)
+        unit = plan.unit(uid)
         if getattr(unit, "is_variant", False):
             if not st.is_done(plan.grid.train[unit.train_id]):
                 continue
@@ -136,7 +145,7 @@ def _submit_arrays(plan: st.StudyPlan, executor: CellExecutor, ids: list[str]) -
                                str(run.get("device", "auto"))), []).append(uid)
     jobs = {}
     for (dataset, world, _device), uids in by_dataset.items():
-        units = [st._unit(plan, u) for u in uids]
+        units = [plan.unit(u) for u in uids]
         init = [plan.grid.train[u.train_id].run_dir if getattr(u, "is_variant", False) else None for u in units]
         folder = plan.array_folder() / f"{dataset}-w{world}"
         tables = sorted({r.table for r in plan.grid.rows if r.cell.dataset == dataset})
@@ -151,8 +160,6 @@ class _Progress:
     and a Prefect progress artifact (`study-progress`) on the flow run, updated as each cell ends."""
 
     def __init__(self, total: int, plan: st.StudyPlan):
-        from tqdm import tqdm
-
         self.total, self.done = total, 0
         self.bar = tqdm(total=total, desc="study", unit="cell", file=sys.stderr, disable=not sys.stderr.isatty(),
                         dynamic_ncols=True)
@@ -237,11 +244,7 @@ def _study_tracking_server(plan, logger):
     if uri is None:
         yield
         return
-    from pipeline.services import tracking_server
-
     start = time.monotonic()
-    from pipeline.cluster import tracking_host
-
     host = tracking_host(plan.params.study.tracking_host)  # nodes must reach it (pipeline.study.check_tracking_reachable)
     with tracking_server(uri, concurrency=plan.max_concurrent, host=host) as served:
         logger.info("MLflow server %s in front of %s (ready in %.1f s)", served, uri, time.monotonic() - start)
@@ -267,10 +270,16 @@ def run_cells(
     cell_fn: str | None = None,
     params_path: str = "params.yaml",
     reports_dir: str = "reports",
+    plan_id: str | None = None,
 ):
-    """Train every pending training cell, then evaluate the variants; write the study records."""
+    """Train every pending training cell, then evaluate the variants; write the study records.
+
+    `plan_id`: the study run whose plan this process already holds (pipeline.study.share_plan); without
+    it the flow plans from the other arguments.
+    """
     logger = get_run_logger()
-    plan = _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
+    plan = st.shared_plan(plan_id) if plan_id else _plan(profile, tables, executor, max_concurrent, retries, cell_fn,
+                                                         params_path, reports_dir)
     ex = CellExecutor(plan.params, plan.executor, cell_fn=plan.cell_fn, threads=plan.threads, profile=plan.profile)
     if plan.executor == "slurm":  # a requeued job runs the code of its study run, not the tree of later
         snapshot = st.make_snapshot(plan)
@@ -278,10 +287,6 @@ def run_cells(
         logger.info("code snapshot: %s", ex.snapshot)
     # A fresh clone after `dvc pull`: trained cells come back from the DVC-cached models/<profile>/ into
     # their absent run folders (pipeline.models_store), so they are done and skipped, not retrained.
-    from pathlib import Path
-
-    from pipeline.models_store import restore_models
-
     restored = restore_models(plan.grid, Path(plan.params.study.models_root) / plan.profile)
     if restored:
         logger.info("restored %d trained cells from %s/%s (dvc pull)", len(restored),
@@ -331,8 +336,6 @@ def _summary_artifact(plan: st.StudyPlan, counts: dict, message: str) -> None:
 
 def metrics_markdown(reports_dir) -> str:
     """`reports/metrics.json` (median over seeds per table row) as markdown tables."""
-    from pathlib import Path
-
     metrics = st.read_json(Path(reports_dir) / "metrics.json") or {}
     out = []
     for table, rows in metrics.items():
@@ -346,8 +349,6 @@ def metrics_markdown(reports_dir) -> str:
 def claims_markdown(reports_dir) -> str:
     """Hook for the paper's claims: `reports/claims.json` (written by the claims step when the project has
     one) as a markdown list `claim: verdict`; empty when there is no such file."""
-    from pathlib import Path
-
     claims = st.read_json(Path(reports_dir) / "claims.json")
     if not claims:
         return ""
@@ -365,8 +366,6 @@ def claims_markdown(reports_dir) -> str:
 def table_artifacts(paths, profile: str | None) -> int:
     """One Prefect table artifact per written table CSV (key `<profile>-<table>`, caption as description)."""
     import math
-    from pathlib import Path
-
     import pandas as pd
 
     made = 0
@@ -394,15 +393,24 @@ def _open_parent_run(plan, logger):
         return None
 
 
-def _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir):
-    # The subflow gets its task runner here so that max_concurrent is a run parameter (also for deployments).
-    plan = _plan(profile, tables, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
+def _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir, plan_id=None):
+    # The study is planned once per run: here (a deployment run), or by the caller that passes its plan's id
+    # (the study stage, flows.commands.run_study). The subflow gets its task runner here so that
+    # max_concurrent is a run parameter (also for deployments).
+    own = plan_id is None
+    plan = st.shared_plan(plan_id) if plan_id else _plan(profile, tables, executor, max_concurrent, retries, cell_fn,
+                                                         params_path, reports_dir)
+    st.share_plan(plan)
     runner = ThreadPoolTaskRunner(max_workers=plan.max_concurrent)
-    state = run_cells.with_options(task_runner=runner)(
-        profile=plan.profile, tables=tables, executor=plan.executor, max_concurrent=plan.max_concurrent,
-        retries=plan.retries, cell_fn=plan.cell_fn, params_path=params_path, reports_dir=reports_dir,
-        return_state=True,
-    )
+    try:
+        state = run_cells.with_options(task_runner=runner)(
+            profile=plan.profile, tables=tables, executor=plan.executor, max_concurrent=plan.max_concurrent,
+            retries=plan.retries, cell_fn=plan.cell_fn, params_path=params_path, reports_dir=reports_dir,
+            plan_id=plan.run_id, return_state=True,
+        )
+    finally:
+        if own:
+            st.release_plan(plan.run_id)
     # The parent flow ends in the subflow's state with its message ("N cells: ... K failed").
     if state.is_completed():
         return Completed(message=state.message)
@@ -421,9 +429,10 @@ def study(
     cell_fn: str | None = None,
     params_path: str = "params.yaml",
     reports_dir: str = "reports",
+    plan_id: str | None = None,
 ):
-    """Every table of the grid (default: all of params.yaml `grid:`)."""
-    return _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir)
+    """Every table of the grid (default: all of params.yaml `grid:`); `plan_id`: see `run_cells`."""
+    return _study(tables, profile, executor, max_concurrent, retries, cell_fn, params_path, reports_dir, plan_id)
 
 
 @flow(name="main-results")
@@ -458,12 +467,6 @@ def ablations(
 def tables(profile: str | None = None, params_path: str = "params.yaml", reports_dir: str = "reports"):
     """Build reports/tables/* (long CSV, paper-layout .tex/.wide.csv), reports/tables.pdf and reports/claims.json
     from the cells' metrics.json files; logs every claim's verdict and returns the files and verdicts."""
-    from pipeline.stages import tables_summary
-    from pipeline.tables import build_tables
-
-    from pipeline.params import load_params
-    from pipeline.report import build_report
-
     logger = get_run_logger()
     params = load_params(params_path)
     profile = profile or params.study.profile

@@ -13,15 +13,18 @@ retrains only that cell (its config hash changes; every other cell is skipped as
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Iterable
 
 from pipeline.errors import UserError
 
 KEY = "cell_overrides"
 
 
-def apply(raw: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
+def apply(raw: dict[str, Any], cell_fields: Iterable[str], source: str = "params.yaml") -> dict[str, Any]:
     """A copy of the raw params with `cell_overrides` merged into `grid` and the key removed.
+
+    `cell_fields`: the fields a grid cell may have (pipeline.params passes `Cell.model_fields`; taken as an
+    argument so this module stays below pipeline.params).
 
     UserError names the override key when the table, the index or the field does not exist.
     """
@@ -31,8 +34,7 @@ def apply(raw: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise UserError(f"{source}: {KEY}: expected a mapping <table>: {{<cell index>: {{<field>: value}}}}, "
                         f"got {overrides!r}")
-    from pipeline.params import Cell  # the fields a cell may have
-
+    cell_fields = list(cell_fields)
     out = {k: v for k, v in raw.items() if k != KEY}
     out["grid"] = copy.deepcopy(raw["grid"])
     for table, cells in overrides.items():
@@ -52,9 +54,9 @@ def apply(raw: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
                                 f"(0..{len(grid['cells']) - 1}; `python -m pipeline grid list`)")
             if not isinstance(fields, dict) or not fields:
                 raise UserError(f"{where}.{index}: expected a mapping <field>: value, got {fields!r}")
-            unknown = sorted(str(f) for f in fields if f not in Cell.model_fields)
+            unknown = sorted(str(f) for f in fields if f not in cell_fields)
             if unknown:
                 raise UserError(f"{where}.{index}.{unknown[0]}: unknown cell field; expected one of "
-                                f"{', '.join(Cell.model_fields)}")
+                                f"{', '.join(cell_fields)}")
             grid["cells"][i] = dict(grid["cells"][i], **fields)
     return out

@@ -27,7 +27,6 @@ import io
 import logging
 import os
 import random
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,13 @@ import numpy as np
 import torch
 
 from maskformer_core.errors import CheckpointError
+from pipeline import runfolder
 from pipeline.config import training_keys_differ
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CKPT_DIR = "checkpoints"
+CKPT_DIR = runfolder.CKPT_DIR
 
 
 def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
@@ -265,12 +265,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def git_commit(repo: str | os.PathLike | None = None) -> str:
-    """HEAD commit of the repository holding this code ("unknown" outside git), "+dirty" if modified."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return sha or "unknown"
+

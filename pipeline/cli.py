@@ -1,4 +1,5 @@
-"""The `python -m pipeline` command line: one sub-command per module in pipeline/commands/."""
+"""The `python -m pipeline` command line: one sub-command per module in pipeline/commands/ (plus flows/commands.py,
+added by pipeline/__main__.py)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,9 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from maskformer_core.errors import CheckpointError, ConfigError, DataError
 from pipeline.errors import UserError
@@ -21,7 +24,7 @@ COMMAND_MODULES = [
     "pipeline.commands.evaluate",
     "pipeline.commands.convert",
     "pipeline.commands.grid",
-    "pipeline.commands.study",
+    "pipeline.commands.models",
     "pipeline.commands.tables",
     "pipeline.commands.report",
     "pipeline.commands.status",
@@ -30,14 +33,17 @@ COMMAND_MODULES = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_modules: Sequence[ModuleType] = ()) -> argparse.ArgumentParser:
+    """The parser of every command in COMMAND_MODULES, then of `extra_modules` (the flows layer's commands,
+    added by the entry point pipeline/__main__.py: this module never imports flows)."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="MaskFormer reproducibility pipeline: data, training, evaluation, the study grid, tables and report.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:  # a missing or broken command module is an error, never a silent gap
-        importlib.import_module(name).register(sub)
+    # a missing or broken command module is an error, never a silent gap
+    for module in [importlib.import_module(name) for name in COMMAND_MODULES] + list(extra_modules):
+        module.register(sub)
     return parser
 
 
@@ -90,8 +96,8 @@ def _enter_project(args: argparse.Namespace, argv: list[str]) -> None:
     os.chdir(folder)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, extra_modules: Sequence[ModuleType] = ()) -> int:
+    parser = build_parser(extra_modules)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     _configure_logging()

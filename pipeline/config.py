@@ -2,11 +2,11 @@
 
 Sections mirror the packages (docs/ARCHITECTURE.md "Resolved run config"):
 
-- `model:`  keyword arguments of `maskformer_core.models.build_model` (A.0, B);
-- `loss:`   matcher + criterion options for `build_criterion` (C);
-- `data:`   dataset, root, crop and resize sizes, loader workers (A.1);
-- `solver:` AdamW, learning rate schedule, batch size, clipping (A.0);
-- `test:`   inference strategy, thresholds, test-time augmentation (D);
+- `model:`  keyword arguments of `maskformer_core.models.build_model` (official mask_former/config.py add_mask_former_config; paper Sec. 3.3);
+- `loss:`   matcher + criterion options for `build_criterion` (paper Sec. 3.2; official modeling/criterion.py);
+- `data:`   dataset, root, crop and resize sizes, loader workers (official configs/<dataset>/Base-*.yaml INPUT);
+- `solver:` AdamW, learning rate schedule, batch size, clipping (official configs SOLVER);
+- `test:`   inference strategy, thresholds, test-time augmentation (paper Sec. 3.4; official mask_former_model.py inference);
 - `run:`    seed, run folder, periods, device, tracking.
 
 Fields left `None` mean "the official default for this dataset/backbone"; `resolve_defaults` fills them
@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from maskformer_core.models.backbones import is_swin
 from pipeline.errors import UserError
 from pipeline.yamlio import load_yaml
 
@@ -33,32 +34,32 @@ _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(BaseModel):
-    """`build_model` keyword arguments (docs/ARCHITECTURE.md model contract; values from FACTS A.0/B)."""
+    """`build_model` keyword arguments (docs/ARCHITECTURE.md model contract; values from the official add_mask_former_config and configs)."""
 
     model_config = _STRICT | ConfigDict(protected_namespaces=())
 
     arch: Literal["maskformer", "per_pixel", "per_pixel_plus"] = "maskformer"
     backbone: str = "R50"
     num_classes: int | None = None  # None: K from the dataset metadata
-    num_queries: int | None = 100  # A.0 NUM_OBJECT_QUERIES; per_pixel_plus: None -> K (B.5)
-    dec_layers: int = 6  # A.0
-    dec_self_attention: bool = True  # A.3 (False = appendix Table VIII variant)
-    pixel_decoder: Literal["base", "transformer_encoder"] = "base"  # B.3
-    enc_layers: int | None = None  # B.3: None -> 6 for "transformer_encoder", 0 for "base"
-    transformer_in_feature: Literal["res5", "transformer_encoder"] = "res5"  # B.4
-    hidden_dim: int = 256  # A.0
-    mask_dim: int = 256  # A.0 SEM_SEG_HEAD.MASK_DIM
-    conv_dim: int = 256  # A.1 CONVS_DIM
-    nheads: int = 8  # A.0
-    dim_feedforward: int = 2048  # A.0
-    dropout: float = 0.1  # A.0
-    box_head: bool = False  # A.3 (Table 5 box matching)
-    deep_supervision: bool = True  # A.0
+    num_queries: int | None = 100  # MODEL.MASK_FORMER.NUM_OBJECT_QUERIES; per_pixel_plus: None -> K (paper Table 4: 150 queries on ADE20K)
+    dec_layers: int = 6  # MODEL.MASK_FORMER.DEC_LAYERS
+    dec_self_attention: bool = True  # False = the no-self-attention variant (paper appendix Table VIII)
+    pixel_decoder: Literal["base", "transformer_encoder"] = "base"  # MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME BasePixelDecoder
+    enc_layers: int | None = None  # MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS: None -> 6 for "transformer_encoder", 0 for "base"
+    transformer_in_feature: Literal["res5", "transformer_encoder"] = "res5"  # MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
+    hidden_dim: int = 256  # MODEL.MASK_FORMER.HIDDEN_DIM
+    mask_dim: int = 256  # MODEL.SEM_SEG_HEAD.MASK_DIM
+    conv_dim: int = 256  # MODEL.SEM_SEG_HEAD.CONVS_DIM
+    nheads: int = 8  # MODEL.MASK_FORMER.NHEADS
+    dim_feedforward: int = 2048  # MODEL.MASK_FORMER.DIM_FEEDFORWARD
+    dropout: float = 0.1  # MODEL.MASK_FORMER.DROPOUT
+    box_head: bool = False  # paper Table 5 box matching (no official config)
+    deep_supervision: bool = True  # MODEL.MASK_FORMER.DEEP_SUPERVISION
     pretrained: str | None = None  # None | local weights file | "hub"
-    swin_window: int | None = None  # B.2: per backbone (7, or 12 for the 384 models)
-    drop_path: float | None = None  # B.2: 0.3 for Swin
-    size_divisibility: int | None = None  # B.1: None -> 32 (MASK_FORMER.SIZE_DIVISIBILITY); 0 for COCO panoptic
-    enforce_input_proj: bool = False  # A.0 ENFORCE_INPUT_PROJ (True in the COCO Swin configs)
+    swin_window: int | None = None  # MODEL.SWIN.WINDOW_SIZE: per backbone (7, or 12 for the 384 models)
+    drop_path: float | None = None  # MODEL.SWIN.DROP_PATH_RATE: 0.3 for Swin
+    size_divisibility: int | None = None  # None -> 32 (MODEL.MASK_FORMER.SIZE_DIVISIBILITY); 0 in the coco-panoptic configs
+    enforce_input_proj: bool = False  # MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ (True in the COCO Swin configs)
     # Evaluation-only cell: the full-model weights to evaluate instead of training (a released checkpoint:
     # HF folder, official .pkl or a `convert`ed .pt; pipeline/released.py). None: train.
     weights: str | None = None
@@ -76,24 +77,20 @@ class ModelConfig(BaseModel):
 
 
 class LossConfig(BaseModel):
-    """Matcher and criterion options (FACTS C); `build_criterion` kwargs."""
+    """Matcher and criterion options (paper Sec. 3.2, official modeling/matcher.py + criterion.py); `build_criterion` kwargs."""
 
     model_config = _STRICT
 
-    # A.3: bipartite (Hungarian by mask, C) | fixed (T4) | box (T5); "hungarian" is a synonym of "bipartite".
-    matching: Literal["bipartite", "hungarian", "fixed", "box"] = "bipartite"
-
-    @property
-    def core_matching(self) -> str:
-        """The name `maskformer_core.criterion.build_criterion` expects."""
-        return "bipartite" if self.matching == "hungarian" else self.matching
-    no_object_weight: float = 0.1  # A.0 NO_OBJECT_WEIGHT
-    mask_weight: float = 20.0  # A.0 MASK_WEIGHT (focal)
-    dice_weight: float = 1.0  # A.0 DICE_WEIGHT
+    # paper Sec. 3.2 bipartite matching (Hungarian, by mask) | fixed (Table 4) | box (Table 5): one spelling,
+    # the one `maskformer_core.criterion.build_criterion` takes.
+    matching: Literal["bipartite", "fixed", "box"] = "bipartite"
+    no_object_weight: float = 0.1  # MODEL.MASK_FORMER.NO_OBJECT_WEIGHT
+    mask_weight: float = 20.0  # MODEL.MASK_FORMER.MASK_WEIGHT (focal)
+    dice_weight: float = 1.0  # MODEL.MASK_FORMER.DICE_WEIGHT
 
 
 class DataConfig(BaseModel):
-    """Dataset and input sizes. `None` sizes come from the dataset metadata (A.1, F)."""
+    """Dataset and input sizes. `None` sizes come from the dataset metadata (maskformer_core.data.metadata; official configs INPUT)."""
 
     model_config = _STRICT
 
@@ -102,46 +99,46 @@ class DataConfig(BaseModel):
     train_split: str | None = None  # None: metadata split names
     val_split: str | None = None  # the evaluation split (metadata `test_split`: val, or test for COCO-Stuff)
     crop_size: tuple[int, int] | None = None  # (H, W); 512x512 ADE, 512x1024 Cityscapes, ...
-    short_sizes: list[int] | None = None  # ResizeShortestEdge "choice" set (A.1)
+    short_sizes: list[int] | None = None  # ResizeShortestEdge "choice" set (INPUT.MIN_SIZE_TRAIN)
     max_size: int | None = None  # longest side at training
     test_short_size: int | None = None
     test_max_size: int | None = None
-    num_workers: int = 4  # A.0 DATALOADER.NUM_WORKERS
-    size_divisibility: int | None = None  # mapper padding (A.1: -1 on Cityscapes)
-    color_aug: bool = True  # A.1 COLOR_AUG_SSD (False for COCO panoptic)
+    num_workers: int = 4  # DATALOADER.NUM_WORKERS (official Base configs)
+    size_divisibility: int | None = None  # mapper padding (INPUT.SIZE_DIVISIBILITY: -1 in configs/cityscapes-19)
+    color_aug: bool = True  # INPUT.COLOR_AUG_SSD (False for COCO panoptic)
 
 
 class SolverConfig(BaseModel):
-    """Optimiser and schedule (A.0). `None` fields take the backbone family's official value."""
+    """Optimiser and schedule (official configs SOLVER). `None` fields take the backbone family's official value."""
 
     model_config = _STRICT
 
-    optimizer: Literal["AdamW"] = "AdamW"  # A.0 SOLVER.OPTIMIZER
-    base_lr: float | None = None  # 1e-4 ResNet, 6e-5 Swin (A.1)
-    weight_decay: float | None = None  # 1e-4 ResNet, 0.01 Swin (A.1)
-    weight_decay_norm: float = 0.0  # A.0 WEIGHT_DECAY_NORM
-    weight_decay_embed: float = 0.0  # A.0 WEIGHT_DECAY_EMBED
-    backbone_multiplier: float | None = None  # 0.1 ResNet, 1.0 Swin (A.1)
-    betas: tuple[float, float] = (0.9, 0.999)  # A.0: torch AdamW defaults
+    optimizer: Literal["AdamW"] = "AdamW"  # SOLVER.OPTIMIZER
+    base_lr: float | None = None  # SOLVER.BASE_LR: 1e-4 ResNet, 6e-5 Swin (configs/*/swin/*.yaml)
+    weight_decay: float | None = None  # SOLVER.WEIGHT_DECAY: 1e-4 ResNet, 0.01 Swin
+    weight_decay_norm: float = 0.0  # SOLVER.WEIGHT_DECAY_NORM
+    weight_decay_embed: float = 0.0  # SOLVER.WEIGHT_DECAY_EMBED
+    backbone_multiplier: float | None = None  # SOLVER.BACKBONE_MULTIPLIER: 0.1 ResNet, 1.0 Swin
+    betas: tuple[float, float] = (0.9, 0.999)  # torch AdamW defaults (official train_net.py build_optimizer)
     eps: float = 1e-8
-    schedule: Literal["poly", "step"] = "poly"  # A.0: COCO panoptic keeps multi-step
-    poly_power: float = 0.9  # A.0 POLY_LR_POWER
-    warmup_iters: int | None = None  # 0 ResNet, 1500 Swin; 10 for COCO multi-step (A.0)
-    warmup_factor: float | None = None  # 1.0 ResNet, 1e-6 Swin (A.0)
+    schedule: Literal["poly", "step"] = "poly"  # SOLVER.LR_SCHEDULER_NAME WarmupPolyLR; COCO panoptic keeps multi-step
+    poly_power: float = 0.9  # SOLVER.POLY_LR_POWER
+    warmup_iters: int | None = None  # SOLVER.WARMUP_ITERS: 0 ResNet, 1500 Swin; 10 for COCO multi-step
+    warmup_factor: float | None = None  # SOLVER.WARMUP_FACTOR: 1.0 ResNet, 1e-6 Swin
     warmup_method: Literal["linear", "constant"] = "linear"
     steps: list[int] = Field(default_factory=list)  # multi-step milestones (369,600 for COCO)
-    gamma: float = 0.1  # A.0 GAMMA
+    gamma: float = 0.1  # SOLVER.GAMMA
     max_iter: int = 160_000
-    ims_per_batch: int = 16  # TOTAL over all processes (A.0)
+    ims_per_batch: int = 16  # SOLVER.IMS_PER_BATCH: TOTAL over all processes
     # Images per forward pass on one process (None: the whole per-process batch). Smaller values
     # accumulate gradients over ims_per_batch / (processes x micro_batch) passes, each normalised like one
     # official GPU (mask losses divided by the step's masks per pass, as criterion.py `num_masks`): the
     # COCO panoptic configs train 64 GPUs x 1 image with MASK_FORMER.SIZE_DIVISIBILITY 0, so micro_batch 1
     # means no image is ever padded.
     micro_batch: int | None = None
-    clip_type: Literal["full_model", "none"] = "full_model"  # A.0 CLIP_TYPE
-    clip_value: float = 0.01  # A.0 CLIP_VALUE (L2 norm)
-    amp: bool = False  # A.0: training is fp32
+    clip_type: Literal["full_model", "none"] = "full_model"  # SOLVER.CLIP_GRADIENTS.CLIP_TYPE
+    clip_value: float = 0.01  # SOLVER.CLIP_GRADIENTS.CLIP_VALUE (L2 norm)
+    amp: bool = False  # SOLVER.AMP.ENABLED False: training is fp32
 
     @model_validator(mode="after")
     def _check(self) -> "SolverConfig":
@@ -157,22 +154,22 @@ class SolverConfig(BaseModel):
 
 
 class TestConfig(BaseModel):
-    """Inference strategy and evaluation (D, E)."""
+    """Inference strategy and evaluation (paper Sec. 3.4 and 4; official mask_former_model.py)."""
 
     model_config = _STRICT
     __test__ = False  # not a pytest class
 
     strategy: Literal["semantic", "general", "general_semantic", "detr", "per_pixel"] | None = None
-    object_mask_threshold: float | None = None  # D.4: 0.8 COCO, 0.7 ADE panoptic; 0.3 for T VII
-    overlap_threshold: float | None = None  # D.4: 0.8
-    tta: bool = False  # D.6 multi-scale + flip evaluation in addition to single scale
-    tta_sizes: list[int] | None = None  # D.6 MIN_SIZES; None from the metadata
+    object_mask_threshold: float | None = None  # TEST.OBJECT_MASK_THRESHOLD: 0.8 COCO, 0.7 ADE panoptic; 0.3 for appendix Table VII
+    overlap_threshold: float | None = None  # TEST.OVERLAP_THRESHOLD: 0.8
+    tta: bool = False  # TEST.AUG multi-scale + flip evaluation in addition to single scale
+    tta_sizes: list[int] | None = None  # TEST.AUG.MIN_SIZES; None from the metadata
     tta_max_size: int | None = None
     # Factors of the single-scale test image instead of MIN_SIZES (paper appendix A, Mapillary Vistas: m.s. =
     # 0.5/1.0/1.5 of the test size); when set, tta_sizes / tta_max_size are not used.
     tta_scales: list[float] | None = None
-    flip: bool | None = None  # D.6 TEST.AUG.FLIP; None from the metadata
-    fps_images: int = 20  # images timed for fps (E.4), after the warm-up
+    flip: bool | None = None  # TEST.AUG.FLIP; None from the metadata
+    fps_images: int = 20  # images timed for fps (official tools/analyze_model.py speed), after the warm-up
     fps_warmup: int = 3
     max_images: int | None = None  # evaluate on the first N val images only (smoke runs)
 
@@ -190,8 +187,8 @@ class RunSection(BaseModel):
 
     seed: int = 0
     output_dir: str = "runs/default"
-    eval_period: int = 0  # 0: evaluate only at the end (A.1/E.1: 5000 semantic, 0 panoptic)
-    checkpoint_period: int = 5000  # A.0 CHECKPOINT_PERIOD
+    eval_period: int = 0  # 0: evaluate only at the end (TEST.EVAL_PERIOD: 5000 semantic, 0 panoptic)
+    checkpoint_period: int = 5000  # SOLVER.CHECKPOINT_PERIOD
     log_period: int = 20  # detectron2 writer period
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_gpus: int = 1  # processes of the job (one per GPU; CPU: gloo processes)
@@ -288,21 +285,17 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _is_swin(backbone: str) -> bool:
-    return "swin" in backbone.lower()
-
-
 def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
     """Fill every `None` field with its official default; returns a new config.
 
     `meta` is the dataset's `DatasetMeta` (`maskformer_core.data.get_metadata(name, root)`); it supplies
-    K, sizes, splits and TTA scales. Solver values follow the backbone family (A.1): ResNet 1e-4 / 1e-4 /
+    K, sizes, splits and TTA scales. Solver values follow the backbone family (official configs, maskformer_core.models.backbones): ResNet 1e-4 / 1e-4 /
     x0.1 with no warmup, Swin 6e-5 / 0.01 / x1.0 with a 1500-iteration linear warmup from 1e-6.
-    The multi-step schedule (COCO panoptic) keeps its 10-iteration warmup at factor 1.0 (A.0).
+    The multi-step schedule (COCO panoptic) keeps its 10-iteration warmup at factor 1.0 (configs/coco-panoptic/Base-COCO-PanopticSegmentation.yaml).
     """
     d = cfg.to_dict()
     s, m, data, test = d["solver"], d["model"], d["data"], d["test"]
-    swin = _is_swin(m["backbone"])
+    swin = is_swin(m["backbone"])
     _fill(s, "base_lr", 6e-5 if swin else 1e-4)
     _fill(s, "weight_decay", 0.01 if swin else 1e-4)
     _fill(s, "backbone_multiplier", 1.0 if swin else 0.1)
@@ -328,7 +321,7 @@ def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
         _fill(data, "test_max_size", meta_get(meta, "test_max_size", None))
         sd = meta_get(meta, "size_divisibility", None)
         if sd is not None and sd > 0 and data.get("crop_size"):
-            # A.1 step 5: the mapper pads to SIZE_DIVISIBILITY, which equals the crop size in every
+            # official MaskFormerSemanticDatasetMapper: the mapper pads to SIZE_DIVISIBILITY, which equals the crop size in every
             # config that pads; a smaller/larger crop keeps "pad to the crop".
             sd = max(data["crop_size"])
         _fill(data, "size_divisibility", sd)
@@ -345,9 +338,9 @@ def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
         _fill(test, "strategy", "general")
     else:
         _fill(test, "strategy", "semantic")
-    # D.4: object-mask threshold 0.8 (COCO) / 0.7 (ADE panoptic); overlap 0.8. Semantic inference ignores them.
+    # TEST.OBJECT_MASK_THRESHOLD 0.8 (COCO) / 0.7 (ADE panoptic); TEST.OVERLAP_THRESHOLD 0.8. Semantic inference ignores them.
     if test["strategy"] == "general_semantic":
-        _fill(test, "object_mask_threshold", 0.3)  # A.3 / T VII general inference for semantic data
+        _fill(test, "object_mask_threshold", 0.3)  # appendix Table VII: general inference for semantic data
     _fill(test, "object_mask_threshold", 0.7 if data["dataset"] == "ade20k_panoptic" else 0.8)
     _fill(test, "overlap_threshold", 0.8)
     return RunConfig.model_validate(d)

@@ -27,6 +27,7 @@ import submitit.helpers  # noqa: E402
 
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.params import Params  # noqa: E402
+from pipeline.runfolder import FAILURE_FILE  # noqa: E402
 
 
 JOB_NAME_MAX = 100  # SLURM accepts longer names; squeue/sacct columns show far fewer characters
@@ -112,7 +113,6 @@ def stop_job(job: Any) -> None:
 _LOCAL_SETUP = ["trap '' INT"]
 
 
-FAILURE_FILE = "failure.json"
 
 
 def current_job_id() -> str | None:

@@ -20,10 +20,16 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
+
+from maskformer_core.data.metadata import get_metadata
+from maskformer_core.errors import CheckpointError
+from maskformer_core.models.weights import DEFAULT_PRETRAIN, OFFICIAL_FILES, hub_tag, is_hub
+from pipeline.checks import cell_path
+from pipeline.config import flatten, parse_config
 from pipeline.errors import UserError
 from pipeline.subset import cap_world_size, one_row_per_table
 from pipeline.params import (
-    DATASETS,
     OFFICIAL_NUM_CLASSES,
     PANOPTIC_DATASETS,
     Cell,
@@ -92,126 +98,6 @@ class Grid:
         return sum(u.gpu_hours for u in self.train.values())
 
 
-def _path(table: str, index: int, field: str | None = None) -> str:
-    return f"grid.{table}.cells[{index}]" + (f".{field}" if field else "")
-
-
-def check_cells(params: Params, source: str = "params.yaml") -> None:
-    """Cross-field rules of every cell (impossible combinations), checked with the official K."""
-    for table, grid in params.grid.items():
-        for i, cell in enumerate(grid.cells):
-            _check_cell(cell, table, i, OFFICIAL_NUM_CLASSES[cell.dataset], source)
-
-
-def _check_cell(cell: Cell, table: str, i: int, num_classes: int, source: str) -> None:
-    def fail(field: str, msg: str) -> None:
-        raise UserError(f"{source}: {_path(table, i, field)}: {msg}")
-
-    panoptic = cell.dataset in PANOPTIC_DATASETS
-    set_fields = cell.model_fields_set
-    if cell.model in ("per_pixel", "per_pixel_plus"):
-        for field in ("matching", "inference"):
-            if getattr(cell, field) is not None:
-                fail(field, f"{cell.model} has no {field} (B.5); remove it")
-        if cell.box_head:
-            fail("box_head", f"{cell.model} has no box head")
-        if not cell.self_attention:
-            fail("self_attention", f"{cell.model}: the no-self-attention variant exists only for maskformer")
-        if panoptic:
-            fail("model", f"{cell.model} is a semantic baseline; {cell.dataset} is panoptic")
-    if cell.model == "per_pixel":
-        if cell.queries is not None:
-            fail("queries", "per_pixel has no queries (B.5)")
-        if "dec_layers" in set_fields:
-            fail("dec_layers", "per_pixel has no Transformer decoder (B.5)")
-    if cell.model == "per_pixel_plus" and cell.queries not in ("K", num_classes):
-        fail("queries", f"per_pixel_plus needs queries = K ({num_classes} for {cell.dataset}; B.5), got {cell.queries}")
-    if cell.matching == "fixed" and cell.queries not in ("K", num_classes):
-        fail("queries", f"fixed matching needs queries = K ({num_classes} for {cell.dataset}; A.3), got {cell.queries}")
-    if cell.matching == "box" and not cell.box_head:
-        fail("matching", "box matching needs a box head (set box_head: true; A.3 / Table 5)")
-    if cell.inference in ("general", "detr") and not panoptic:
-        fail("inference", f"{cell.inference} inference needs a panoptic dataset; use general_semantic for {cell.dataset}")
-    if cell.inference in ("semantic", "general_semantic") and panoptic:
-        fail("inference", f"{cell.dataset} is panoptic: use general or detr")
-    if cell.tta and panoptic:
-        fail("tta", "test-time augmentation applies to semantic segmentation only (D.6)")
-    if cell.pretrain is not None and backbone_family(cell.backbone) != "swin":
-        fail("pretrain", "pretrain in1k/in22k selects the Swin checkpoint (A.1); ResNets have one")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Cross-references: grid rows <-> paper numbers, columns <-> metric keys (checked at plan time)
-
-# Scalar metric names pipeline/evaluation.py writes (its module docstring): SemSegEvaluator's, PQ^St's
-# (E.3) and the panoptic evaluator's (E.2), each under `val/` (and `val_ms/` with TTA, semantic only).
-SEMANTIC_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
-PQ_STUFF_METRICS = ("PQSt", "SQSt", "RQSt")
-PANOPTIC_METRICS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
-# Datasets whose panoptic records also carry the semantic GT (E.1: ADE20K panoptic reports mIoU too).
-SEMANTIC_GT_PANOPTIC = ("ade20k_panoptic",)
-
-
-def produced_metric_keys(cell: Cell) -> set[str]:
-    """The scalar keys of the metrics.json a cell's evaluation writes (pipeline.evaluation.evaluate)."""
-    strategy = cell.inference or ("per_pixel" if cell.model != "maskformer" else
-                                  "general" if cell.dataset in PANOPTIC_DATASETS else "semantic")
-    keys = {"perf/fps", "perf/train_peak_mem_mb"}  # measured at evaluation / during training (pipeline.engine)
-    if cell.dataset not in PANOPTIC_DATASETS:
-        names = SEMANTIC_METRICS + PQ_STUFF_METRICS
-        keys |= {f"val/{m}" for m in names}
-        if cell.tta:
-            keys |= {f"val_ms/{m}" for m in names}
-        return keys
-    keys |= {f"val/{m}" for m in PANOPTIC_METRICS}
-    if cell.dataset in SEMANTIC_GT_PANOPTIC and strategy != "detr":
-        keys |= {f"val/{m}" for m in SEMANTIC_METRICS}
-    return keys
-
-
-def check_references(params: Params, source: str = "params.yaml") -> None:
-    """Every grid table, row and column names a paper number, and every column a key its cell produces.
-
-    A typo would otherwise cut a row off its paper number ("grid only") or mark good cells failed
-    ("metrics.json has no ..."); here it is a UserError naming the key path, before anything runs.
-    Duplicates are refused too: one (row, column) written by two cells of a table.
-    """
-    from pipeline.tables import PAPER_NUMBERS, load_paper_numbers
-
-    try:
-        paper = load_paper_numbers()
-    except ValueError as exc:  # a duplicate or malformed line of the CSV, named with its line number
-        raise UserError(str(exc)) from None
-    rows = {(p["table"], p["row"]) for p in paper}
-    metrics_of: dict[str, set[str]] = {}
-    for p in paper:
-        metrics_of.setdefault(p["table"], set()).add(p["metric"])
-    csv_name = f"pipeline/data/{PAPER_NUMBERS.name}"
-    for table, grid in params.grid.items():
-        if table not in metrics_of:
-            raise UserError(f"{source}: grid.{table}: no table {table!r} in {csv_name} "
-                            f"(tables there: {', '.join(sorted(metrics_of))})")
-        seen: dict[tuple[str, str], int] = {}
-        for i, cell in enumerate(grid.cells):
-            if (table, cell.row) not in rows:
-                known = sorted(r for t, r in rows if t == table)
-                raise UserError(f"{source}: {_path(table, i, 'row')}: {cell.row!r} is not a row of {table} in "
-                                f"{csv_name}; its rows: {', '.join(known)}")
-            produced = produced_metric_keys(cell)
-            for column, key in (cell.columns or grid.columns).items():
-                where = _path(table, i, "columns") if cell.columns and column in cell.columns else f"grid.{table}.columns"
-                if column not in metrics_of[table]:
-                    raise UserError(f"{source}: {where}: column {column!r} is not a metric of {table} in {csv_name}; "
-                                    f"its metrics: {', '.join(sorted(metrics_of[table]))}")
-                if key not in produced:
-                    raise UserError(f"{source}: {where}: {column!r} reads metric key {key!r}, which the evaluation of "
-                                    f"{_path(table, i)} ({cell.row}) does not write; it writes {', '.join(sorted(produced))}")
-                if (cell.row, column) in seen:
-                    raise UserError(f"{source}: {_path(table, i)}: row {cell.row!r} column {column!r} is already given by "
-                                    f"{_path(table, seen[(cell.row, column)])}; one of them would be ignored")
-                seen[(cell.row, column)] = i
-
-
 # ---------------------------------------------------------------------------------------------------
 # Data version and number of classes
 
@@ -228,18 +114,10 @@ def num_classes(dataset: str, root: str | Path, twin_classes: int | None = None)
     """
     if twin_classes is not None and not (Path(root) / "SYNTHETIC.json").is_file():
         return int(twin_classes)
-    try:
-        from maskformer_core.data.metadata import get_metadata
-    except ImportError:  # data package not installed: official K
-        return OFFICIAL_NUM_CLASSES[dataset]
     return get_metadata(dataset, root).num_classes
 
 
-def _official_meta(dataset: str) -> Any | None:
-    try:
-        from maskformer_core.data.metadata import get_metadata
-    except ImportError:
-        return None
+def _official_meta(dataset: str) -> Any:
     return get_metadata(dataset)
 
 
@@ -256,8 +134,6 @@ def data_version(
     for lock in locks:
         if not lock.is_file():
             continue
-        import yaml
-
         try:
             stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
         except Exception:  # a half-written lock file is read again next time
@@ -285,9 +161,6 @@ def resolve_pretrained(spec: str | dict[str, str] | None, backbone: str, pretrai
     "in1k" rows of Tables 1/3). "hub" resolves to the timm tag of that backbone and pretraining, so the
     resolved config names the exact weights (Swin-B IN-1K: swin_base_patch4_window12_384.ms_in1k).
     """
-    from maskformer_core.errors import CheckpointError
-    from maskformer_core.models.weights import DEFAULT_PRETRAIN, OFFICIAL_FILES, hub_tag, is_hub
-
     if spec is None:
         return None
     default = DEFAULT_PRETRAIN.get(backbone, "in1k")
@@ -320,7 +193,6 @@ def resolve_pretrained(spec: str | dict[str, str] | None, backbone: str, pretrai
 def check_pretrained_files(grid: "Grid", source: str) -> None:
     """Every local weights file the grid's training runs start from exists (UserError naming it and where
     to put it), so a study stops before any job is submitted rather than in each job."""
-    from maskformer_core.models.weights import OFFICIAL_FILES, is_hub
 
     for unit in grid.train.values():
         src = unit.config["model"].get("pretrained")
@@ -352,7 +224,7 @@ def _merge_input(params: Params, profile: Profile, dataset: str, paper_backbone:
             out.update({k: v for k, v in over.model_dump().items() if v is not None})
     prof = {k: v for k, v in profile.input.model_dump().items() if v is not None}
     if "size_divisibility" in prof:
-        # Only datasets that pad to the crop keep padding (Cityscapes -1 and COCO panoptic 0 stay; A.1).
+        # Only datasets that pad to the crop keep padding (Cityscapes -1 and COCO panoptic 0 stay; INPUT.SIZE_DIVISIBILITY of the official configs).
         official_div = getattr(official, "size_divisibility", 1) if official is not None else 1
         if official_div <= 0:
             prof.pop("size_divisibility")
@@ -387,8 +259,8 @@ def resolve_cell(
     elif cell.queries == "K" or cell.model == "per_pixel_plus":
         queries = k
     else:
-        # A.0 NUM_OBJECT_QUERIES 100, unless the profile scales the default down (smoke: default_queries,
-        # queries_by_matching for one matching's cells)
+        # MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 100, unless the profile scales the default down (smoke:
+        # default_queries, queries_by_matching for one matching's cells)
         default = profile.queries_by_matching.get(cell.matching or "bipartite") or profile.default_queries
         queries = cell.queries if cell.queries is not None else (default or 100)
     model = {
@@ -398,9 +270,9 @@ def resolve_cell(
         "num_queries": queries,
         "dec_layers": cell.dec_layers,
         "dec_self_attention": cell.self_attention,
-        "pixel_decoder": "transformer_encoder" if enc else "base",  # B.3 "+6 Enc"
+        "pixel_decoder": "transformer_encoder" if enc else "base",  # paper Table 3 "+6 Enc": TransformerEncoderPixelDecoder
         "enc_layers": 6 if enc else 0,
-        "transformer_in_feature": "transformer_encoder" if enc else "res5",  # B.4
+        "transformer_in_feature": "transformer_encoder" if enc else "res5",  # MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
         "box_head": cell.box_head,
     }
     if recipe.size_divisibility is not None and cell.model == "maskformer":
@@ -408,7 +280,7 @@ def resolve_cell(
     model.update({k2: v for k2, v in profile.model.model_dump().items() if v is not None and k2 != "pretrained"})
     model["pretrained"] = resolve_pretrained(profile.model.pretrained, backbone, cell.pretrain,
                                              where=f"profiles.{profile_name}.model.pretrained ({where})")
-    matching = {"bipartite": "hungarian", "fixed": "fixed", "box": "box", None: "hungarian"}[cell.matching]
+    matching = cell.matching or "bipartite"  # one spelling from params.yaml to build_criterion
     data = {
         "dataset": cell.dataset,
         "root": root,
@@ -435,7 +307,7 @@ def resolve_cell(
     solver.update(
         {
             "schedule": recipe.schedule,
-            # milestones keep their fraction of training (A.0: 369,600 of 554,400 = 2/3)
+            # milestones keep their fraction of training (coco-panoptic SOLVER.STEPS: 369,600 of 554,400 = 2/3)
             "steps": [max(1, round(s * scale)) for s in recipe.steps],
             "max_iter": max_iter,
             "ims_per_batch": ps.ims_per_batch or recipe.ims_per_batch,
@@ -450,7 +322,7 @@ def resolve_cell(
             f"{where}: warmup of {solver['warmup_iters']} iterations >= max_iter {max_iter} in profile {profile_name} "
             f"(set profiles.{profile_name}.solver.warmup_iters or solver_by_task)"
         )
-    num_gpus = profile.num_gpus(cell.dataset)  # world size: one process per GPU (A.0)
+    num_gpus = profile.num_gpus(cell.dataset)  # world size: one process per GPU (detectron2 launch)
     num_gpus = cap_world_size(solver, num_gpus, profile.max_world_size, where)  # a deviation; pipeline/subset.py
     if solver["ims_per_batch"] % num_gpus:
         raise UserError(
@@ -478,7 +350,7 @@ def resolve_cell(
         slug += "-nosa"
     if enc:
         slug += "-enc6"
-    if matching != "hungarian":
+    if matching != "bipartite":
         slug += f"-{matching}"
     if model.get("pretrained") and cell.pretrain:
         slug += f"-{cell.pretrain}"
@@ -578,7 +450,7 @@ def expand(
     for table in select_tables(params, tables):
         grid = params.grid[table]
         for i, cell in enumerate(grid.cells):
-            where = _path(table, i)
+            where = cell_path(table, i)
             entry = next((r for r in params.released if r.fits(table, cell)), None)
             if prof.released and entry is None:
                 continue  # evaluation-only profile: rows without a released checkpoint are not in it
@@ -591,6 +463,10 @@ def expand(
                 if prof.released:
                     tcfg, tid = released_unit(params, prof, entry, ecfg, eid)
                     eid = tid
+                # Plan time: every run config is a valid RunConfig before any job is submitted (the
+                # executor ships the same dict; the engine parses it again in the job).
+                for cfg, uid in ((tcfg, tid), (ecfg, eid)):
+                    parse_config(cfg, source=f"profile {profile}: {where} ({cell.row}, seed {seed}) -> cell {uid}")
                 if tid not in train:
                     hours = params.time_model.eval_hours if prof.released else estimate_gpu_hours(params, tcfg, cell.backbone)
                     train[tid] = TrainUnit(tid, tcfg, hours)
@@ -626,8 +502,6 @@ def profile_differences(params: Params, profile: str, tables: Iterable[str] | No
     base = params.profiles[profile].rehearses
     if not base:
         return {}
-    from pipeline.config import flatten
-
     ours, theirs = expand(params, profile, tables), expand(params, base, tables)
     skip = ("run.output_dir", "run.run_name", "run.tags", "run.experiment", "data.root", "run.seed")
     diff: dict[str, tuple[set, set]] = {}
@@ -661,5 +535,3 @@ def find_cell(grid: Grid, cell_id: str) -> TrainUnit | EvalUnit:
         raise UserError(f"no cell {cell_id!r} in profile {grid.profile}; see `python -m pipeline grid list`")
     raise UserError(f"cell id prefix {cell_id!r} is ambiguous: {', '.join(hits[:5])}")
 
-
-assert set(OFFICIAL_NUM_CLASSES) == set(DATASETS)

@@ -15,7 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
-FILES = ("config.yaml", "metrics.json", "status.json", "train_log.jsonl")
+from pipeline.runfolder import CONFIG_FILE, METRICS_FILE, STATUS_FILE, TRAIN_LOG
+
+FILES = (CONFIG_FILE, METRICS_FILE, STATUS_FILE, TRAIN_LOG)
 CHECKPOINT_FILES = ("final.pt", "final.pt.sha256")
 
 
@@ -32,10 +34,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _done(run_dir: Path) -> bool:
     try:
-        status = json.loads((run_dir / "status.json").read_text())
+        status = json.loads((run_dir / STATUS_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return status.get("status") == "done" and (run_dir / "metrics.json").is_file()
+    return status.get("status") == "done" and (run_dir / METRICS_FILE).is_file()
 
 
 def export_models(grid, out_root: str | os.PathLike) -> list[str]:
@@ -77,7 +79,7 @@ def restore_models(grid, models_root: str | os.PathLike) -> list[str]:
     units = list(grid.train.items()) + [(e, u) for e, u in grid.evals.items() if u.is_variant]
     for uid, unit in units:
         src, dst = models_root / uid, Path(unit.run_dir)
-        if not _done(src) or (dst / "status.json").exists():
+        if not _done(src) or (dst / STATUS_FILE).exists():
             continue
         tmp = dst.with_name(f".{dst.name}.restore")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,7 @@ Input sizes (MaskFormer ``tools/analyze_model.py``; paper Tables 1 and 3):
 - Table 1 (ADE20K, semantic): the training crop, 512x512 (Swin-B/L: 640x640, params.yaml
   input_overrides), as the official `analyze_model.py --use-fixed-input-size` does.
 - Table 3 (COCO panoptic): the paper averages 100 val images, which we do not have. We use ONE fixed
-  input, `pipeline.commands.model_stats.input_size("coco_panoptic", ...)` = 800x1067 (the test resize,
+  input, `pipeline.model_inputs.input_size("coco_panoptic", ...)` = 800x1067 (the test resize,
   short 800 / max 1333, of COCO's most common 640x480 image). Every row says so in `input_note`.
 
 Output JSON (`write_stats`, atomic): {"schema", "created_by", "device", "torch", "params_convention",
@@ -32,6 +32,7 @@ from typing import Any, Iterable
 from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.grid import resolve_cell
+from pipeline.model_inputs import input_size
 from pipeline.params import Params
 
 SCHEMA = "maskformer-paper-model-stats/1"
@@ -57,8 +58,6 @@ def paper_rows(params: Params, tables: Iterable[str] = STATS_TABLES,
     Returns dicts {"table", "row", "dataset", "backbone", "model_kwargs", "input_size" [H, W], "input_note"}.
     `rows` filters by row label ("MaskFormer R50") or "table:row"; an unknown filter is a UserError.
     """
-    from pipeline.commands.model_stats import input_size
-
     if PAPER_PROFILE not in params.profiles:
         raise UserError(f"params.yaml: profiles.{PAPER_PROFILE} is missing; the model statistics use its "
                         f"published architectures")

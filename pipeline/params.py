@@ -14,23 +14,19 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from maskformer_core.data.metadata import DATASETS, OFFICIAL_NUM_CLASSES, PANOPTIC_DATASETS
+from maskformer_core.models.backbones import BACKBONE_NAMES, PAPER_BACKBONES, SMOKE_BACKBONES, backbone_family
+from pipeline import cell_overrides
+from pipeline.checks import check_cells, check_references
 from pipeline.errors import UserError
 from pipeline.yamlio import load_yaml
 
 _STRICT = ConfigDict(extra="forbid")
 
-DATASETS = (
-    "ade20k", "ade20k_full", "coco_stuff_10k", "cityscapes", "mapillary_vistas", "coco_panoptic", "ade20k_panoptic",
-)
-PANOPTIC_DATASETS = ("coco_panoptic", "ade20k_panoptic")
-# Official K per dataset (FACTS F, A.1); twins read K from their metadata instead.
-OFFICIAL_NUM_CLASSES = {
-    "ade20k": 150, "ade20k_full": 847, "coco_stuff_10k": 171, "cityscapes": 19,
-    "mapillary_vistas": 65, "coco_panoptic": 133, "ade20k_panoptic": 150,
-}
-PAPER_BACKBONES = ("R50", "R101", "R101c", "Swin-T", "Swin-S", "Swin-B", "Swin-L")
-SMOKE_BACKBONES = ("SmokeR18", "SmokeSwin")
-BACKBONES = PAPER_BACKBONES + SMOKE_BACKBONES
+# Datasets and their official K come from the dataset metadata (maskformer_core.data.metadata), backbone
+# names and families from the backbone registry (maskformer_core.models.backbones); twins read K from
+# their own metadata instead.
+BACKBONES = BACKBONE_NAMES
 STRATEGIES = ("semantic", "general", "general_semantic", "detr")
 # Data layout (docs/ARCHITECTURE.md "Synthetic twins"): twins are prepared into data/synthetic/<d>
 # (dvc.yaml `data`), real downloads data/raw/<d> into data/prepared/<d> (data/dvc.yaml `prepare`).
@@ -38,11 +34,6 @@ TWIN_DATA_ROOT = "data/synthetic"
 REAL_DATA_ROOT = "data/prepared"
 RAW_DATA_ROOT = "data/raw"
 SLURM_ENV_PREFIX = "MASKFORMER_SLURM_"  # MASKFORMER_SLURM_<KEY> sets executor.slurm.<key> (any key, see SlurmExecutor)
-
-
-def backbone_family(backbone: str) -> str:
-    """`resnet` or `swin` (A.1: the solver recipe follows the family)."""
-    return "swin" if "swin" in backbone.lower() else "resnet"
 
 
 class StudyParams(BaseModel):
@@ -75,7 +66,7 @@ class StudyParams(BaseModel):
 
 
 class Recipe(BaseModel):
-    """One dataset's training recipe (FACTS A.1)."""
+    """One dataset's training recipe (official configs/<dataset>/*.yaml)."""
 
     model_config = _STRICT
     config: str = ""  # the official config file it reproduces
@@ -131,8 +122,8 @@ class ProfileModel(BaseModel):
     conv_dim: int | None = Field(None, ge=8)
     nheads: int | None = Field(None, ge=1)
     dim_feedforward: int | None = Field(None, ge=8)
-    dropout: float | None = Field(None, ge=0, lt=1)  # transformer dropout (A.0: 0.1)
-    drop_path: float | None = Field(None, ge=0, lt=1)  # Swin stochastic depth (B.2: 0.3)
+    dropout: float | None = Field(None, ge=0, lt=1)  # transformer dropout (MODEL.MASK_FORMER.DROPOUT 0.1)
+    drop_path: float | None = Field(None, ge=0, lt=1)  # Swin stochastic depth (MODEL.SWIN.DROP_PATH_RATE 0.3)
     # Backbone initialisation: None (random), "hub" (timm), a local file, or a mapping per backbone
     # {"*": hub, R101c: data/weights/R-103.pkl, "Swin-B:in1k": ...} (pipeline.grid.resolve_pretrained).
     pretrained: str | dict[str, str] | None = None
@@ -186,7 +177,7 @@ class Profile(BaseModel):
     data_root: str = "data/prepared"
     seeds: dict[str, int] = Field(default_factory=lambda: {"default": 1})
     backbone_map: dict[str, str] = Field(default_factory=dict)
-    # Queries of the cells that do not set `queries` (the paper's default 100, A.0); rows that set
+    # Queries of the cells that do not set `queries` (the paper's default 100, MODEL.MASK_FORMER.NUM_OBJECT_QUERIES); rows that set
     # queries (Table 6's Q20..Q1000, Q = K) keep theirs. None: 100.
     default_queries: int | None = Field(None, ge=1)
     # The same per matching (bipartite | fixed | box), over default_queries: the smoke Table 5 box cell.
@@ -205,7 +196,7 @@ class Profile(BaseModel):
     released: bool = False
     checkpoint_root: str = "checkpoints/released"
     # Processes (GPUs) per training run, keyed like `seeds` (default / semantic / panoptic / dataset):
-    # resolved into `run.num_gpus`. A.0: 8 GPUs per run, 64 for COCO panoptic (the official configs'
+    # resolved into `run.num_gpus`. Paper Sec. 4.2: 8 GPUs per run, 64 for COCO panoptic (the official configs'
     # SOLVER.IMS_PER_BATCH is the total over them). CPU profiles run that many gloo processes.
     gpus: dict[str, int] = Field(default_factory=lambda: {"default": 1})
     # The profile this one rehearses (same cells, shrunk): `grid list` prints every key that differs.
@@ -285,7 +276,7 @@ class SlurmExecutor(BaseModel):
     constraint: str | None = None
     exclude: str | None = None
     exclusive: bool | None = None
-    gpus_per_node: int = Field(8, ge=0, le=16)  # GPUs (and processes) per node; A.0: 8 V100 per machine; 0: CPU nodes
+    gpus_per_node: int = Field(8, ge=0, le=16)  # GPUs (and processes) per node; paper Sec. 4.2: 8 V100 per machine; 0: CPU nodes
     cpus_per_task: int = Field(10, ge=1, le=256)
     mem_gb: int = Field(64, ge=1)
     timeout_min: int = Field(4320, ge=1)
@@ -349,7 +340,7 @@ class Cell(BaseModel):
     model: Literal["maskformer", "per_pixel", "per_pixel_plus"] = "maskformer"
     backbone: str = "R50"
     pretrain: Literal["in1k", "in22k"] | None = None  # None: in22k for Swin-B/L (†), in1k otherwise
-    queries: Union[int, Literal["K"], None] = None  # None: 100 (A.0); "K" = number of classes
+    queries: Union[int, Literal["K"], None] = None  # None: 100 (MODEL.MASK_FORMER.NUM_OBJECT_QUERIES); "K" = number of classes
     dec_layers: int = Field(6, ge=1, le=12)
     self_attention: bool = True
     pixel_decoder: Literal["base", "+6Enc"] = "base"
@@ -413,7 +404,7 @@ class ReleasedCheckpoint(BaseModel):
 
     def fits(self, table: str, cell: "Cell") -> bool:
         """The cell is a row of one of `tables` with the released model: its dataset, backbone, pixel decoder
-        and pretraining, and the official decoder (Q 100, 6 layers, self-attention, bipartite, no box head; A.0)."""
+        and pretraining, and the official decoder (Q 100, 6 layers, self-attention, bipartite, no box head; add_mask_former_config)."""
         official = (cell.model == "maskformer" and cell.queries in (None, 100) and cell.dec_layers == 6
                     and cell.self_attention and cell.matching in (None, "bipartite") and not cell.box_head)
         return (table in self.tables and official and cell.dataset == self.dataset and cell.backbone == self.backbone
@@ -495,9 +486,7 @@ def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     """Validate a params dict, then the cross-field rules; `UserError` names the key path."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping at the top level")
-    from pipeline import cell_overrides  # `cell_overrides.<table>.<i>.<field>` -> grid.<table>.cells[i]
-
-    raw = cell_overrides.apply(raw, source)
+    raw = cell_overrides.apply(raw, Cell.model_fields, source)  # `cell_overrides.<table>.<i>.<field>` -> grid.<table>.cells[i]
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
@@ -521,8 +510,6 @@ def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         if bb not in params.time_model.fps:
             raise UserError(f"{source}: time_model.fps: missing backbone {bb!r}")
     check_data_roots(params, source)
-    from pipeline.grid import check_cells, check_references  # cross-field rules live with the grid expansion
-
     check_cells(params, source)
     check_references(params, source)
     return params

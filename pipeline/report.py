@@ -23,7 +23,6 @@ import html
 import math
 import os
 import re
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 from pipeline import paper_tables as pt
 from pipeline.config import atomic_write_text
+from pipeline.runfolder import git_commit
 from pipeline.status import CellState, scan
 
 TRUE_STRINGS = {"true", "1", "yes", "y", "x", "cited"}
@@ -56,18 +56,6 @@ class Figure:
     file: str  # relative to the report folder: figures/<name>.png
     title: str
     caption: str
-
-
-def git_commit(repo: Path) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip() if out.returncode == 0 else "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
-                           text=True, timeout=10)
-    return commit + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def _truthy(value: Any) -> bool:
@@ -294,7 +282,7 @@ def main_model_rank(cell: CellState) -> tuple:
     return (model.get("arch", "maskformer") != "maskformer", -len(cell.rows),
             sum([model.get("num_queries") != 100, model.get("dec_layers", 6) != 6,
                  model.get("dec_self_attention", True) is False,
-                 loss.get("matching", "hungarian") not in ("hungarian", "bipartite"),
+                 loss.get("matching", "bipartite") not in ("hungarian", "bipartite"),  # "hungarian": run folders before one spelling
                  bool(test.get("tta")), test.get("strategy", "semantic") not in ("semantic", "general")]),
             cell.cell_id)
 
@@ -568,7 +556,7 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
     out_dir, repo = Path(out_dir), Path(repo)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    commit = git_commit(repo)
+    commit = git_commit(repo, short=12, mark_dirty=True)
     cells, note = scan(profile, runs_root, params_path, resolve_links=True)
     tables = load_tables(Path(tables_dir))
     smoke = _is_smoke(profile, cells)

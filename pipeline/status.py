@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.runfolder import CELL_FILE, CONFIG_FILE, METRICS_FILE, RUN_ID_FILE, STATUS_FILE, TRAIN_LOG, read_json
+
 STATES = ("done", "running", "interrupted", "failed", "missing")
 # Where a person opens the MLflow UI when tracking goes to a local SQLite file (`mlflow ui` default).
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
@@ -43,7 +45,7 @@ class CellState:
 
     def train_log(self) -> list[dict[str, Any]]:
         """``train_log.jsonl`` entries (``iter``, ``train/total_loss``, ``train/lr``, ...); bad lines skipped."""
-        path = self.path / "train_log.jsonl"
+        path = self.path / TRAIN_LOG
         entries = []
         if not path.is_file():
             return entries
@@ -61,13 +63,6 @@ class CellState:
         return (self.config.get("solver") or {}).get("max_iter")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
@@ -82,11 +77,11 @@ def read_cell(path: Path, cell_id: str | None = None) -> CellState:
     cell_id = cell_id or path.name
     if not path.is_dir():
         return CellState(cell_id, path, "missing")
-    status = _read_json(path / "status.json")
-    metrics = _read_json(path / "metrics.json")
-    config = _read_yaml(path / "config.yaml")
+    status = read_json(path / STATUS_FILE)
+    metrics = read_json(path / METRICS_FILE)
+    config = _read_yaml(path / CONFIG_FILE)
     run_id = None
-    run_id_file = path / "mlflow_run_id"
+    run_id_file = path / RUN_ID_FILE
     if run_id_file.is_file():
         run_id = run_id_file.read_text().strip() or None
     if not isinstance(status, dict) or status.get("status") not in STATES:
@@ -151,7 +146,7 @@ def live_leftovers(run_dirs) -> list[str]:
     """
     lines = []
     for run_dir in run_dirs:
-        status = _read_json(Path(run_dir) / "status.json")
+        status = read_json(Path(run_dir) / STATUS_FILE)
         if not isinstance(status, dict) or status.get("status") != "running":
             continue
         if not (status.get("pid") or status.get("slurm_job_id")) or owner_gone(status):
@@ -271,7 +266,7 @@ def attach_jobs(cells: list[CellState]) -> None:
     import subprocess
 
     for cell in cells:
-        record = _read_json(cell.path / "cell.json")
+        record = read_json(cell.path / CELL_FILE)
         if isinstance(record, dict) and record.get("job_id"):
             cell.job_id = str(record["job_id"])
     ids = sorted({c.job_id for c in cells if c.job_id and c.job_id.replace("_", "").isdigit()})

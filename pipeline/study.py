@@ -11,26 +11,37 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
-import statistics
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pipeline import reaper
+from pipeline.cluster import is_live_state, is_loopback, job_state, slurm_nodes, tracking_host
 from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.grid import EvalUnit, Grid, TrainUnit, check_pretrained_files, expand
+from pipeline.job_wait import wait_result
 from pipeline.params import Params, load_params
+from pipeline.runfolder import (
+    CELL_FILE,
+    FAILURE_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    median_over_seeds,
+    metric_values,
+    read_json,
+    read_metrics,
+    write_json,
+)
+from pipeline.tracking import Tracker, resolve_tracking_uri
 
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.json"
-CELL_FILE = "cell.json"  # written by the study: which study run submitted this folder, and where its logs are
 REASON_CHARS = 1000  # a failure reason is the exception's message: long enough for a path, a URL and what to do
 
 
@@ -106,8 +117,6 @@ class StudyStop:
     def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal handler signature
         if self.event.is_set():  # second Ctrl-C: stop waiting
             os._exit(self.exit_code())
-        import sys
-
         name = signal.Signals(signum).name
         print(f"study: {name}: stopping (no new cells; running cells save a checkpoint and stop); "
               f"again to quit at once", file=sys.stderr, flush=True)
@@ -170,6 +179,34 @@ class StudyPlan:
     def variant_ids(self) -> list[str]:
         return [e for e, u in self.grid.evals.items() if u.is_variant]
 
+    def unit(self, unit_id: str) -> TrainUnit | EvalUnit:
+        """The training unit, or the evaluation-only variant, with this id."""
+        evals = self.grid.evals
+        return evals[unit_id] if unit_id in evals and evals[unit_id].is_variant else self.grid.train[unit_id]
+
+
+# Plans of this process by study run id: the study stage plans once and hands the plan to the Prefect
+# flows by id (a JSON flow parameter, so a deployment run, which plans itself, takes the same path).
+_SHARED_PLANS: dict[str, "StudyPlan"] = {}
+
+
+def share_plan(plan: StudyPlan) -> str:
+    """Make `plan` reachable by its run id (`shared_plan`) in this process; returns the id."""
+    _SHARED_PLANS[plan.run_id] = plan
+    return plan.run_id
+
+
+def shared_plan(run_id: str) -> StudyPlan:
+    """The plan `share_plan` registered under `run_id` (UserError when this process has none)."""
+    try:
+        return _SHARED_PLANS[run_id]
+    except KeyError:
+        raise UserError(f"no study plan {run_id!r} in this process (plans are shared in-process only)") from None
+
+
+def release_plan(run_id: str) -> None:
+    _SHARED_PLANS.pop(run_id, None)
+
 
 def plan_study(
     params: Params | None = None,
@@ -222,10 +259,6 @@ def plan_study(
 
 def check_tracking_reachable(plan: StudyPlan) -> None:
     """A SLURM study on more than one node must not hand its cells a loopback tracking URI."""
-    from pipeline.cluster import is_loopback, slurm_nodes, tracking_host
-    from pipeline.tracking import resolve_tracking_uri
-    from urllib.parse import urlparse
-
     nodes = slurm_nodes()
     if len(nodes) <= 1:
         return
@@ -253,8 +286,6 @@ def check_tracking_reachable(plan: StudyPlan) -> None:
 def make_snapshot(plan: StudyPlan) -> Path | None:
     """A copy of the repository's tracked files for this study run (submitit's RsyncSnapshot), which the
     SLURM jobs import (PYTHONPATH, pipeline.executor) also after a requeue; None outside a git checkout."""
-    import subprocess
-
     os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
     import submitit.helpers
 
@@ -275,7 +306,7 @@ def make_snapshot(plan: StudyPlan) -> Path | None:
 
 def job_name_for(plan: StudyPlan, unit_id: str) -> str:
     """`<tables>-<dataset>-<cell id>`: squeue/sacct say which table and dataset a job belongs to."""
-    unit = _unit(plan, unit_id)
+    unit = plan.unit(unit_id)
     tables = sorted({r.table for r in plan.grid.rows
                      if any(plan.grid.evals[e].train_id == unit.train_id or e == unit_id for e in r.eval_ids)})
     return f"{'+'.join(tables) or 'cell'}-{unit.config['data']['dataset']}-{unit_id}"
@@ -285,12 +316,10 @@ def recorded_live_job(plan: StudyPlan, unit_id: str) -> Any:
     """The cell's job recorded in cell.json when SLURM says it is still live (re-attach), else None."""
     if plan.executor != "slurm":
         return None
-    unit = _unit(plan, unit_id)
+    unit = plan.unit(unit_id)
     record = read_json(Path(unit.run_dir) / CELL_FILE)
     if not isinstance(record, dict) or not record.get("job_id") or record.get("executor", "slurm") != "slurm":
         return None
-    from pipeline.cluster import is_live_state, job_state
-
     job_id = str(record["job_id"])
     if not job_id.split("_")[0].isdigit():
         return None
@@ -319,8 +348,6 @@ def shared_sqlite_uri(plan: StudyPlan) -> str | None:
     tracked = [u for u in units if u.config["run"].get("tracking", True)]
     if not tracked:
         return None
-    from pipeline.tracking import resolve_tracking_uri
-
     uri = resolve_tracking_uri(tracked[0].config["run"].get("tracking_uri"))
     return uri if uri.startswith("sqlite:///") else None
 
@@ -360,8 +387,6 @@ def open_parent_run(plan: StudyPlan, source_name: str = "pipeline.study") -> Any
     """Open the MLflow run of this study run (tags `profile`, `tables`, `study_run`) in the cells'
     experiment and store its id in `plan.parent_run_id`; None when the cells are not tracked.
     Returns the `Tracker` to close with `close_parent_run`."""
-    from pipeline.tracking import Tracker
-
     units = list(plan.grid.train.values())
     tracked = [u for u in units if u.config["run"].get("tracking", True)]
     if not tracked:
@@ -380,8 +405,6 @@ def log_report(html_path: str | os.PathLike, cells_json: str | os.PathLike | Non
     """Log the report (`index.html` and its `figures/`) to the MLflow run of the study run that wrote
     `reports/study/cells.json` (`mlflow_run_id`); returns that run id, None when there is none or the
     store cannot be reached (the report itself is written either way)."""
-    from pipeline.tracking import Tracker
-
     html_path = Path(html_path)
     record = read_json(Path(cells_json) if cells_json else html_path.parent / "study" / "cells.json") or {}
     run_id = record.get("mlflow_run_id")
@@ -411,16 +434,9 @@ def close_parent_run(plan: StudyPlan, tracker: Any, counts: dict[str, int] | Non
         tracker.end(status)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file + rename; no temp file left on failure)."""
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
+def write_record(path: Path, data: Any) -> None:
+    """A study record (cell.json, reports/study/cells.json, reports/metrics.json): atomic, keys in order."""
+    write_json(path, data, indent=1, sort_keys=False, allow_nan=True, default=str)
 
 
 def unit_state(run_dir: str | Path) -> tuple[str, str]:
@@ -439,18 +455,12 @@ def is_done(unit: TrainUnit | EvalUnit) -> bool:
     return unit_state(unit.run_dir)[0] == "done"
 
 
-def _unit(plan: StudyPlan, unit_id: str) -> TrainUnit | EvalUnit:
-    return plan.grid.evals[unit_id] if unit_id in plan.grid.evals and plan.grid.evals[unit_id].is_variant else plan.grid.train[unit_id]
-
-
 def _reason(run_dir: Path, exc: BaseException, job_id: str | None = None, since: float | None = None) -> str:
     """The exception message the job recorded (executor.record_failure), else the failed status's reason.
 
     The failure.json counts when it names this job, or was written after this job was submitted (`since`):
     in-process debug jobs share one environment, so their job ids can be mixed up between threads.
     """
-    from pipeline.executor import FAILURE_FILE
-
     path = run_dir / FAILURE_FILE
     failure = read_json(path)
     if isinstance(failure, dict) and failure.get("reason"):
@@ -472,7 +482,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
 
     `job` is a job already submitted in a SLURM array (first attempt); retries submit a fresh job.
     """
-    unit = _unit(plan, unit_id)
+    unit = plan.unit(unit_id)
     run_dir = Path(unit.run_dir)
     # A job already submitted in an array was pending at submission: when it finished before this task
     # started, the cell is done by this study run, not skipped; its result is collected below.
@@ -487,8 +497,6 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
         train = plan.grid.train[unit.train_id]
         if not is_done(train):
             state, reason = unit_state(train.run_dir)
-            from pipeline.executor import FAILURE_FILE
-
             failure = read_json(Path(train.run_dir) / FAILURE_FILE)  # the training job's own exception
             if state != "failed" and isinstance(failure, dict) and failure.get("reason"):
                 state, reason = "failed", str(failure["reason"])[:REASON_CHARS]
@@ -504,7 +512,7 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
         job = executor.submit(cell_config(plan, unit), log_folder=plan.log_folder(unit_id), init_from=init_from,
                               name=job_name_for(plan, unit_id))
     previous = read_json(run_dir / CELL_FILE) if reattached else None
-    write_json(
+    write_record(
         run_dir / CELL_FILE,
         {
             "cell_id": unit_id,
@@ -521,8 +529,6 @@ def run_unit(plan: StudyPlan, executor: Any, unit_id: str, job: Any = None) -> d
     )
     plan.stop.register(unit_id, job)
     try:
-        from pipeline.job_wait import wait_result
-
         wait_result(job, plan.stop)  # returns within seconds of a stop request (pipeline/job_wait.py)
     except Exception as exc:  # noqa: BLE001 - any job failure becomes the cell's recorded reason
         if plan.stop.is_set() and not is_done(unit):
@@ -558,7 +564,7 @@ def _interrupted(plan: StudyPlan, unit_id: str, job: Any, start: float) -> dict[
 
 
 def pending(plan: StudyPlan, ids: list[str]) -> list[str]:
-    return [i for i in ids if not is_done(_unit(plan, i))]
+    return [i for i in ids if not is_done(plan.unit(i))]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -618,13 +624,13 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
             }
         )
     counts = _count([c for c in cells if c["cell_id"] in mine])
-    write_json(
+    write_record(
         plan.reports_dir / "study" / "cells.json",
         {"profile": plan.profile, "study_run": plan.run_id, "tables": plan.grid.tables(),
          "mlflow_run_id": plan.parent_run_id, "counts": _count(cells), "cells": cells},
     )
     metrics = key_metrics(grid)
-    write_json(plan.reports_dir / "metrics.json", metrics)
+    write_record(plan.reports_dir / "metrics.json", metrics)
     write_table_metrics(metrics, plan.reports_dir / "metrics")
     write_queries_plot(grid, plan.reports_dir / "plots" / "queries.csv")
     return counts
@@ -636,7 +642,7 @@ def write_table_metrics(metrics: dict[str, Any], folder: Path) -> None:
     The folder exists even when no row has finished (it is a stage output); stale tables are removed."""
     folder.mkdir(parents=True, exist_ok=True)
     for table, rows in metrics.items():
-        write_json(folder / f"{table}.json", rows)
+        write_record(folder / f"{table}.json", rows)
     for stale in folder.glob("*.json"):
         if stale.stem not in metrics:
             stale.unlink()
@@ -644,12 +650,7 @@ def write_table_metrics(metrics: dict[str, Any], folder: Path) -> None:
 
 def row_values(grid: Grid, row: Any, metric: str) -> list[float]:
     """The metric of every seed of a row that finished (missing ones left out)."""
-    values = []
-    for eid in row.eval_ids:
-        metrics = read_json(Path(grid.evals[eid].run_dir) / METRICS_FILE)
-        if metrics is not None and isinstance(metrics.get(metric), (int, float)):
-            values.append(float(metrics[metric]))
-    return values
+    return metric_values((read_metrics(grid.evals[eid].run_dir) for eid in row.eval_ids), metric)
 
 
 def key_metrics(grid: Grid) -> dict[str, Any]:
@@ -659,7 +660,7 @@ def key_metrics(grid: Grid) -> dict[str, Any]:
         for col, metric in row.columns.items():
             values = row_values(grid, row, metric)
             if values:
-                out.setdefault(row.table, {}).setdefault(row.row, {})[col] = round(statistics.median(values), 3)
+                out.setdefault(row.table, {}).setdefault(row.row, {})[col] = round(median_over_seeds(values), 3)
     return out
 
 
@@ -675,8 +676,8 @@ def write_queries_plot(grid: Grid, path: Path) -> None:
         values = row_values(grid, row, "val/mIoU")
         if values:
             q = grid.train[grid.evals[row.eval_ids[0]].train_id].config["model"]["num_queries"]
-            lines.append(f"{row.cell.dataset},{q},{statistics.median(values):.3f}")
-            per_dataset.setdefault(row.cell.dataset, ["queries,mIoU"]).append(f"{q},{statistics.median(values):.3f}")
+            lines.append(f"{row.cell.dataset},{q},{median_over_seeds(values):.3f}")
+            per_dataset.setdefault(row.cell.dataset, ["queries,mIoU"]).append(f"{q},{median_over_seeds(values):.3f}")
     atomic_write_text(path, "\n".join(lines) + "\n")
     folder = path.parent / "queries"  # a DVC output of the study stage: exists even without Table 6
     folder.mkdir(parents=True, exist_ok=True)
@@ -700,13 +701,13 @@ def dry_run_text(plan: StudyPlan) -> str:
     for phase, ids in (("training", plan.train_ids()), ("evaluation variants", plan.variant_ids())):
         by_dataset: dict[str, list[str]] = {}
         for uid in ids:
-            by_dataset.setdefault(_unit(plan, uid).config["data"]["dataset"], []).append(uid)
+            by_dataset.setdefault(plan.unit(uid).config["data"]["dataset"], []).append(uid)
         for dataset, uids in by_dataset.items():
-            todo = [u for u in uids if not is_done(_unit(plan, u))]
+            todo = [u for u in uids if not is_done(plan.unit(u))]
             lines += ["", f"# {phase}, {dataset}: {len(todo)} to run, {len(uids) - len(todo)} done"]
             if executor is not None and todo:
                 tables = sorted({r.table for r in plan.grid.rows if r.cell.dataset == dataset})
-                lines.append(sbatch_header(executor, cell_config(plan, _unit(plan, todo[0])),
+                lines.append(sbatch_header(executor, cell_config(plan, plan.unit(todo[0])),
                                            f"{'+'.join(tables)}-{dataset}-array", len(todo), plan.array_folder() / dataset))
             lines += [f"  {'run ' if u in todo else 'skip'} {u}" for u in uids]
     return "\n".join(lines)

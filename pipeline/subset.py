@@ -7,6 +7,7 @@ the same cells. They are deviations from the rehearsed profile, printed by `grid
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pipeline.errors import UserError
@@ -35,8 +36,6 @@ def one_row_per_table(grid):
     estimated GPU-hours, then by grid order; each table then gets its first covered row, preferring rows
     without an evaluation-only variant (TTA, another inference) to evaluate.
     """
-    from pipeline.grid import Grid
-
     rows = grid.rows
     needs = [frozenset(grid.evals[e].train_id for e in r.eval_ids) for r in rows]
     variants = [sum(grid.evals[e].is_variant for e in r.eval_ids) for r in rows]
@@ -68,5 +67,6 @@ def one_row_per_table(grid):
     kept_rows = [rows[j] for j in keep]
     eval_ids = {e for r in kept_rows for e in r.eval_ids}
     train_ids = {grid.evals[e].train_id for e in eval_ids}
-    return Grid(grid.profile, kept_rows, {k: v for k, v in grid.train.items() if k in train_ids},
-                {k: v for k, v in grid.evals.items() if k in eval_ids})
+    # dataclasses.replace keeps this module below pipeline.grid (no import of it: no cycle)
+    return dataclasses.replace(grid, rows=kept_rows, train={k: v for k, v in grid.train.items() if k in train_ids},
+                               evals={k: v for k, v in grid.evals.items() if k in eval_ids})

@@ -16,7 +16,7 @@ Params (M) and GFLOPs of Tables 1 and 3 come from the DVC stage `model_stats`
 (reports/model_stats/paper_models.json, pipeline.paper_model_stats): the REAL paper architecture of
 each row, counted on CPU, so they are marked ok/outside in every profile (relative tolerance
 STATS_TOLERANCE) and say so in `reason`. fps lines name the device of `perf/fps_protocol`; only a
-V100 (the paper's device, FACTS E.4) gets a tolerance mark, any other device "n/a".
+V100 (the paper's device: Table 1 / Table 3 captions) gets a tolerance mark, any other device "n/a".
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,17 @@ from pipeline.config import atomic_write_text
 from pipeline.grid import Grid, expand
 from pipeline.paper_model_stats import DEFAULT_OUT as MODEL_STATS_FILE
 from pipeline.paper_model_stats import load_stats
+from pipeline.paper_numbers import PAPER_NUMBERS, load_paper_numbers  # noqa: F401 - load_paper_numbers re-exported
 from pipeline.params import Params, load_params
-from pipeline.study import METRICS_FILE, read_json, unit_state
+from pipeline.runfolder import METRICS_FILE, git_commit, median_over_seeds, read_json
+from pipeline.study import unit_state
 
-PAPER_NUMBERS = Path(__file__).parent / "data" / "paper_numbers.csv"
 SMOKE_NOTE = "smoke scale: synthetic data, small models — not comparable to the paper"
 TABLES_PDF = "tables.pdf"  # every table in one PDF, at reports/tables.pdf (issue 17), beside reports/tables/
 # Relative tolerance of the counted columns (task spec): params are exact up to the paper's rounding to
-# whole millions; FLOPs depend on the counting convention (FACTS H.3: all vs last-layer mask einsums).
+# whole millions; FLOPs depend on the counting convention (docs/FIDELITY.md §5: all vs last-layer mask einsums).
 STATS_TOLERANCE = {"params (M)": 0.01, "GFLOPs": 0.06}
-PAPER_FPS_DEVICE = "V100"  # FACTS E.4: one V100, batch 1
+PAPER_FPS_DEVICE = "V100"  # paper Table 1 / Table 3 captions: one V100, batch 1
 # App. Table IIb "training memory" (MB): per GPU, detectron2's logged max_mem (torch.cuda.max_memory_allocated
 # / 2^20) of the ADE20K-Full configs at 16 images over 8 GPUs = 2 images per GPU (SOLVER.IMS_PER_BATCH 16, 8 V100s), fp32. Only a run
 # measured the same way is compared (relative tolerance: params.yaml tables.relative_tolerance).
@@ -51,31 +51,6 @@ PAPER_MEM_PROTOCOL = {"measure": "torch.cuda.max_memory_allocated", "images_per_
 MEM_METRIC = "perf/train_peak_mem_mb"
 COLUMNS = ["row", "metric", "paper", "paper_std", "ours", "ours_std", "seeds", "delta", "mark", "status", "reason", "source",
            "device", "cells"]
-
-
-def load_paper_numbers(path: str | os.PathLike = PAPER_NUMBERS) -> list[dict[str, str]]:
-    """Rows of paper_numbers.csv: table, row, metric, value, std, status (reproduce|cited|not_run|inconsistent),
-    source, note. `inconsistent`: a number the paper contradicts elsewhere; kept and compared, never marked."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    seen: dict[tuple[str, str, str], int] = {}
-    for i, r in enumerate(rows, start=2):
-        key = (r["table"], r["row"], r["metric"])
-        if key in seen:  # the table would show one of the two numbers, silently
-            raise ValueError(f"{path}:{i}: {key[0]} row {key[1]!r} metric {key[2]!r} is already on line {seen[key]}")
-        seen[key] = i
-        if r["status"] not in ("reproduce", "cited", "not_run", "inconsistent"):
-            raise ValueError(f"{path}:{i}: status {r['status']!r} is not reproduce, cited, not_run or inconsistent")
-        float(r["value"])
-    return rows
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _base_metric(column: str) -> str:
@@ -222,7 +197,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                 devices = _fps_devices(cell_metrics) if _base_metric(p["metric"]) == "fps" else []
                 mem_mismatch = _memory_protocol_mismatch(cell_metrics) if metric_key == MEM_METRIC else ""
                 if values:
-                    ours = statistics.median(values)
+                    ours = median_over_seeds(values)
                     other_device = bool(devices) and not all(PAPER_FPS_DEVICE in d for d in devices)
                     line.update(ours=round(ours, 2), delta=None if other_device else round(ours - value, 2),
                                 ours_std=round(statistics.stdev(values), 2) if len(values) > 1 else None,
@@ -260,7 +235,7 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
                 if devices:
                     reason = "; ".join(x for x in (reason, f"measured on {', '.join(devices)}") if x)
                 lines.append({"row": row_name, "metric": col, "paper": None, "paper_std": None,
-                              "ours": round(statistics.median(values), 2) if values else None,
+                              "ours": round(median_over_seeds(values), 2) if values else None,
                               "ours_std": round(statistics.stdev(values), 2) if len(values) > 1 else None,
                               "seeds": len(values), "delta": None, "mark": "", "status": status, "reason": reason,
                               "source": "grid only", "device": ", ".join(devices), "cells": ";".join(r.eval_ids),
@@ -272,7 +247,7 @@ def caption(params: Params, grid: Grid, table: str) -> str:
     prof = params.profiles[grid.profile]
     seeds = ", ".join(f"{k}={v}" for k, v in prof.seeds.items())
     title = params.grid[table].title if table in params.grid else "appendix table (cited / not run rows only)"
-    text = f"{table}: {title} | profile {grid.profile} | seeds {seeds} | git {git_commit()}"
+    text = f"{table}: {title} | profile {grid.profile} | seeds {seeds} | git {git_commit('.', short=True)}"
     if prof.synthetic:
         text += f" | {SMOKE_NOTE}"
     if prof.released:
@@ -314,7 +289,7 @@ def build_tables(
     synthetic = params.profiles[grid.profile].synthetic
     prof = params.profiles[grid.profile]
     provenance = (f"Profile {grid.profile}, seeds {', '.join(f'{k}={v}' for k, v in prof.seeds.items())}, "
-                  f"git {git_commit()}.")
+                  f"git {git_commit('.', short=True)}.")
     written: list[Path] = []
     names = grid.tables()
     if tables is None:  # tables with paper numbers but no grid cells (test-server rows, cited only)

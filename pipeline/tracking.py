@@ -88,7 +88,7 @@ def system_tags(source_name: str) -> dict[str, str]:
 
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
-    from pipeline.checkpoint import git_commit
+    from pipeline.runfolder import git_commit
 
     try:
         user = getpass.getuser()

@@ -87,7 +87,7 @@ def test_accumulated_passes_keep_the_official_mask_loss_normalisation():
     mask terms equals the one-batch terms of the same (equal-size) images."""
     from maskformer_core.criterion import build_criterion
     from pipeline.distributed import DistEnv
-    from pipeline.engine import step_num_masks
+    from pipeline.trainer import step_num_masks
 
     g = torch.Generator().manual_seed(0)
     crit = build_criterion("maskformer", 3, dec_layers=1)
@@ -124,17 +124,17 @@ def _coco_config(root: Path, out: Path, micro: int | None, **run):
 
 
 def test_coco_training_pass_sees_each_image_unpadded(coco_twin, tmp_path, monkeypatch):
-    from pipeline import engine
+    from pipeline import engine, trainer
 
     seen = []
-    real = engine.prepare_batch
+    real = trainer.prepare_batch
 
     def spy(batch, model, device, ignore_label):
         images, targets = real(batch, model, device, ignore_label)
         seen.append((tuple(images.shape), [tuple(b["image"].shape[-2:]) for b in batch]))
         return images, targets
 
-    monkeypatch.setattr(engine, "prepare_batch", spy)
+    monkeypatch.setattr(trainer, "prepare_batch", spy)
 
     def run(out, micro):
         seen.clear()

@@ -99,3 +99,63 @@ def test_every_paper_cell_builds_a_model(params):
             with torch.no_grad():
                 out = model(torch.zeros(1, 3, 64, 64))
             assert ("pred_masks" in out) or ("sem_seg_logits" in out), key
+
+
+def test_every_cell_of_every_profile_is_a_valid_run_config(params):
+    """Plan time: each unit's config parses as a RunConfig, with one spelling of the matching."""
+    from pipeline.config import RunConfig
+
+    for profile in params.profiles:
+        grid = expand(params, profile)
+        assert grid.train, profile
+        for unit in [*grid.train.values(), *grid.evals.values()]:
+            cfg = RunConfig.model_validate(unit.config)
+            assert cfg.loss.matching in ("bipartite", "fixed", "box")
+            assert cfg.run.output_dir.endswith(unit.run_dir.split("/")[-1])
+
+
+def test_a_bad_cell_is_refused_at_plan_time_naming_it(params):
+    """A recipe whose micro batch does not divide the per-process batch: an error before any job exists."""
+    from pipeline.errors import UserError
+
+    bad = params.model_copy(deep=True)
+    bad.recipes["ade20k"].micro_batch = 3  # single_gpu: 8 images on one process; 8 % 3 != 0
+    assert bad.profiles["single_gpu"].solver_for("ade20k").ims_per_batch == 8
+    with pytest.raises(UserError, match=r"profile single_gpu: grid\.table\d\.cells\[\d+\].*micro_batch"):
+        expand(bad, "single_gpu", ["table2"])
+
+
+def test_config_model_section_matches_build_model_signature():
+    """The run config's `model:` section is build_model's keyword arguments, with the same defaults.
+
+    Exceptions: `weights` (config only: the released checkpoint to evaluate), `pixel_mean`/`pixel_std`
+    (the ImageNet constants, not a study setting); a config default of None defers to build_model.
+    """
+    import inspect
+
+    from maskformer_core.models import build_model
+    from pipeline.config import ModelConfig
+
+    params = inspect.signature(build_model).parameters
+    fields = ModelConfig.model_fields
+    assert set(fields) - {"weights"} == set(params) - {"pixel_mean", "pixel_std"}
+    known = {"num_queries": (100, None)}  # build_model: None = 100 (maskformer) or K (per_pixel_plus)
+    for name, field in fields.items():
+        if name == "weights" or field.default is None:
+            continue
+        default = params[name].default
+        assert (field.default, default) == known.get(name, (default, default)), name
+
+
+def test_grid_show_prints_the_resolved_config_the_engine_runs(params, run_cli):
+    """`grid show`: the plan's config with the metadata defaults filled (splits, strategy, thresholds, flip)."""
+    from pipeline.config import RunConfig
+
+    unit = next(iter(expand(params, "smoke", ["table2"]).train.values()))
+    out = run_cli("grid", "show", unit.train_id, "--profile", "smoke", cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    shown = RunConfig.model_validate(yaml.safe_load(out.stdout))
+    assert unit.config["data"].get("train_split") is None  # the plan leaves metadata defaults to the engine ...
+    assert shown.data.train_split and shown.data.val_split and shown.test.strategy  # ... which grid show fills
+    assert shown.test.overlap_threshold == 0.8 and shown.solver.base_lr is not None
+    assert shown.model.num_queries == unit.config["model"]["num_queries"]

@@ -33,7 +33,7 @@ def test_study_runs_nest_under_a_parent_and_group_by_row(tmp_path, services_env)
     from mlflow.tracking import MlflowClient
 
     from flows.study import study
-    from pipeline.checkpoint import git_commit
+    from pipeline.runfolder import git_commit
 
     params_path = tiny_study_params(tmp_path)
     state = study(profile="smoke", executor="debug", params_path=str(params_path),

@@ -59,7 +59,7 @@ def test_engine_stops_on_submitits_signal(monkeypatch):
     """USR2 (submitit's default) and SIGTERM stop training at an iteration boundary; SUBMITIT_PREEMPT_SIGNAL moves it."""
     import signal
 
-    from pipeline.engine import preempt_signals
+    from pipeline.trainer import preempt_signals
 
     monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
     assert {signal.SIGUSR2, signal.SIGTERM} <= set(preempt_signals())

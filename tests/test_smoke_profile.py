@@ -61,7 +61,7 @@ def test_queries_by_matching_apply_to_the_box_matched_cell_only(tmp_path):
     params = load_params(path, environ={})
     grid = expand(params, "smoke")
     queries = {u.config["loss"]["matching"]: u.config["model"]["num_queries"] for u in grid.train.values()}
-    assert queries == {"box": 7, "hungarian": params.profiles["smoke"].default_queries}
+    assert queries == {"box": 7, "bipartite": params.profiles["smoke"].default_queries}
     raw["profiles"]["smoke"]["queries_by_matching"] = {"boxes": 10}
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     with pytest.raises(UserError, match=r"profiles\.smoke\.queries_by_matching"):
@@ -72,5 +72,5 @@ def test_shipped_box_matched_cell_has_fewer_queries(tmp_path):
     params = load_params(write_params(tmp_path, {"table5": slice(0, 2)}), environ={})
     grid = expand(params, "smoke")
     queries = {u.config["loss"]["matching"]: u.config["model"]["num_queries"] for u in grid.train.values()}
-    assert queries == {"box": params.profiles["smoke"].queries_by_matching["box"], "hungarian": 20}
-    assert queries["box"] < queries["hungarian"]
+    assert queries == {"box": params.profiles["smoke"].queries_by_matching["box"], "bipartite": 20}
+    assert queries["box"] < queries["bipartite"]

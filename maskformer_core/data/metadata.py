@@ -358,3 +358,8 @@ def get_metadata(name: str, root: str | Path | None = None) -> DatasetMeta:
         )
     indices = marker.get("class_indices") or twin_class_indices(name, int(marker["num_classes"]))
     return subset_meta(full, [int(i) for i in indices])
+
+
+# The official K and task of every dataset, read from its metadata above (the one place K is written).
+OFFICIAL_NUM_CLASSES: dict[str, int] = {d: _official(d).num_classes for d in DATASETS}
+PANOPTIC_DATASETS: tuple[str, ...] = tuple(d for d in DATASETS if _official(d).task == "panoptic")

@@ -9,7 +9,7 @@ from typing import Sequence
 from torch import nn
 
 from maskformer_core.errors import ConfigError
-from maskformer_core.models.backbones import BACKBONE_NAMES, build_backbone, is_swin
+from maskformer_core.models.backbones import BACKBONE_NAMES, BACKBONES, build_backbone, is_swin
 from maskformer_core.models.maskformer import PIXEL_MEAN, PIXEL_STD, MaskFormer, MaskFormerHead
 from maskformer_core.models.per_pixel import PerPixelBaselineHead, PerPixelBaselinePlusHead, PerPixelModel
 from maskformer_core.models.pixel_decoder import BasePixelDecoder, TransformerEncoderPixelDecoder
@@ -97,7 +97,7 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
         _positive_int("size_divisibility", size_divisibility, minimum=0)
     if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
         raise ConfigError(f"pixel_mean/pixel_std must be 3 values (std > 0), got {pixel_mean}, {pixel_std}")
-    if pretrained is not None and backbone in ("SmokeR18", "SmokeSwin"):
+    if pretrained is not None and not BACKBONES[backbone].paper:
         raise ConfigError(f"pretrained={pretrained!r}: {backbone} is a smoke extra with no pretrained weights")
     check_pretrained_option(pretrained, backbone)
 

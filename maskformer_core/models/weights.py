@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from maskformer_core.errors import CheckpointError, ConfigError
+from maskformer_core.models.backbones import BACKBONES, is_swin
 
 # -------------------------------------------------------------------------------- safe file loading
 
@@ -225,24 +226,13 @@ def d2_to_ours(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # -------------------------------------------------------------------------------- loaders
 
-# timm tags holding the official weights (timm ``models/resnet.py``, ``models/swin_transformer.py`` pretrained
-# tags). R101c's R-103.pkl has no timm equivalent.
-HUB_TAGS = {
-    "R50": "resnet50.tv_in1k",
-    "R101": "resnet101.tv_in1k",
-    "Swin-T": "swin_tiny_patch4_window7_224.ms_in1k",
-    "Swin-S": "swin_small_patch4_window7_224.ms_in1k",
-    "Swin-B": "swin_base_patch4_window12_384.ms_in22k",
-    "Swin-L": "swin_large_patch4_window12_384.ms_in22k",
-}
-# Non-default pretraining per backbone: the Swin-B "IN-1K" rows of Tables 1 and 3 (no official config; the
-# Swin release's IN-1K swin_base_patch4_window12_384.pth, same window 12 / 384 as the IN-22K † model).
-HUB_TAGS_BY_PRETRAIN = {
-    ("Swin-B", "in1k"): "swin_base_patch4_window12_384.ms_in1k",
-}
-# Pretraining of the official configs per backbone: the † Swin-B/L configs (`*_IN21k_384_*.yaml`) start from
-# MODEL.WEIGHTS swin_{base,large}_patch4_window12_384_22k.pkl, every other backbone from ImageNet-1K.
-DEFAULT_PRETRAIN = {"Swin-B": "in22k", "Swin-L": "in22k"}
+# Views of the backbone registry (maskformer_core.models.backbones): timm tags of each backbone's official
+# ImageNet weights at its default pretraining, the non-default ones (Swin-B IN-1K rows of Tables 1 and 3),
+# the pretraining of the official configs, and the official files (named in error messages).
+DEFAULT_PRETRAIN = {n: s.default_pretrain for n, s in BACKBONES.items() if s.default_pretrain != "in1k"}
+HUB_TAGS = {n: s.hub_tags[s.default_pretrain] for n, s in BACKBONES.items() if s.default_pretrain in s.hub_tags}
+HUB_TAGS_BY_PRETRAIN = {(n, p): tag for n, s in BACKBONES.items() for p, tag in s.hub_tags.items()
+                        if p != s.default_pretrain}
 HUB_PREFIX = "hub:"
 
 
@@ -271,16 +261,7 @@ def is_hub(source) -> bool:
     return isinstance(source, str) and (source == "hub" or source.startswith(HUB_PREFIX))
 
 
-# The files the official configs start from (official configs/*.yaml abbreviations), for error messages.
-OFFICIAL_FILES = {
-    "R50": "R-50.pkl (detectron2://ImageNetPretrained/torchvision/R-50.pkl)",
-    "R101": "R-101.pkl (torchvision resnet101-63fe2227.pth converted) or resnet101-63fe2227.pth",
-    "R101c": "R-103.pkl (detectron2://DeepLab/R-103.pkl)",
-    "Swin-T": "swin_tiny_patch4_window7_224.pth / .pkl",
-    "Swin-S": "swin_small_patch4_window7_224.pth / .pkl",
-    "Swin-B": "swin_base_patch4_window12_384_22k.pth / .pkl",
-    "Swin-L": "swin_large_patch4_window12_384_22k.pth / .pkl",
-}
+OFFICIAL_FILES = {n: s.official_file for n, s in BACKBONES.items() if s.official_file}
 
 
 def _looks_torchvision_resnet(sd: Mapping[str, torch.Tensor]) -> bool:
@@ -290,7 +271,7 @@ def _looks_torchvision_resnet(sd: Mapping[str, torch.Tensor]) -> bool:
 def to_backbone_keys(sd: Mapping[str, torch.Tensor], backbone_name: str) -> dict[str, torch.Tensor]:
     """Any supported naming (detectron2 with/without `backbone.`, torchvision/timm) -> our backbone keys."""
     sd = d2_to_ours(sd)
-    if backbone_name.startswith("Swin") or backbone_name == "SmokeSwin":
+    if is_swin(backbone_name):
         return timm_swin_to_official(sd)  # also drops head/final norm of official classification files
     if _looks_torchvision_resnet(sd):
         return torchvision_resnet_to_d2(sd, deep_stem=backbone_name == "R101c")

@@ -4,66 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
+from maskformer_core.models.backbones import PAPER_BACKBONES
 from pipeline.errors import UserError
-
-
-@dataclass(frozen=True)
-class ModelStatsDataset:
-    """What model-stats needs per dataset: K, the FLOP input size, and whether ResNets get "+6 Enc"."""
-
-    num_classes: int
-    crop: tuple[int, int]  # (H, W) FLOP/FPS input: the training crop (``INPUT.CROP.SIZE``; paper Table 1)
-    crop_swin_large: tuple[int, int] | None = None  # Swin-B/L input where the configs use another crop
-    resnet_6enc: bool = False  # ResNet rows use TransformerEncoderPixelDecoder + transformer_encoder memory
-    size_divisibility: int = 32  # MASK_FORMER.SIZE_DIVISIBILITY (0 in configs/coco-panoptic)
-    note: str = ""
-
-
-# Small private table (the data engineer owns the full metadata; this module must not depend on it).
-DATASETS: dict[str, ModelStatsDataset] = {
-    "ade20k": ModelStatsDataset(150, (512, 512), crop_swin_large=(640, 640),
-                                note="configs/ade20k-150/*.yaml INPUT.CROP.SIZE"),
-    "ade20k_full": ModelStatsDataset(847, (512, 512), note="configs/ade20k-full-847/maskformer_R50_bs16_200k.yaml"),
-    "coco_stuff_10k": ModelStatsDataset(171, (640, 640),
-                                        note="configs/coco-stuff-10k-171/maskformer_R50_bs32_60k.yaml"),
-    "cityscapes": ModelStatsDataset(19, (512, 1024),
-                                    note="crop 512x1024, configs/cityscapes-19/maskformer_R101_bs16_90k.yaml"),
-    "mapillary_vistas": ModelStatsDataset(65, (1280, 1280),
-                                          note="configs/mapillary-vistas-65/maskformer_R50_bs16_300k.yaml"),
-    # The paper's T3 FLOPs average 100 val images; we use one 800x1067 input, the test resize
-    # (short 800, max 1333) of COCO's most common 640x480 landscape image, with no padding
-    # (SIZE_DIVISIBILITY 0). An approximation of that mean, not the paper's protocol.
-    "coco_panoptic": ModelStatsDataset(133, (800, 1067), resnet_6enc=True, size_divisibility=0,
-                                       note="800x1067 stands in for the mean of 100 val images (paper Table 3)"),
-    "ade20k_panoptic": ModelStatsDataset(150, (640, 640), resnet_6enc=True,
-                                         note="configs/ade20k-150-panoptic/*.yaml"),
-}
-PAPER_BACKBONES = ("R50", "R101", "R101c", "Swin-T", "Swin-S", "Swin-B", "Swin-L")
-MODELS = ("maskformer", "per_pixel", "per_pixel_plus")
-
-
-def model_kwargs(dataset: str, backbone: str, model: str = "maskformer", queries: int | None = None,
-                 dec_layers: int = 6) -> dict:
-    """build_model kwargs for a paper row: K, "+6 Enc" for ResNet panoptic rows, size divisibility."""
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    ds = DATASETS[dataset]
-    kwargs = dict(arch=model, backbone=backbone, num_classes=ds.num_classes, dec_layers=dec_layers,
-                  size_divisibility=ds.size_divisibility)
-    if queries is not None:
-        kwargs["num_queries"] = queries
-    if ds.resnet_6enc and not backbone.startswith("Swin") and model == "maskformer":
-        kwargs.update(pixel_decoder="transformer_encoder", transformer_in_feature="transformer_encoder")
-    return kwargs
-
-
-def input_size(dataset: str, backbone: str) -> tuple[int, int]:
-    ds = DATASETS[dataset]
-    if backbone in ("Swin-B", "Swin-L") and ds.crop_swin_large is not None:
-        return ds.crop_swin_large
-    return ds.crop
+from pipeline.model_inputs import DATASETS, MODELS, input_size, model_kwargs
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from pipeline.errors import UserError
 from pipeline.grid import expand, find_cell
 from pipeline.params import load_params
 
-EXIT_PREEMPTED = 75  # mirrors pipeline.engine.EXIT_PREEMPTED (kept import-light for `--help`)
+EXIT_PREEMPTED = 75  # mirrors pipeline.trainer.EXIT_PREEMPTED (kept import-light for `--help`)
 
 
 def add_config_args(p: argparse.ArgumentParser, dataset_source: bool = False) -> None:
