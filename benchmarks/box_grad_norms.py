@@ -8,8 +8,11 @@ heads). It also records the full-model gradient norm before clipping at every it
 full_model clips it to `solver.clip_value`). Gradients are taken on the first forward pass of the iteration (one
 image with the COCO panoptic micro-batch of 1). Prints one table per measured iteration and the final metrics.
 
-    .venv/bin/python benchmarks/box_grad_norms.py --experiment CELL_ID --output-dir /tmp/x [--at 1 50 200] \
-        [--set solver.max_iter=400 ...]
+    .venv/bin/python benchmarks/box_grad_norms.py --experiment CELL_ID --output-dir /tmp/x [--at 1 100 400] \
+        [--set model.num_queries=20 ...] [--box-loss-scale 0.1] [--box-cost-scale 0.1]
+
+--box-loss-scale / --box-cost-scale (diagnostics, not pipeline options) multiply DETR's box loss weights
+(L1 5, GIoU 2) or the box matcher's costs (the same 5 / 2) of the run, to tell the two apart.
 """
 from __future__ import annotations
 
@@ -121,8 +124,6 @@ def main() -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--output-dir", required=True, help="run folder (must be new or a finished run of this config)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    ap.add_argument("--box-weights", type=float, nargs=2, metavar=("L1", "GIOU"), default=None,
-                    help="diagnostic only: train with these box loss weights instead of DETR's 5 / 2")
     ap.add_argument("--box-loss-scale", type=float, default=None,
                     help="diagnostic only: multiply the box loss weights (not the matching costs) by this factor")
     ap.add_argument("--box-cost-scale", type=float, default=None,
@@ -166,21 +167,14 @@ def main() -> int:
         probe.clip_norms.append(float(total))
         return total
 
-    if args.box_weights is not None:
-        original_build = trainer_mod.build_criterion
-
-        def build(*a, **k):
-            return original_build(*a, **k, box_l1_weight=args.box_weights[0], box_giou_weight=args.box_weights[1])
-
-        trainer_mod.build_criterion = build
     SetCriterion.forward = forward
     trainer_mod.Trainer.__init__ = init
     solver_mod.clip_full_model = clip
     metrics = run_cell(cfg)
 
     labels = [label for label, _ in PARAM_GROUPS] + ["ALL"]
-    print(f"cell {args.experiment}  overrides {args.set}  box weights {args.box_weights or 'DETR 5 / 2'} "
-          f"loss scale {args.box_loss_scale} cost scale {args.box_cost_scale}")
+    print(f"cell {args.experiment}  overrides {args.set}  box loss-weight scale {args.box_loss_scale}, "
+          f"box cost scale {args.box_cost_scale}")
     for it in sorted(probe.tables):
         table = probe.tables[it]
         enc, prob = probe.dependence.get(it, (float("nan"), float("nan")))
