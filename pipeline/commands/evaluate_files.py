@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from maskformer_core.metrics import PQStuffEvaluator, SemSegEvaluator, pq_comput
 from maskformer_core.metrics.panoptic import ENGINES, default_num_workers
 from pipeline.config import check_output_file
 from pipeline.errors import UserError
+from pipeline.runfolder import write_json
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -54,13 +54,6 @@ def register(subparsers) -> None:
     sem.add_argument("--out", help="write the metrics here as JSON")
     sem.add_argument("--overwrite", action="store_true", help="replace an existing output file (without it, an existing file is refused and left as it is)")
     sem.set_defaults(func=run_semantic)
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it into place."""
-    from pipeline.config import atomic_write_text
-
-    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _require(path: str, kind: str, flag: str) -> None:
@@ -101,7 +94,7 @@ def run_panoptic(args) -> int:
         data = {"summary": pq_summary(results),
                 "results": {k: v for k, v in results.items() if k != "per_class"},
                 "per_class": {str(k): v for k, v in results["per_class"].items()}}
-        write_json_atomic(args.out, data)
+        write_json(args.out, data, sort_keys=False, allow_nan=True)
         print(f"wrote {args.out}")
     return 0
 
@@ -181,6 +174,7 @@ def run_semantic(args) -> int:
     print(" | ".join(f"{k:>6s}" for k in keys))
     print(" | ".join(f"{metrics[k]:6.2f}" for k in keys))
     if args.out:
-        write_json_atomic(args.out, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()})
+        clean = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
+        write_json(args.out, clean, sort_keys=False, allow_nan=True)
         print(f"wrote {args.out}")
     return 0
