@@ -7,6 +7,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS
+# Disk preflight: the venv (CUDA build of torch) takes ~7 GB and the suite peaks at ~16 GB under the
+# temp folder (the two-node rehearsal's full-size checkpoints; deleted when it passes, pyproject.toml
+# tmp_path_retention_policy). Fail here with the numbers rather than half-way with ENOSPC.
+need_gb=${MASKFORMER_MIN_FREE_GB:-25}
+for dir in "$PWD" "${TMPDIR:-/tmp}"; do
+  free_gb=$(df -P -BG "$dir" | awk 'NR==2 {gsub("G", "", $4); print $4}')
+  if [ "${free_gb:-0}" -lt "$need_gb" ]; then
+    echo "test.sh: only ${free_gb} GB free on the filesystem of $dir; the install and the test suite need about" \
+         "${need_gb} GB (set MASKFORMER_MIN_FREE_GB to override). Old pytest folders live in ${TMPDIR:-/tmp}/pytest-of-$(id -un)." >&2
+    exit 1
+  fi
+done
 bash scripts/install.sh
 echo "test.sh: install took $((SECONDS - t0)) s"
 
