@@ -32,7 +32,8 @@ from typing import Any
 
 from pipeline import paper_tables as pt
 from pipeline.config import atomic_write_text
-from pipeline.plan import PLAN_FILE
+from pipeline.errors import UserError
+from pipeline.plan import PLAN_FILE, load_plan
 from pipeline.runfolder import git_commit, read_json
 from pipeline.status import CellState, scan
 
@@ -561,7 +562,10 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
     plan_path = Path(tables_dir).parent / PLAN_FILE if plan_path is None else plan_path
     cells, note = scan(profile, runs_root, plan_path, resolve_links=True)
     tables = load_tables(Path(tables_dir))
-    smoke = _is_smoke(profile, cells)
+    try:  # the study's own word on its scale; without a plan, guessed from the run folders
+        smoke = load_plan(plan_path, profile).provenance.synthetic
+    except UserError:
+        smoke = _is_smoke(profile, cells)
     done = [c for c in cells if c.state == "done"]
     seeds = sorted({_seed(c) for c in done}) or ["n/a"]
     run_commits = sorted({run_commit(c) for c in done} - {""})
