@@ -18,7 +18,7 @@ from pipeline.study import unit_state
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("grid", help="list the grid's cells or show one cell's resolved config")
+    p = subparsers.add_parser("grid", help="list the grid's cells, show one cell's resolved config, or write the study's plan file")
     sub = p.add_subparsers(dest="grid_command", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="cells per table with status and estimated GPU-hours")
     ls.add_argument("--table", action="append", help="table1..table8, appendixN, main, ablations (repeatable)")
