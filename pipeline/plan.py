@@ -167,6 +167,10 @@ def write_plan(plan: Plan, path: str | os.PathLike) -> Path:
     return path
 
 
+def _read_unit(unit_id: str, u: dict[str, Any]) -> PlanUnit:
+    return PlanUnit(unit_id, u["train_id"], u["run_dir"], u.get("seed"), u["config"])
+
+
 def load_plan(path: str | os.PathLike, profile: str | None = None) -> Plan:
     """The plan in `path`; UserError naming the file when it is missing, unreadable, of another format, or
     (with `profile`) of another profile."""
@@ -183,8 +187,8 @@ def load_plan(path: str | os.PathLike, profile: str | None = None) -> Plan:
         prov = Provenance(**data["provenance"])
         rows = [PlanRow(r["table"], int(r["index"]), r["row"], dict(r["columns"]), RowCell(**r["cell"]),
                         list(r["eval_ids"])) for r in data["rows"]]
-        train = {k: PlanUnit(k, u["train_id"], u["run_dir"], u.get("seed"), u["config"]) for k, u in data["train"].items()}
-        evals = {k: PlanUnit(k, u["train_id"], u["run_dir"], u.get("seed"), u["config"]) for k, u in data["evals"].items()}
+        train = {k: _read_unit(k, u) for k, u in data["train"].items()}
+        evals = {k: _read_unit(k, u) for k, u in data["evals"].items()}
         plan = Plan(prov, list(data["tables_run"]), dict(data["titles"]), rows, train, evals, path)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: study plan lacks or mangles {exc}; {how_to_plan(profile)}") from None
