@@ -291,6 +291,7 @@ def run_cells(
     if restored:
         logger.info("restored %d trained cells from %s/%s (dvc pull)", len(restored),
                     plan.params.study.models_root, plan.profile)
+    logger.info("plan: %s", st.record_plan(plan))  # read by status, tables and report (pipeline.plan)
     outcomes: dict[str, dict] = {}
     logger.info(
         "profile %s: %d training cells, %d evaluation variants, executor %s, %d concurrent, run %s",

@@ -70,7 +70,8 @@ def _configure_logging() -> None:
 PROJECT_COMMANDS = ("study", "tables", "status", "report", "grid", "train", "model-stats-table")
 # Paths given on the command line stay relative to the folder the command was run from.
 PATH_FLAGS = {"--reports": "reports", "--runs-root": "runs_root", "--out": "out", "--config": "config",
-              "--checkpoint": "checkpoint", "--output": "output", "--output-dir": "output_dir", "--tables": "tables"}
+              "--checkpoint": "checkpoint", "--output": "output", "--output-dir": "output_dir", "--tables": "tables",
+              "--plan": "plan"}
 
 
 def _enter_project(args: argparse.Namespace, argv: list[str]) -> None:

@@ -1,7 +1,7 @@
 """Trained cells as a DVC-cached output: export done run folders to `models/<profile>/`, restore them.
 
 `export_models(profile)` (the `models` DVC stage, `python -m pipeline models export`) copies, for every
-done cell of the profile's grid, what evaluation and the tables need: `checkpoints/final.pt` (+ its
+done cell of the study's plan (reports/study/plan.json, pipeline.plan), what evaluation and the tables need: `checkpoints/final.pt` (+ its
 `.sha256`), `config.yaml`, `metrics.json`, `status.json`, `train_log.jsonl` into
 `models/<profile>/<cell_id>/`. DVC caches that folder, so `dvc push` sends the trained study to the
 configured remote. On a fresh clone, `dvc pull` brings it back and the study (`restore_models`, called

@@ -1,12 +1,14 @@
 """The study report a person opens: ``reports/index.html`` with the tables inline and PNG plots in ``reports/figures/``.
 
 Inputs (never MLflow, per docs/ARCHITECTURE.md):
-- ``reports/tables/*.csv`` written by the tables stage (pipeline/tables.py): a first line
-  ``# tableN: title | profile P | seeds ... | git C`` (provenance), then one line per paper number:
-  ``row, metric, paper, ours, delta, mark (ok|outside|n/a), status (cited|not run|...), ...``.
-  Rows with mark ``outside`` are coloured, ``cited`` rows marked (also accepted: boolean columns
-  ``outside_tolerance`` / ``cited`` and ``profile`` / ``seeds`` / ``git_commit`` columns); every
-  column is shown as it is.
+- ``reports/tables/*.csv`` written by the tables stage (pipeline/tables.py): one line per paper number,
+  ``row, metric, paper, ours, delta, mark (ok|outside|n/a), status (cited|not run|...), ...`` (after a
+  ``#`` caption line for people, which is skipped, never parsed). Rows with mark ``outside`` are
+  coloured, ``cited`` rows marked (also accepted: boolean columns ``outside_tolerance`` / ``cited`` and
+  ``profile`` / ``seeds`` / ``git_commit`` columns); every column is shown as it is.
+- ``reports/tables/<table>.json`` beside each CSV: the table's provenance as data (title, profile,
+  seeds, commit, device, smoke or not, study run, source runs; pipeline.tables.provenance).
+- ``reports/study/plan.json``: the study's cells and their table rows (pipeline.plan, via pipeline.status).
 - run folders ``runs/<profile>/<cell>/``: ``train_log.jsonl`` (training curves), ``config.yaml``
   (queries, dataset, seed), ``metrics.json`` (``val/mIoU``, ``val/PQSt``, ``val/IoU/<class>``,
   ``analysis/unique_categories_per_query``).
@@ -30,7 +32,9 @@ from typing import Any
 
 from pipeline import paper_tables as pt
 from pipeline.config import atomic_write_text
-from pipeline.runfolder import git_commit
+from pipeline.errors import UserError
+from pipeline.plan import PLAN_FILE, load_plan
+from pipeline.runfolder import git_commit, read_json
 from pipeline.status import CellState, scan
 
 TRUE_STRINGS = {"true", "1", "yes", "y", "x", "cited"}
@@ -45,8 +49,9 @@ class Table:
     name: str
     path: Path
     frame: Any  # pandas.DataFrame
-    provenance: dict[str, str] = field(default_factory=dict)
-    caption: str = ""
+    # The tables stage's <table>.json (pipeline.tables.provenance); {} for a CSV from elsewhere.
+    provenance: dict[str, Any] = field(default_factory=dict)
+    title: str = ""
     outside: int = 0
     cited: int = 0
 
@@ -86,20 +91,12 @@ def _is_cited(record: dict, cols: dict[str, str]) -> bool:
     return "cited" in cols and _truthy(record[cols["cited"]])
 
 
-def parse_caption(line: str) -> dict[str, str]:
-    """``# table6: title | profile smoke | seeds default=1 | git abc123 | note`` -> provenance fields."""
-    out = {}
-    for part in line.lstrip("#").split("|"):
-        key, _, value = part.strip().partition(" ")
-        if key in ("profile", "seeds") and value:
-            out[key] = value.strip()
-        elif key == "git" and value:
-            out["git_commit"] = value.strip()
-    return out
+def _seeds_text(seeds: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in seeds.items()) if isinstance(seeds, dict) else str(seeds)
 
 
 def load_tables(tables_dir: Path) -> list[Table]:
-    """Every ``*.csv`` of the tables stage; a first line ``# caption`` carries title and provenance."""
+    """Every ``*.csv`` of the tables stage with its provenance record ``<table>.json`` (when present)."""
     import pandas as pd
 
     tables = []
@@ -107,16 +104,17 @@ def load_tables(tables_dir: Path) -> list[Table]:
     paths = [p for p in Path(tables_dir).glob("*.csv") if not p.name.endswith(".wide.csv")]
     for path in sorted(paths, key=lambda p: (not p.stem.startswith("table"), p.stem)):
         with open(path, encoding="utf-8") as fh:
-            first = fh.readline()
-        caption = first.strip().lstrip("#").strip() if first.startswith("#") else ""
-        frame = pd.read_csv(path, skiprows=1 if caption else 0, keep_default_na=False, na_values=[""])
-        table = Table(path.stem, path, frame, caption=caption)
+            captioned = fh.readline().startswith("#")  # the human caption line: skipped, not read
+        frame = pd.read_csv(path, skiprows=1 if captioned else 0, keep_default_na=False, na_values=[""])
+        meta = read_json(path.with_suffix(".json"))
+        meta = meta if isinstance(meta, dict) else {}
+        table = Table(path.stem, path, frame, title=str(meta.get("title") or path.stem))
         cols = {c.lower(): c for c in frame.columns}
         for key in ("profile", "seeds", "git_commit"):
             if key in cols:
                 values = sorted({_fmt(v) for v in frame[cols[key]].tolist() if _fmt(v)})
                 table.provenance[key] = ", ".join(values) or "n/a"
-        table.provenance.update(parse_caption(caption) if caption else {})
+        table.provenance.update(meta)
         records = frame.to_dict("records")
         table.outside = sum(_is_outside(r, cols) for r in records)
         table.cited = sum(_is_cited(r, cols) for r in records)
@@ -426,8 +424,9 @@ def _read_claims(path: Path) -> dict | None:
         return None
 
 
-def _wide_tables(tables: list[Table]) -> dict[str, pt.WideTable]:
-    """The paper-layout tables pivoted from the long CSVs (pipeline/data/table_layouts.yaml)."""
+def _wide_tables(tables: list[Table], smoke: bool) -> dict[str, pt.WideTable]:
+    """The paper-layout tables pivoted from the long CSVs (pipeline/data/table_layouts.yaml); `smoke`:
+    the study's scale when a table has no provenance record."""
     layouts = pt.load_layouts()
     out = {}
     for table in tables:
@@ -436,7 +435,7 @@ def _wide_tables(tables: list[Table]) -> dict[str, pt.WideTable]:
         frame = table.frame.astype(object).where(table.frame.notna(), None)
         records = frame.to_dict("records")
         out[table.name] = pt.pivot(table.name, layouts[table.name], records, shared=pt.shared_rows(records),
-                                   synthetic=_truthy("smoke" in table.caption))
+                                   synthetic=bool(table.provenance.get("synthetic", smoke)))
     return out
 
 
@@ -537,7 +536,7 @@ def toc_html(tables: list[Table], wide: dict[str, pt.WideTable], figures: bool) 
              "<li><a href='#tables'>Tables</a><ul>"]
     for t in tables:
         name = wide[t.name].paper if t.name in wide else t.name
-        title = t.caption.split("|")[0].split(":", 1)[-1].strip()
+        title = t.title
         items.append(f"<li><a href='#table-{html.escape(t.name)}'>{html.escape(name)}</a>: {html.escape(title)}</li>")
     items.append("</ul></li>")
     if figures:
@@ -548,8 +547,11 @@ def toc_html(tables: list[Table], wide: dict[str, pt.WideTable], figures: bool) 
 
 def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: str | Path = "reports/tables",
                  out_dir: str | Path = "reports", params_path: str | Path | None = "params.yaml",
-                 repo: str | Path = ".") -> Path:
-    """Write ``<out_dir>/index.html`` and ``<out_dir>/figures/*.png``; returns the HTML path."""
+                 repo: str | Path = ".", plan_path: str | Path | None = None) -> Path:
+    """Write ``<out_dir>/index.html`` and ``<out_dir>/figures/*.png``; returns the HTML path.
+
+    `plan_path`: the study's plan (default ``<tables_dir>/../study/plan.json``): the cells and their rows;
+    `params_path`: only for the smoke banner's list of what the profile changes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -557,9 +559,13 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     commit = git_commit(repo, short=12, mark_dirty=True)
-    cells, note = scan(profile, runs_root, params_path, resolve_links=True)
+    plan_path = Path(tables_dir).parent / PLAN_FILE if plan_path is None else plan_path
+    cells, note = scan(profile, runs_root, plan_path, resolve_links=True)
     tables = load_tables(Path(tables_dir))
-    smoke = _is_smoke(profile, cells)
+    try:  # the study's own word on its scale; without a plan, guessed from the run folders
+        smoke = load_plan(plan_path, profile).provenance.synthetic
+    except UserError:
+        smoke = _is_smoke(profile, cells)
     done = [c for c in cells if c.state == "done"]
     seeds = sorted({_seed(c) for c in done}) or ["n/a"]
     run_commits = sorted({run_commit(c) for c in done} - {""})
@@ -587,7 +593,7 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
                      + profile_settings_html(params_path, profile) + "</div>")
     counts = {s: sum(c.state == s for c in cells) for s in ("done", "running", "interrupted", "failed", "missing")}
     claims = _read_claims(Path(tables_dir).parent / "claims.json")
-    wide = _wide_tables(tables)
+    wide = _wide_tables(tables, smoke)
     links = {c.cell_id: c.link or "" for c in cells}
     parts += summary_html(counts, note, claims, tables, smoke)
     parts.append(toc_html(tables, wide, bool(figures)))
@@ -602,13 +608,15 @@ def build_report(profile: str, *, runs_root: str | Path = "runs", tables_dir: st
     pdf = Path(tables_dir).parent / "tables.pdf"  # written by the tables stage (pipeline.tables.TABLES_PDF)
     for table in tables:
         prov = table.provenance
-        title = table.caption.split("|")[0].split(":", 1)[-1].strip() or table.name
         paper_name = wide[table.name].paper if table.name in wide else table.name
-        parts.append(f"<h3 id='table-{html.escape(table.name)}'>{html.escape(paper_name)}: {html.escape(title)}</h3>")
-        parts.append(f"<p class='prov'>Profile {html.escape(prov.get('profile', profile))}; seeds "
-                     f"{html.escape(prov.get('seeds', ', '.join(seeds)))}; git commit "
-                     f"{html.escape(prov.get('git_commit', ', '.join(run_commits) or commit))}; "
-                     f"{table.outside} outside tolerance, {table.cited} cited.</p>")
+        parts.append(f"<h3 id='table-{html.escape(table.name)}'>{html.escape(paper_name)}: {html.escape(table.title)}</h3>")
+        study = (f"; device {prov['device']}; study run {prov['study_run']}" if prov.get("study_run") else "")
+        parts.append(f"<p class='prov'>Profile {html.escape(str(prov.get('profile', profile)))}; seeds "
+                     f"{html.escape(_seeds_text(prov.get('seeds', ', '.join(seeds))))}; git commit "
+                     f"{html.escape(str(prov.get('commit') or prov.get('git_commit') or ', '.join(run_commits) or commit))}"
+                     f"{html.escape(study)}"
+                     + (f"; {html.escape(prov['smoke_label'])}" if prov.get("smoke_label") else "")
+                     + f"; {table.outside} outside tolerance, {table.cited} cited.</p>")
         if table.name in wide:
             parts.append(pt.to_html(wide[table.name], links=_links_html(table, out_dir, pdf, links)))
         else:

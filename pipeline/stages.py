@@ -25,8 +25,8 @@ def tables_summary(reports_dir="reports") -> dict:
             "verdicts": {c["id"]: c["verdict"] for c in claims["claims"]}}
 
 
-def run_tables(*, profile=None, params_path="params.yaml", reports_dir="reports") -> int:
-    written = build_tables(profile=profile, params_path=params_path, reports_dir=reports_dir)
+def run_tables(*, profile=None, params_path="params.yaml", reports_dir="reports", plan_file=None) -> int:
+    written = build_tables(profile=profile, params_path=params_path, reports_dir=reports_dir, plan_file=plan_file)
     tables_dir = os.path.join(os.path.abspath(reports_dir), "tables")
     print(f"tables: wrote {len(written)} files under {tables_dir} and "
           f"{os.path.join(os.path.abspath(reports_dir), 'claims.json')}", file=sys.stderr)

@@ -3,8 +3,8 @@
 Reads only the files the engine leaves in each run folder (docs/ARCHITECTURE.md "Run folder"):
 ``status.json`` (``{"status": running|done|failed|interrupted, "time", "reason"?, "iteration"?,
 "mlflow_run_id"?}``), ``mlflow_run_id``, ``config.yaml``, ``metrics.json`` and ``train_log.jsonl``.
-The expected cells come from the grid (``pipeline.grid.expand``); a cell without a folder is
-``missing``. Each cell gets a link into the MLflow UI: ``<ui>/#/experiments/<id>/runs/<run_id>``.
+The expected cells come from the study's plan file (``reports/study/plan.json``, ``pipeline.plan``),
+never from re-expanding params.yaml's grid; a cell without a folder is ``missing``. Each cell gets a link into the MLflow UI: ``<ui>/#/experiments/<id>/runs/<run_id>``.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import UserError
+from pipeline.plan import load_plan
 from pipeline.runfolder import CELL_FILE, CONFIG_FILE, METRICS_FILE, RUN_ID_FILE, STATUS_FILE, TRAIN_LOG, read_json
 
 STATES = ("done", "running", "interrupted", "failed", "missing")
@@ -158,39 +160,31 @@ def live_leftovers(run_dirs) -> list[str]:
     return lines
 
 
-def expected_cells(profile: str, params_path: str | os.PathLike = "params.yaml") -> dict[str, tuple[Path, list[str]]]:
-    """``{eval_id: (run folder, [row labels])}`` of a profile's grid (raises UserError on bad params)."""
-    from pipeline.grid import expand
-    from pipeline.params import load_params
-
-    params = load_params(params_path)
-    grid = expand(params, profile)
-    out: dict[str, tuple[Path, list[str]]] = {}
-    for eval_id, unit in grid.evals.items():
-        out[eval_id] = (Path(unit.run_dir), [])
-    for row in grid.rows:
-        for eval_id in row.eval_ids:
-            out[eval_id][1].append(f"{row.table}: {row.row}")
-    return out
+def expected_cells(profile: str, plan_path: str | os.PathLike) -> dict[str, tuple[Path, list[str]]]:
+    """``{eval_id: (run folder, [row labels])}`` of the study's plan (UserError naming the file when it is
+    missing or of another profile)."""
+    plan = load_plan(plan_path, profile)
+    labels = plan.row_labels()
+    return {eval_id: (Path(unit.run_dir), labels.get(eval_id, [])) for eval_id, unit in plan.evals.items()}
 
 
-def scan(profile: str, runs_root: str | os.PathLike = "runs", params_path: str | os.PathLike | None = "params.yaml",
+def scan(profile: str, runs_root: str | os.PathLike = "runs", plan_path: str | os.PathLike | None = "reports/study/plan.json",
          ui_url: str | None = None, resolve_links: bool = True) -> tuple[list[CellState], str | None]:
-    """Every cell of ``profile``: the grid's cells (``missing`` when absent) plus any other folder found.
+    """Every cell of ``profile``: the plan's cells (``missing`` when absent) plus any other folder found.
 
-    Returns ``(cells, note)``; ``note`` explains when the grid could not be expanded (folders only).
+    Returns ``(cells, note)``; ``note`` says why the plan was not read (then: run folders only).
     """
     cells: dict[str, CellState] = {}
     note = None
-    if params_path is not None:
+    if plan_path is not None:
         try:
-            for eval_id, (run_dir, rows) in expected_cells(profile, params_path).items():
-                # The folder under the runs root asked for (the grid's own paths use study.runs_root).
+            for eval_id, (run_dir, rows) in expected_cells(profile, plan_path).items():
+                # The folder under the runs root asked for (the plan's own paths use study.runs_root).
                 cell = read_cell(Path(runs_root) / profile / run_dir.name, eval_id)
                 cell.rows = rows
                 cells[eval_id] = cell
-        except Exception as exc:  # noqa: BLE001 - status must still show what is on disk
-            note = f"grid of profile {profile!r} not expanded ({type(exc).__name__}: {exc}); showing run folders only"
+        except UserError as exc:  # status must still show what is on disk
+            note = f"{exc}; showing run folders only"
     root = Path(runs_root) / profile
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):

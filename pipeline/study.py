@@ -26,9 +26,10 @@ from pipeline import reaper
 from pipeline.cluster import is_live_state, is_loopback, job_state, slurm_nodes, tracking_host
 from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
-from pipeline.grid import EvalUnit, Grid, TrainUnit, check_pretrained_files, expand
+from pipeline.grid import EvalUnit, Grid, TrainUnit, check_pretrained_files, expand, select_tables
 from pipeline.job_wait import wait_result
 from pipeline.params import Params, load_params
+from pipeline.plan import plan_from_grid, plan_path, write_plan
 from pipeline.runfolder import (
     CELL_FILE,
     FAILURE_FILE,
@@ -161,6 +162,9 @@ class StudyPlan:
     created: float = dataclasses.field(default_factory=time.time)  # jobs submitted by this plan are newer
     # MLflow run of this study run (pipeline.study.open_parent_run); the cells' runs nest under it.
     parent_run_id: str | None = None
+    # Every table of the profile (`grid` holds the selected ones): the study's records and its plan file
+    # (pipeline.plan) always describe the whole profile. None: `grid` is the whole profile.
+    full: Grid | None = None
 
     @property
     def runs_dir(self) -> Path:
@@ -220,10 +224,12 @@ def plan_study(
     reports_dir: str | os.PathLike = "reports",
     params_path: str | os.PathLike = "params.yaml",
 ) -> StudyPlan:
-    """Validate params and expand the selected tables; every error is raised here, before any job starts."""
+    """Validate params and expand the profile's grid once (every table; the selected ones are run); every
+    error is raised here, before any job starts."""
     params = params or load_params(params_path)
     profile = profile or params.study.profile
-    grid = expand(params, profile, tables)
+    full = expand(params, profile, None)
+    grid = full if tables is None else subset_grid(full, select_tables(params, tables))
     prof = params.profiles[profile]
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent must be >= 1, got {max_concurrent}")
@@ -251,10 +257,27 @@ def plan_study(
         reports_dir=Path(reports_dir),
         threads=prof.run.threads,
         stop=StudyStop(hard_timeout_s=params.study.stop_timeout_s),
+        full=None if full is grid else full,
     )
     if plan.executor == "slurm":
         check_tracking_reachable(plan)
     return plan
+
+
+def subset_grid(full: Grid, tables: list[str]) -> Grid:
+    """The rows of `tables` of an expanded grid and the units they use, in the grid's order (no re-expansion)."""
+    rows = [r for r in full.rows if r.table in tables]
+    used = {e for r in rows for e in r.eval_ids}
+    evals = {e: u for e, u in full.evals.items() if e in used}
+    trains = {u.train_id for u in evals.values()}
+    return Grid(full.profile, rows, {t: u for t, u in full.train.items() if t in trains}, evals)
+
+
+def record_plan(plan: StudyPlan) -> Path:
+    """Write the study's plan file (`<reports>/study/plan.json`, pipeline.plan) once, before any job: every
+    cell and row of the profile with the study's provenance; status, tables and report read it."""
+    record = plan_from_grid(full_grid(plan), plan.params, study_run=plan.run_id, tables_run=plan.grid.tables())
+    return write_plan(record, plan_path(plan.reports_dir))
 
 
 def check_tracking_reachable(plan: StudyPlan) -> None:
@@ -572,11 +595,9 @@ def pending(plan: StudyPlan, ids: list[str]) -> list[str]:
 
 
 def full_grid(plan: StudyPlan) -> Grid:
-    """The grid of every table of the profile: the plan's own when it runs them all, else expanded anew
-    (a partial run, `--table N` or a deployment of some tables, records into the whole study's files)."""
-    if set(plan.grid.tables()) >= set(plan.params.grid):
-        return plan.grid
-    return expand(plan.params, plan.profile, None)
+    """The grid of every table of the profile, expanded once by `plan_study` (a partial run, `--table N` or a
+    deployment of some tables, records into the whole study's files)."""
+    return plan.full if plan.full is not None else plan.grid
 
 
 def _count(cells: list[dict[str, Any]]) -> dict[str, int]:

@@ -1,8 +1,8 @@
 """Shrinking a profile's grid for a cheap rehearsal (issue 13): one row per table, a capped world size.
 
 Both are profile settings (`profiles.<p>.one_row_per_table`, `profiles.<p>.max_world_size`), so every
-command that expands the grid (`grid list/show`, `study`, `study --dry-run`, `tables`, `status`) sees
-the same cells. They are deviations from the rehearsed profile, printed by `grid list` (README
+command that expands the grid (`grid list/show/plan`, `study`, `study --dry-run`) sees the same cells,
+and so do `tables` and `status`, which read the study's plan (pipeline.plan). They are deviations from the rehearsed profile, printed by `grid list` (README
 "Running on your cluster", docs/FIDELITY.md "Rehearsal in CI").
 """
 from __future__ import annotations

@@ -5,9 +5,13 @@ paper value and std, our median over seeds, our std, number of seeds, delta, and
 |delta| > tolerance, where tolerance = max(params.yaml `tables.tolerance[metric]`, 2 x paper std).
 Rows the paper cites from other works are marked `cited` (never shown as reproduced); rows with no
 grid cell are `not run` with the reason from the CSV; failed or missing cells are shown with their
-status and reason. Each file starts with a caption: profile, seeds, git commit and, for synthetic
-profiles, "smoke scale: synthetic data, small models — not comparable to the paper" (and no
-tolerance marks). Output: reports/tables/<table>.csv (this long format, the machine-readable source;
+status and reason. The rows and cells come from the study's plan file (reports/study/plan.json,
+pipeline.plan), never from re-expanding params.yaml's grid; params.yaml gives only the `tables:`
+tolerances. Each table's provenance (profile, seeds, git commit, device, smoke or not, study run, the
+runs behind it) is written as data beside it, reports/tables/<table>.json, which the report reads; each
+CSV also starts with a human caption line ("# table3: title | profile ... | seeds ... | git ..." and, for
+synthetic profiles, "smoke scale: synthetic data, small models — not comparable to the paper"; no
+tolerance marks then). Output: reports/tables/<table>.csv (this long format, the machine-readable source;
 `device` = the fps device, `cells` = the evaluation runs behind the line), and in the paper's layout
 (pipeline.paper_tables): <table>.tex, <table>.wide.csv, tables.tex with every table; reports/tables.pdf
 (pdflatex, when installed); reports/claims.json (pipeline.claims).
@@ -30,11 +34,11 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import atomic_write_text
-from pipeline.grid import Grid, expand
 from pipeline.paper_model_stats import DEFAULT_OUT as MODEL_STATS_FILE
 from pipeline.paper_model_stats import load_stats
 from pipeline.paper_numbers import PAPER_NUMBERS, load_paper_numbers  # noqa: F401 - load_paper_numbers re-exported
 from pipeline.params import Params, load_params
+from pipeline.plan import Plan, load_plan, plan_path, select
 from pipeline.runfolder import METRICS_FILE, git_commit, median_over_seeds, read_json
 from pipeline.study import unit_state
 
@@ -78,7 +82,7 @@ def _memory_protocol_mismatch(cell_metrics: list[dict[str, Any]]) -> str:
     return ""
 
 
-def _cell_status(grid: Grid, eval_ids: list[str]) -> tuple[str, str]:
+def _cell_status(grid: Plan, eval_ids: list[str]) -> tuple[str, str]:
     states = [unit_state(grid.evals[e].run_dir) for e in eval_ids]
     for state, reason in states:
         if state == "failed":
@@ -149,14 +153,15 @@ def _provenance(cell_metrics: list[dict[str, Any]]) -> str:
     return "; ".join(sorted(found))
 
 
-def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, str]],
+def build_table(params: Params, grid: Plan, table: str, paper: list[dict[str, str]],
                 model_stats: dict | None = None) -> pd.DataFrame:
     """One table as a long DataFrame (one line per paper number and metric), in COLUMNS order.
 
+    `grid`: the study's plan (pipeline.plan.load_plan); `params`: the `tables:` tolerances.
     `model_stats`: pipeline.paper_model_stats.load_stats() of the model_stats stage (None: not run);
     it fills the params (M) / GFLOPs lines of the rows the paper reproduces.
     """
-    synthetic = params.profiles[grid.profile].synthetic
+    synthetic = grid.provenance.synthetic
     by_row: dict[str, list[Any]] = {}
     for r in grid.rows:
         if r.table == table:
@@ -243,15 +248,43 @@ def build_table(params: Params, grid: Grid, table: str, paper: list[dict[str, st
     return pd.DataFrame(lines, columns=COLUMNS)
 
 
-def caption(params: Params, grid: Grid, table: str) -> str:
-    prof = params.profiles[grid.profile]
-    seeds = ", ".join(f"{k}={v}" for k, v in prof.seeds.items())
-    title = params.grid[table].title if table in params.grid else "appendix table (cited / not run rows only)"
-    text = f"{table}: {title} | profile {grid.profile} | seeds {seeds} | git {git_commit('.', short=True)}"
-    if prof.synthetic:
-        text += f" | {SMOKE_NOTE}"
-    if prof.released:
-        text += " | released checkpoints, evaluated here (not trained)"
+NO_GRID_TITLE = "appendix table (cited / not run rows only)"
+RELEASED_NOTE = "released checkpoints, evaluated here (not trained)"
+
+
+def _seeds_text(seeds: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in seeds.items())
+
+
+def provenance(plan: Plan, table: str, frame: pd.DataFrame) -> dict[str, Any]:
+    """Where `table`'s numbers come from, as data (reports/tables/<table>.json, read by pipeline.report)."""
+    prov = plan.provenance
+    used = [c for value in frame["cells"].tolist() for c in str(value or "").split(";") if c]
+    return {
+        "table": table,
+        "title": plan.titles.get(table, NO_GRID_TITLE),
+        "profile": prov.profile,
+        "seeds": prov.seeds,
+        "commit": prov.commit,
+        "tables_commit": git_commit(short=12, mark_dirty=True),
+        "device": prov.device,
+        "synthetic": prov.synthetic,
+        "smoke_label": SMOKE_NOTE if prov.synthetic else "",
+        "released": prov.released,
+        "study_run": prov.study_run,
+        "plan": str(plan.path) if plan.path else None,
+        "source_runs": {c: plan.evals[c].run_dir for c in dict.fromkeys(used) if c in plan.evals},
+    }
+
+
+def caption(meta: dict[str, Any]) -> str:
+    """The human caption line of a table file, written from its provenance record (never parsed back)."""
+    text = (f"{meta['table']}: {meta['title']} | profile {meta['profile']} | seeds {_seeds_text(meta['seeds'])} "
+            f"| git {meta['commit']}")
+    if meta["smoke_label"]:
+        text += f" | {meta['smoke_label']}"
+    if meta["released"]:
+        text += f" | {RELEASED_NOTE}"
     return text
 
 
@@ -268,28 +301,32 @@ def build_tables(
     tables: list[str] | None = None,
     model_stats_path: str | os.PathLike | None = None,
     pdf: bool = True,
+    plan_file: str | os.PathLike | None = None,
 ) -> list[Path]:
-    """Write reports/tables/<table>.csv (long), <table>.wide.csv and <table>.tex (the paper's layout,
-    pipeline.paper_tables) for every grid table, tables.tex, reports/tables.pdf when `pdf`
-    (compiled with pdflatex; without it a one-page PDF saying how to get it) and reports/claims.json (pipeline.claims); returns the written paths.
+    """Write reports/tables/<table>.csv (long) with its provenance <table>.json, <table>.wide.csv and
+    <table>.tex (the paper's layout, pipeline.paper_tables) for every table of the study's plan, tables.tex,
+    reports/tables.pdf when `pdf` (compiled with pdflatex; without it a one-page PDF saying how to get it)
+    and reports/claims.json (pipeline.claims); returns the written paths.
 
+    `plan_file`: the study's plan (default <reports_dir>/study/plan.json); UserError naming it when it is
+    missing or of another profile than `profile` (default params.yaml study.profile).
     `model_stats_path`: the model_stats stage's JSON (default <reports_dir>/model_stats/paper_models.json).
     """
     from pipeline import claims as claims_mod
     from pipeline import paper_tables as pt
 
     params = params or load_params(params_path)
-    grid = expand(params, profile, tables)
+    profile = profile or params.study.profile
+    grid = select(load_plan(plan_file or plan_path(reports_dir), profile), tables)
     paper = load_paper_numbers()
     layouts = pt.load_layouts()
     claims = claims_mod.load_claims()  # both checked before anything is written
     model_stats = load_stats(Path(reports_dir) / MODEL_STATS_FILE.relative_to("reports")
                              if model_stats_path is None else model_stats_path)
     out_dir = Path(reports_dir) / "tables"
-    synthetic = params.profiles[grid.profile].synthetic
-    prof = params.profiles[grid.profile]
-    provenance = (f"Profile {grid.profile}, seeds {', '.join(f'{k}={v}' for k, v in prof.seeds.items())}, "
-                  f"git {git_commit('.', short=True)}.")
+    synthetic = grid.provenance.synthetic
+    prov_text = (f"Profile {grid.profile}, seeds {_seeds_text(grid.provenance.seeds)}, "
+                 f"git {grid.provenance.commit}.")
     written: list[Path] = []
     names = grid.tables()
     if tables is None:  # tables with paper numbers but no grid cells (test-server rows, cited only)
@@ -299,15 +336,18 @@ def build_tables(
     for table in names:
         df = build_table(params, grid, table, paper, model_stats)
         frames[table] = df
-        cap = caption(params, grid, table)
+        meta = provenance(grid, table, df)
+        cap = caption(meta)
         csv_path = out_dir / f"{table}.csv"
         _atomic_write(csv_path, f"# {cap}\n" + df.to_csv(index=False))
-        written.append(csv_path)
+        meta_path = out_dir / f"{table}.json"
+        _atomic_write(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+        written += [csv_path, meta_path]
         if table not in layouts:
             continue
         records = df.astype(object).where(df.notna(), None).to_dict("records")
         wide = pt.pivot(table, layouts[table], records, shared=pt.shared_rows(records),
-                        provenance=provenance, synthetic=synthetic)
+                        provenance=prov_text, synthetic=synthetic)
         tex = pt.to_latex(wide, smoke_note=SMOKE_NOTE if synthetic else "")
         tex_path = out_dir / f"{table}.tex"
         _atomic_write(tex_path, tex)

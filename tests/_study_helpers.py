@@ -29,3 +29,12 @@ def write_params(tmp: Path, tables: dict[str, slice] | None = None, **profile_ov
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     return path
+
+
+def write_study_plan(params, reports_dir: Path, profile: str = "smoke") -> Path:
+    """The study's plan file (reports/study/plan.json, pipeline.plan) of `params`' grid, as `study` writes it
+    when it starts: what status, tables and report read instead of expanding the grid."""
+    from pipeline.grid import expand
+    from pipeline.plan import plan_from_grid, plan_path, write_plan
+
+    return write_plan(plan_from_grid(expand(params, profile), params, study_run="test-plan"), plan_path(reports_dir))

@@ -576,8 +576,9 @@ def _limit_file_size(limit: int):
     return preexec
 
 
-def test_tables_on_a_full_disk(tmp_path):
+def test_tables_on_a_full_disk(tmp_path, run_cli):
     proj = _project(tmp_path)
+    assert run_cli("grid", "plan", "--params", "params.yaml", cwd=proj).returncode == 0  # what `study` writes first
     proc = subprocess.run([sys.executable, "-m", "pipeline", "tables", "--params", "params.yaml"], cwd=proj,
                           capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(64))
     assert_refused(proc, str(Path("reports") / "tables"), "File too large")
@@ -588,6 +589,7 @@ def test_tables_on_a_full_disk(tmp_path):
 def test_tables_where_a_table_is_a_folder(tmp_path, run_cli):
     """os.replace fails after the temp file was written: the temp file must go too."""
     proj = _project(tmp_path)
+    assert run_cli("grid", "plan", "--params", "params.yaml", cwd=proj).returncode == 0  # what `study` writes first
     blocker = proj / "reports" / "tables" / "table7.csv"
     (blocker / "inside").mkdir(parents=True)
     proc = run_cli("tables", "--params", "params.yaml", cwd=proj)
@@ -607,6 +609,8 @@ def test_commands_from_another_folder_behave_as_from_the_project(tmp_path, monke
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     params = str(proj / "params.yaml")
+    plan = run_cli("grid", "plan", "--params", params, cwd=elsewhere)  # the study's plan, as `study` writes it
+    assert plan.returncode == 0 and (proj / "reports" / "study" / "plan.json").is_file(), plan.stderr
     here = run_cli("status", "--json", "--params", "params.yaml", cwd=proj)
     there = run_cli("status", "--json", "--params", params, cwd=elsewhere)
     assert here.returncode == there.returncode == 0, there.stderr

@@ -122,7 +122,7 @@ def test_default_repro_skips_real_data_stages_and_status_lists_only_listed_ones(
     for d in DATASETS:
         (repo / "data" / "synthetic" / d).mkdir(parents=True)
         (repo / "data" / "synthetic" / d / "SYNTHETIC.json").write_text("{}")
-    for name in ("reports/study/cells.json", "reports/model_stats/paper_models.json", "reports/claims.json",
+    for name in ("reports/study/cells.json", "reports/study/plan.json", "reports/model_stats/paper_models.json", "reports/claims.json",
                  "reports/tables.pdf"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text("{}")

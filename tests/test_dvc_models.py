@@ -89,7 +89,8 @@ def test_fresh_clone_pulls_the_trained_study_and_rebuilds_tables_without_trainin
     for rel in ("reports/metrics.json", "reports/metrics/table1.json", "reports/plots/queries.csv"):
         assert (fresh / rel).read_bytes() == (work / rel).read_bytes(), rel
     changed = {line[3:] for line in _run(["git", "status", "--porcelain"], fresh, env).stdout.splitlines()}
-    assert changed <= {"reports/study/cells.json", "dvc.lock"}, changed
+    # The study records name the new study run (cells.json, and the plan it wrote when it started).
+    assert changed <= {"reports/study/cells.json", "reports/study/plan.json", "dvc.lock"}, changed
     _run([".venv/bin/python", "-m", "pipeline", "tables", "--profile", "smoke"], fresh, env)
     table = (fresh / "reports" / "tables" / "table1.csv").read_text()
     metrics = json.loads((fresh / "runs" / "smoke" / cell / "metrics.json").read_text())

@@ -14,7 +14,7 @@ from pipeline.grid import expand
 from pipeline.paper_model_stats import SCHEMA, load_stats, paper_rows, write_stats
 from pipeline.params import load_params
 from pipeline.tables import build_tables
-from tests._study_helpers import REPO, write_params
+from tests._study_helpers import REPO, write_params, write_study_plan
 
 
 def _stat(table, row, backbone, params_m, gflops, status="computed", k=150,
@@ -47,6 +47,7 @@ def test_tables_fill_params_and_gflops_with_relative_marks(tmp_path):
         _stat("table1", "MaskFormer R101", "R101", 60.195, 80.0),      # FLOPs +9.6% vs 73: outside
         _stat("table1", "MaskFormer R101c", "R101c", 60.65, None, "not computed (cost)"),  # params +1.08%
     ], tmp_path / "reports" / "model_stats" / "paper_models.json")
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports", tables=["table1"])
     df = pd.read_csv(tmp_path / "reports" / "tables" / "table1.csv", comment="#", keep_default_na=False)
 
@@ -68,6 +69,7 @@ def test_tables_fill_params_and_gflops_with_relative_marks(tmp_path):
     assert (float(fps.ours), fps.mark) == (3.25, "n/a") and "cpu (2 threads)" in fps.reason and "V100" in fps.reason
 
     # no stats file: the columns say how to produce it
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports", tables=["table1"],
                  model_stats_path=tmp_path / "absent.json")
     df = pd.read_csv(tmp_path / "reports" / "tables" / "table1.csv", comment="#", keep_default_na=False)

@@ -16,7 +16,7 @@ from pipeline import paper_tables as pt
 from pipeline.grid import expand
 from pipeline.params import load_params
 from pipeline.tables import build_tables, load_paper_numbers
-from tests._study_helpers import REPO, write_params
+from tests._study_helpers import REPO, write_params, write_study_plan
 
 
 def _write_metrics(run_dir: str, metrics: dict) -> None:
@@ -53,6 +53,7 @@ def test_wide_table_in_the_paper_layout(tmp_path):
     rows = {r.row: r for r in grid.rows}
     for eid, v in zip(rows["MaskFormer ADE20K"].eval_ids, (44.0, 45.0, 47.0)):
         _write_metrics(grid.evals[eid].run_dir, {"val/mIoU": v, "val/PQSt": 33.0})
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports", tables=["table2"], pdf=False)
     out = tmp_path / "reports" / "tables"
     wide = pd.read_csv(out / "table2.wide.csv", comment="#")
@@ -83,6 +84,7 @@ def test_shared_smoke_models_and_fps_device(tmp_path):
             _write_metrics(grid.evals[eid].run_dir, {"val/mIoU": 30.0, "val_ms/mIoU": 31.0, "perf/fps": 12.5,
                                                      "perf/fps_protocol": {"device": "cpu (1 threads)"}})
     assert rows["MaskFormer R50"].eval_ids == rows["MaskFormer R101"].eval_ids
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports", tables=["table1"], pdf=False)
     out = tmp_path / "reports" / "tables"
     long = pd.read_csv(out / "table1.csv", comment="#", keep_default_na=False, na_values=[""])
@@ -104,6 +106,7 @@ def test_pdf_of_all_tables_fits_the_page(tmp_path):
     for r in grid.rows:
         for eid in r.eval_ids:
             _write_metrics(grid.evals[eid].run_dir, {k: 12.345 for k in r.columns.values()})
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports")
     out = tmp_path / "reports" / "tables"
     pdf = tmp_path / "reports" / "tables.pdf"  # reports/tables.pdf (issue 17; dvc.yaml tables outs)
@@ -179,6 +182,7 @@ def test_fewer_seeds_than_the_paper_is_inconclusive(tmp_path):
 
 def test_claims_json_written_by_the_tables_stage(tmp_path):
     params = load_params(write_params(tmp_path, {"table5": slice(0, 2)}), environ={})
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports", pdf=False)
     report = json.loads((tmp_path / "reports" / "claims.json").read_text())
     assert report["scale"] == "smoke" and "not the paper" in report["note"]
@@ -211,6 +215,7 @@ def test_report_leads_with_summary_then_paper_tables(tmp_path):
     for i, r in enumerate(grid.rows):
         for eid in r.eval_ids:
             _write_metrics(grid.evals[eid].run_dir, {"val/mIoU": 20.0 + i, "val/PQSt": 10.0 + i})
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports", pdf=False)
     page = build_report("smoke", runs_root=tmp_path / "runs", tables_dir=tmp_path / "reports" / "tables",
                         out_dir=tmp_path / "reports", params_path=params_path, repo=tmp_path).read_text()
@@ -255,6 +260,7 @@ def test_without_pdflatex_reports_tables_pdf_says_how_to_get_it(tmp_path, monkey
     # and then it is a one-page PDF with the install hint instead of the tables.
     monkeypatch.setattr(pt.shutil, "which", lambda name, *a, **k: None)
     params = load_params(write_params(tmp_path, {"table5": slice(0, 2)}), environ={})
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports")
     monkeypatch.undo()
     pdf = tmp_path / "reports" / "tables.pdf"

@@ -51,14 +51,24 @@ def study(tmp_path):
     write_cell(runs, "ade20k-broken", queries=50, state="failed")
     tables = tmp_path / "reports" / "tables"
     tables.mkdir(parents=True)
-    # The tables stage's format (pipeline/tables.py): caption line, then one line per paper number.
+    # The tables stage's format (pipeline/tables.py): a caption line for people (never read back: this one
+    # says nothing the report shows), then one line per paper number; the provenance as data beside it.
     (tables / "table6.csv").write_text(
-        "# table6: Number of queries (R50) | profile smoke | seeds default=1 | git abc123def456 | smoke scale\n"
+        "# table6 (caption for people)\n"
         "row,metric,paper,paper_std,ours,ours_std,seeds,delta,mark,status,reason,source\n"
         "Q20 ADE20K,mIoU,42.9,,20.0,,1,-22.9,outside,done,,paper Table 6\n"
         "Q100 ADE20K,mIoU,44.5,,44.1,,1,-0.4,ok,done,,paper Table 6\n"
         "Q1000 ADE20K,mIoU,42.4,,,,0,,,cited,from another work,paper Table 6\n")
+    (tables / "table6.json").write_text(json.dumps(PROVENANCE))
     return tmp_path
+
+
+# reports/tables/table6.json as pipeline.tables.provenance writes it.
+PROVENANCE = {"table": "table6", "title": "Number of queries (R50)", "profile": "smoke", "seeds": {"default": 1},
+              "commit": "abc123def456", "tables_commit": "abc123def456", "device": "cpu", "synthetic": True,
+              "smoke_label": "smoke scale: synthetic data, small models — not comparable to the paper",
+              "released": False, "study_run": "20260101-000000-a1b2c3", "plan": "reports/study/plan.json",
+              "source_runs": {}}
 
 
 def _png_std(path: Path) -> float:
@@ -68,8 +78,8 @@ def _png_std(path: Path) -> float:
 def test_tables_are_parsed_with_marks(study):
     (table,) = load_tables(study / "reports" / "tables")
     assert (table.outside, table.cited) == (1, 1)
-    assert table.provenance == {"profile": "smoke", "seeds": "default=1", "git_commit": "abc123def456"}
-    assert table.caption.startswith("table6: Number of queries (R50)")
+    assert table.provenance == PROVENANCE  # read as data, not parsed from the caption line
+    assert table.title == "Number of queries (R50)"
 
 
 def _images_load(page: str, folder: Path) -> list[str]:
@@ -110,6 +120,7 @@ def test_report_html_and_figures(study, monkeypatch):
     assert dict((name, cls) for cls, name in rows) == {
         "Q20 ADE20K": ' class="outside"', "Q100 ADE20K": "", "Q1000 ADE20K": ' class="cited"'}
     assert "seeds default=1" in page and "abc123def456" in page and "Number of queries (R50)" in page
+    assert "study run 20260101-000000-a1b2c3" in page and "device cpu" in page  # from table6.json
     figs = sorted(p.name for p in (study / "reports" / "figures").glob("*.png"))
     assert figs == ["per_class_iou_ade20k.png", "queries.png", "query_categories.png", "training_curves_1.png"]
     for name in figs:

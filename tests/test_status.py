@@ -30,7 +30,7 @@ def test_states_from_folders(tmp_path):
     (root / "c-running" / "train_log.jsonl").write_text('{"iter": 20}\n{"iter": 40}\n{"iter": 6')  # cut by a kill
     _folder(root, "d-empty", None)
     _folder(root, "e-done-without-metrics", {"status": "done"})
-    cells, note = scan("p", tmp_path / "runs", params_path=None, resolve_links=False)
+    cells, note = scan("p", tmp_path / "runs", plan_path=None, resolve_links=False)
     assert note is None
     states = {c.cell_id: c.state for c in cells}
     assert states == {"a-done": "done", "b-failed": "failed", "c-running": "running", "d-empty": "missing",
@@ -51,7 +51,7 @@ def test_link_points_at_the_run_in_the_ui(tmp_path, monkeypatch):
     exp = client.create_experiment("status-test", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(exp).info.run_id
     _folder(tmp_path / "runs" / "p", "cell", {"status": "done"}, {"val/mIoU": 1.0}, run_id=run_id)
-    cells, _ = scan("p", tmp_path / "runs", params_path=None)
+    cells, _ = scan("p", tmp_path / "runs", plan_path=None)
     assert cells[0].link == f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}"
     assert ui_base_url("http://10.0.0.1:5001/") == "http://10.0.0.1:5001"
     assert mlflow_link("http://h:1", "3", "abc") == "http://h:1/#/experiments/3/runs/abc"
@@ -59,7 +59,10 @@ def test_link_points_at_the_run_in_the_ui(tmp_path, monkeypatch):
 
 def test_cli_lists_grid_cells_as_missing(run_cli, tmp_path):
     _folder(tmp_path / "smoke", "stray-cell", {"status": "failed", "reason": "boom"})
-    proc = run_cli("status", "--profile", "smoke", "--runs-root", str(tmp_path), "--json", cwd=REPO)
+    reports = str(tmp_path / "reports")
+    planned = run_cli("grid", "plan", "--profile", "smoke", "--reports", reports, cwd=REPO)  # what `study` writes first
+    assert planned.returncode == 0, planned.stderr
+    proc = run_cli("status", "--profile", "smoke", "--runs-root", str(tmp_path), "--reports", reports, "--json", cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     cells = json.loads(proc.stdout)
     by_state: dict[str, list] = {}

@@ -129,3 +129,27 @@ def test_tracking_server_only_for_concurrent_sqlite_cells(tmp_path, monkeypatch,
     plan.tracking_uri = "http://127.0.0.1:5999"
     assert cell_config(plan, unit)["run"]["tracking_uri"] == "http://127.0.0.1:5999"
     assert unit.config["run"].get("tracking_uri") != "http://127.0.0.1:5999"  # the unit itself is unchanged
+
+
+def test_a_partial_study_plans_the_profile_once_and_records_the_whole_plan(tmp_path, monkeypatch):
+    """`--table 7` runs table 7's cells, yet the grid is expanded once (every table), and the plan file and
+    cells.json describe the whole profile from that one expansion (no re-expansion when recording)."""
+    from pipeline import study as st
+    from pipeline.plan import load_plan
+
+    expansions = []
+    real_expand = st.expand
+    monkeypatch.setattr(st, "expand", lambda *a, **k: expansions.append(a[2:] or k.get("tables")) or real_expand(*a, **k))
+    params_path = write_params(tmp_path, {"table7": slice(0, 2), "table6": slice(0, 2)})
+    plan = plan_study(params_path=params_path, tables=["7"], cell_fn=STAND_IN, reports_dir=tmp_path / "reports")
+    assert plan.grid.tables() == ["table7"] and sorted(plan.full.tables()) == ["table6", "table7"]
+    written = st.record_plan(plan)
+    summarize(plan, _run_all(plan))
+    assert len(expansions) == 1  # plan_study's one expansion of the whole profile
+    record = load_plan(written, "smoke")
+    assert sorted(record.tables()) == ["table6", "table7"] and record.tables_run == ["table7"]
+    assert set(record.evals) == set(plan.full.evals) and set(record.train) == set(plan.full.train)
+    assert record.provenance.study_run == plan.run_id and record.provenance.synthetic is True
+    cells = json.loads((tmp_path / "reports" / "study" / "cells.json").read_text())["cells"]
+    assert {c["cell_id"] for c in cells} == set(plan.full.train) | {e for e, u in plan.full.evals.items() if u.is_variant}
+    assert all(c["status"] == "done" for c in cells if any(r.startswith("table7:") for r in c["rows"]))

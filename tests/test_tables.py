@@ -5,11 +5,13 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from pipeline.errors import UserError
 from pipeline.grid import expand
 from pipeline.params import load_params
 from pipeline.tables import SMOKE_NOTE, build_tables, load_paper_numbers
-from tests._study_helpers import write_params
+from tests._study_helpers import write_params, write_study_plan
 
 
 def _write_metrics(run_dir: str, metrics: dict) -> None:
@@ -39,6 +41,7 @@ def test_medians_std_delta_and_marks(tmp_path):
         _write_metrics(grid.evals[eid].run_dir, {"val/mIoU": v, "val/PQSt": 33.4})
     for eid, v in zip(rows["PerPixelBaseline ADE20K"].eval_ids, (30.0, 31.0, 32.0)):
         _write_metrics(grid.evals[eid].run_dir, {"val/mIoU": v})
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports", tables=["table2"])
     text = (tmp_path / "reports" / "tables" / "table2.csv").read_text()
     assert text.startswith("# table2: ") and "profile smoke" in text and SMOKE_NOTE not in text
@@ -58,6 +61,7 @@ def test_medians_std_delta_and_marks(tmp_path):
 
 def test_smoke_tables_say_so_and_mark_cited_rows(tmp_path):
     params = load_params(write_params(tmp_path, {"table3": slice(0, 2)}), environ={})
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports")
     text = (tmp_path / "reports" / "tables" / "table3.csv").read_text()
     assert SMOKE_NOTE in text.splitlines()[0]
@@ -88,6 +92,7 @@ def test_training_memory_column_and_the_paper_inconsistent_ade20k_full_number(tm
                                                 "perf/train_peak_mem_protocol": cpu_way},
     }.items():
         _write_metrics(grid.evals[rows[(table, row)].eval_ids[0]].run_dir, metrics)
+    write_study_plan(params, tmp_path / "reports")
     build_tables(params=params, reports_dir=tmp_path / "reports", tables=["table2", "appendix2"])
     t2 = pd.read_csv(tmp_path / "reports" / "tables" / "table2.csv", comment="#", keep_default_na=False, na_values=[""])
     full = t2[(t2.row == "MaskFormer ADE20K-Full") & (t2.metric == "mIoU")].iloc[0]
@@ -100,3 +105,57 @@ def test_training_memory_column_and_the_paper_inconsistent_ade20k_full_number(tm
     r101c = mem.loc["(b) MaskFormer R101c"]
     assert r101c.mark == "n/a" and "max_memory_allocated" in r101c.reason
     assert mem.loc["(b) PerPixelBaseline R50", "status"] != "not run"  # the column exists for every (b) row
+
+
+def test_tables_and_report_read_the_study_plan_not_the_grid_of_params_yaml(tmp_path):
+    """Rows, cells and seeds come from reports/study/plan.json (pipeline.plan): params.yaml edited after the
+    study (fewer rows, fewer seeds) changes nothing in the tables or the report until the study plans again."""
+    from pipeline.report import build_report
+
+    planned = load_params(write_params(tmp_path, {"table2": slice(0, 3)}, synthetic=False, seeds={"default": 3}),
+                          environ={})
+    write_study_plan(planned, tmp_path / "reports")
+    grid = expand(planned, "smoke")
+    rows = {r.row: r for r in grid.rows}
+    for eid, v in zip(rows["MaskFormer ADE20K"].eval_ids, (40.0, 41.0, 42.0)):
+        _write_metrics(grid.evals[eid].run_dir, {"val/mIoU": v})
+    edited = load_params(write_params(tmp_path, {"table2": slice(0, 1)}, synthetic=True, seeds={"default": 1}),
+                         environ={})
+    regrid = expand(edited, "smoke")  # what re-expanding params.yaml would give: one row, one seed
+    assert [r.row for r in regrid.rows] == ["PerPixelBaseline ADE20K"] and len(regrid.rows[0].eval_ids) == 1
+    build_tables(params=edited, reports_dir=tmp_path / "reports", tables=["table2"], pdf=False)
+    tables = tmp_path / "reports" / "tables"
+    df = pd.read_csv(tables / "table2.csv", comment="#", keep_default_na=False, na_values=[""])
+    mf = df[(df.row == "MaskFormer ADE20K") & (df.metric == "mIoU")].iloc[0]
+    assert (mf.ours, mf.seeds, mf.status, mf.mark) == (41.0, 3, "done", "outside")  # the plan: real data, 3 seeds
+    pp = df[(df.row == "PerPixelBaseline ADE20K") & (df.metric == "mIoU")].iloc[0]
+    assert pp.cells.split(";") == rows["PerPixelBaseline ADE20K"].eval_ids and pp.status == "missing"
+    meta = json.loads((tables / "table2.json").read_text())
+    assert {k: meta[k] for k in ("table", "profile", "seeds", "synthetic", "smoke_label", "released", "study_run")} == {
+        "table": "table2", "profile": "smoke", "seeds": {"default": 3}, "synthetic": False, "smoke_label": "",
+        "released": False, "study_run": "test-plan"}
+    assert set(meta["source_runs"]) == {e for r in grid.rows for e in r.eval_ids}
+    assert meta["source_runs"][mf.cells.split(";")[0]] == grid.evals[mf.cells.split(";")[0]].run_dir
+    # The report lists the plan's cells with their rows (pipeline.status reads the plan, not params.yaml).
+    page = build_report("smoke", runs_root=tmp_path / "runs", tables_dir=tables, out_dir=tmp_path / "reports",
+                        params_path=None, repo=tmp_path).read_text()
+    assert page.count("table2: MaskFormer ADE20K") == 3 and "smoke-banner" not in page
+
+
+def test_tables_without_a_plan_or_with_another_profiles_plan_say_what_to_run(tmp_path):
+    params = load_params(write_params(tmp_path, {"table3": slice(0, 1)}), environ={})
+    reports = tmp_path / "reports"
+    plan_file = reports / "study" / "plan.json"
+    with pytest.raises(UserError) as missing:
+        build_tables(params=params, reports_dir=reports, pdf=False)
+    assert f"{plan_file}: no study plan" in str(missing.value)
+    assert "`python -m pipeline study --profile smoke`" in str(missing.value)
+    assert "`python -m pipeline grid plan --profile smoke`" in str(missing.value)
+    write_study_plan(params, reports)
+    with pytest.raises(UserError) as other:
+        build_tables("paper", params=params, reports_dir=reports, pdf=False)
+    assert f"{plan_file}: the study plan is of profile 'smoke', not 'paper'" in str(other.value)
+    plan_file.write_text('{"format": 1, "provenance"')  # cut short by a killed writer
+    with pytest.raises(UserError, match="not a JSON study plan"):
+        build_tables(params=params, reports_dir=reports, pdf=False)
+    assert not (reports / "tables").exists()  # refused before anything was written

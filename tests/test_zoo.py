@@ -103,14 +103,17 @@ def test_zoo_profile_on_twins_with_converted_random_checkpoints(tmp_path, monkey
         assert ("val/PQ" if "coco_panoptic" in uid else "val/mIoU") in metrics
         assert not (Path(plan.grid.train[uid].run_dir) / "checkpoints").exists()  # nothing trained
 
-    from pipeline.tables import build_table, caption
+    from pipeline.plan import plan_from_grid
+    from pipeline.tables import build_table, caption, provenance
 
-    table = build_table(plan.params, plan.grid, "table1", [])
+    record = plan_from_grid(plan.grid, plan.params, study_run=plan.run_id)  # the study's plan file, in memory
+    table = build_table(plan.params, record, "table1", [])
     for row in ("MaskFormer R50", "MaskFormer Swin-T"):
         assert set(table[table.row == row].provenance) == {PROVENANCE}
     r101_lines = table[table.row == "MaskFormer R101"]
     assert set(r101_lines.status) == {"failed"} and all(r101["url"] in r for r in r101_lines.reason)
-    assert "released checkpoints, evaluated here" in caption(plan.params, plan.grid, "table1")
+    meta = provenance(record, "table1", table)
+    assert meta["released"] is True and "released checkpoints, evaluated here" in caption(meta)
 
 
 def test_convert_and_evaluate_cli_on_every_format(tmp_path, capsys):

@@ -1,7 +1,9 @@
-"""`python -m pipeline grid list|show`: the study grid's cells, their status and estimated GPU-hours."""
+"""`python -m pipeline grid list|show|plan`: the study grid's cells, their status and estimated GPU-hours;
+`plan` writes the study's plan file (pipeline.plan) without running a cell."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import yaml
@@ -11,11 +13,12 @@ from pipeline.config import parse_config, resolve_defaults
 
 from pipeline.grid import expand, find_cell
 from pipeline.params import load_params
+from pipeline.plan import plan_from_grid, plan_path, write_plan
 from pipeline.study import unit_state
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("grid", help="list the grid's cells or show one cell's resolved config")
+    p = subparsers.add_parser("grid", help="list the grid's cells, show one cell's resolved config, or write the study's plan file")
     sub = p.add_subparsers(dest="grid_command", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="cells per table with status and estimated GPU-hours")
     ls.add_argument("--table", action="append", help="table1..table8, appendixN, main, ablations (repeatable)")
@@ -27,10 +30,23 @@ def register(subparsers) -> None:
     show.add_argument("--profile")
     show.add_argument("--params", default="params.yaml", help="params file (relative paths in it mean its folder)")
     show.set_defaults(func=run)
+    plan = sub.add_parser("plan", help="write the study's plan file (<reports>/study/plan.json: every cell and "
+                                       "row of the profile) without running any cell, for status/tables/report "
+                                       "on run folders not made by `study`")
+    plan.add_argument("--profile", help="profile in params.yaml (default: study.profile)")
+    plan.add_argument("--params", default="params.yaml", help="params file (relative paths in it mean its folder)")
+    plan.add_argument("--reports", default="reports", help="reports folder (default: reports)")
+    plan.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
+    if args.grid_command == "plan":  # the same record the study writes when it starts (pipeline.study.record_plan)
+        grid = expand(params, args.profile)
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-grid-plan"
+        path = write_plan(plan_from_grid(grid, params, study_run=run_id), plan_path(args.reports))
+        print(f"plan of profile {grid.profile}: {len(grid.rows)} table cells, {len(grid.evals)} evaluations -> {path}")
+        return 0
     if args.grid_command == "show":
         grid = expand(params, args.profile)
         unit = find_cell(grid, args.cell)

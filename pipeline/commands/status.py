@@ -10,11 +10,14 @@ from pipeline.status import scan, format_table
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "status", help="show each cell's state from its run folder, with its MLflow UI link",
-        description="Reads runs/<profile>/<cell>/status.json for every cell of the profile's grid "
-                    "(missing = no folder yet). Links point at $MLFLOW_UI_URL, the http tracking URI, "
+        description="Reads runs/<profile>/<cell>/status.json for every cell of the study's plan "
+                    "(reports/study/plan.json, written when the study starts; missing = no folder yet), and "
+                    "lists any other run folder. Without a plan (no study run yet) only the run folders. Links point at $MLFLOW_UI_URL, the http tracking URI, "
                     "or `mlflow ui`'s default http://127.0.0.1:5000.")
     parser.add_argument("--profile", help="study profile (default: params.yaml study.profile)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml) (relative paths in it, and the default output folders, mean its folder)")
+    parser.add_argument("--plan", help="the study's plan file (default: <reports>/study/plan.json)")
+    parser.add_argument("--reports", default="reports", help="reports folder holding study/plan.json (default: reports)")
     parser.add_argument("--runs-root", help="run folders root (default: params.yaml study.runs_root)")
     parser.add_argument("--ui-url", help="MLflow UI base URL for the links")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -25,11 +28,12 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from pipeline.params import load_params
+    from pipeline.plan import plan_path
 
     params = load_params(args.params)
     profile = args.profile or params.study.profile
     runs_root = args.runs_root or params.study.runs_root
-    cells, note = scan(profile, runs_root, args.params, ui_url=args.ui_url)
+    cells, note = scan(profile, runs_root, args.plan or plan_path(args.reports), ui_url=args.ui_url)
     if args.state:
         cells = [c for c in cells if c.state == args.state]
     if args.json:
