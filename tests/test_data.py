@@ -259,9 +259,10 @@ def test_synthesize_and_prepare_are_byte_identical(tmp_path, twins):
 
 
 def test_class_boxes_twin_gives_each_thing_class_its_own_box_shape(tmp_path):
-    """`class_boxes` (params.yaml data.coco_panoptic): the thing classes' box aspects separate, the rest of
-    each scene (stuff bands, which class each instance has, ignore patches) is the default twin's
-    (without crowd marking, whose draw depends on how many instances stay visible)."""
+    """`class_boxes` (params.yaml data.coco_panoptic): the thing classes' box aspects separate, a stuff
+    band's height picks its class, and the rest of each scene (band edges, which class each instance has,
+    ignore patches) is the default twin's (without crowd marking, whose draw depends on how many
+    instances stay visible)."""
     import json
 
     from maskformer_core.data.synth import make_scene
@@ -287,9 +288,13 @@ def test_class_boxes_twin_gives_each_thing_class_its_own_box_shape(tmp_path):
 
     for seed in range(5):
         one, two = (make_scene(np.random.default_rng(seed), (96, 128), [2, 3], [0, 1], False, cb) for cb in (False, True))
-        assert [k for k, _ in one.polygons] == [k for k, _ in two.polygons]
-        assert [p for k, p in one.polygons if k in (2, 3)] == [p for k, p in two.polygons if k in (2, 3)]
+        bands = [p for k, p in two.polygons if k in (2, 3)]
+        assert bands == [p for k, p in one.polygons if k in (2, 3)]
+        assert [k for k, _ in one.polygons if k not in (2, 3)] == [k for k, _ in two.polygons if k not in (2, 3)]
         assert [p for k, p in one.polygons if k == -1] == [p for k, p in two.polygons if k == -1]
+        for k, p in two.polygons:
+            if k in (2, 3):  # 96-row image: a band centred in the top half is class 2, else 3
+                assert k == (2 if p[0][1] + p[2][1] + 1 < 96 else 3), (seed, k, p)
 
 
 def _batches(dataset, workers: int, n: int = 3):

@@ -68,9 +68,11 @@ def test_queries_by_matching_apply_to_the_box_matched_cell_only(tmp_path):
         load_params(path, environ={})
 
 
-def test_shipped_box_matched_cell_has_fewer_queries(tmp_path):
+def test_shipped_table5_rows_train_the_same_queries_on_the_class_boxes_twin(tmp_path):
+    """Table 5 at smoke scale compares box and mask matching at equal queries; what lets the box row find
+    things is the COCO twin's class_boxes (params.yaml data.coco_panoptic), not a per-matching count."""
     params = load_params(write_params(tmp_path, {"table5": slice(0, 2)}), environ={})
     grid = expand(params, "smoke")
     queries = {u.config["loss"]["matching"]: u.config["model"]["num_queries"] for u in grid.train.values()}
-    assert queries == {"box": params.profiles["smoke"].queries_by_matching["box"], "bipartite": 20}
-    assert queries["box"] < queries["bipartite"]
+    assert queries == {"box": 20, "bipartite": 20} == {m: params.profiles["smoke"].default_queries for m in queries}
+    assert params.data["coco_panoptic"]["class_boxes"] is True

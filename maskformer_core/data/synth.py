@@ -8,6 +8,7 @@ PNGs) plus ``SYNTHETIC.json``; ``prepare`` then runs the same preparation as for
 Scenes: 2-3 horizontal "stuff" bands with several textured polygons ("things", several instances per
 class) on top and, in about half of the images, an ignore patch. Every class has its own colour and
 stripe texture, so a tiny model learns the twin in a few hundred CPU iterations at 64x64 crops.
+With ``class_boxes`` each class also has its own box (thing aspect, stuff band height; ``make_scene``).
 Everything is drawn from ``numpy.random.default_rng(seed)``: same seed -> byte-identical files.
 """
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _fill(arr: np.ndarray, pts, value: int) -> None:
 
 
 # Box shapes of ``class_boxes`` twins: thing class t of n has width:height aspect ASPECT_RANGE[0] (t = 0,
-# wide) ... ASPECT_RANGE[1] (t = n - 1, tall), spaced geometrically, and a size sqrt(rx * ry) drawn from
+# tall) ... ASPECT_RANGE[1] (t = n - 1, wide), spaced geometrically, and a size sqrt(rx * ry) drawn from
 # CLASS_BOX_SIZE x sqrt(H * W) (about the size range of the default shapes).
 ASPECT_RANGE = (0.4, 2.5)
 CLASS_BOX_SIZE = (0.10, 0.16)
@@ -113,10 +114,11 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int], stuff: list[int]
                with_crowd: bool = False, class_boxes: bool = False) -> Scene:
     """Random scene over twin classes ``stuff`` (bands) and ``things`` (polygon instances).
 
-    ``class_boxes``: every thing class has its own box aspect (``class_box_aspect``), so a box alone
-    says which thing class it holds; otherwise sizes and aspects are drawn alike for every class. Both
-    draw the same random values per instance, so bands, instance classes and ignore patches stay the
-    same (the crowd draw, made only when 2+ instances stay visible, may shift the stream after it).
+    ``class_boxes``: every thing class has its own box aspect (``class_box_aspect``) and every stuff
+    band takes its class from its height in the image (``stuff[0]`` in the top 1/len(stuff), ...), so a
+    box alone says which class it holds; otherwise boxes are drawn alike for every class. Both draw the
+    same random values, so band edges, instance classes and ignore patches stay the same (the crowd
+    draw, made only when 2+ instances stay visible, may shift the stream after it).
     """
     h, w = size
     sem = np.zeros((h, w), np.int64)
@@ -127,6 +129,8 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int], stuff: list[int]
     edges = [0] + cuts + [h]
     for i in range(n_bands):
         k = int(stuff[int(rng.integers(len(stuff)))])
+        if class_boxes:  # the band's height in the image picks its class (stuff[0] on top ...)
+            k = int(stuff[min(len(stuff) - 1, (edges[i] + edges[i + 1]) * len(stuff) // (2 * h))])
         pts = [(0, edges[i]), (w - 1, edges[i]), (w - 1, edges[i + 1] - 1), (0, edges[i + 1] - 1)]
         polygons.append((k, pts))
         _fill(sem, pts, k)
