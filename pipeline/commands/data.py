@@ -55,8 +55,8 @@ def _add_twin_args(p) -> None:
     p.add_argument("--image-size", dest="image_size", type=_size, default=None, help="HxW; default 96x128")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--class-boxes", dest="class_boxes", action="store_true", default=None,
-                   help="each thing class gets its own box aspect (tall ... wide), so a box tells the class; "
-                        "default: every class's boxes drawn alike")
+                   help="each class gets a box of its own (thing aspect tall ... wide, stuff band height), "
+                        "so a box tells the class (params.yaml data.<dataset>.class_boxes); default: alike boxes")
     p.add_argument("--params", default=None,
                    help=f"read defaults from the data.<dataset> section of this file (e.g. {DEFAULT_PARAMS})")
 
