@@ -408,6 +408,10 @@ def profile_settings_html(params_path: str | Path | None, profile: str) -> str:
     if prof.synthetic:
         twins = {d: (t.get("num_classes"), t.get("num_images")) for d, t in params.data.items() if isinstance(t, dict)}
         items.append("twins (K classes, images): " + ", ".join(f"{d} {k}, {n}" for d, (k, n) in twins.items()))
+        shaped = [d for d, t in params.data.items() if isinstance(t, dict) and t.get("class_boxes")]
+        if shaped:  # params.yaml data.<d>.class_boxes (maskformer_core/data/synth.py make_scene)
+            items.append("twins whose classes have their own box shape (thing aspect) and place (stuff band "
+                         "height), so a box tells the class: " + ", ".join(shaped))
     items.append("inference thresholds: the paper's (object mask 0.8 COCO / 0.7 ADE20K panoptic, 0.3 general "
                  "inference on semantic data; overlap 0.8)")
     return (f"<details><summary>What profile <code>{html.escape(profile)}</code> changes (params.yaml "

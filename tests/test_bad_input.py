@@ -316,6 +316,17 @@ def test_train_into_a_foreign_folder_is_refused(twins, tmp_path):
     assert no_mlflow_runs(tmp_path / "mlflow.db")
 
 
+def test_twin_class_boxes_not_a_boolean_is_refused(tmp_path):
+    """params.yaml data.<dataset>.class_boxes: "yes" (a string) is named with its file, before any twin is written."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["coco_panoptic"]["class_boxes"] = "yes"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    proc = cli(["data", "make", "--dataset", "coco_panoptic", "--params", str(tmp_path / "params.yaml"),
+                "--out", str(tmp_path / "twin")], REPO)
+    assert_refused(proc, "params.yaml: data.coco_panoptic.class_boxes", "'yes'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
 def test_own_output_folder_is_replaced(tmp_path):
     """The marker is what makes a re-run legal: `data make` over its own twin succeeds (and stays a twin)."""
     out = tmp_path / "twin"

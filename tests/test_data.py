@@ -258,6 +258,45 @@ def test_synthesize_and_prepare_are_byte_identical(tmp_path, twins):
     assert tree_digest(tmp_path / "other") != tree_digest(tmp_path / "raw" / "ade20k")
 
 
+def test_class_boxes_twin_gives_each_thing_class_its_own_box_shape(tmp_path):
+    """`class_boxes` (params.yaml data.coco_panoptic): the thing classes' box aspects separate, a stuff
+    band's height picks its class, and the rest of each scene (band edges, which class each instance has,
+    ignore patches) is the default twin's (without crowd marking, whose draw depends on how many
+    instances stay visible)."""
+    import json
+
+    from maskformer_core.data.synth import make_scene
+
+    def aspects(root):
+        data = json.loads((root / "annotations" / "panoptic_train2017.json").read_text())
+        things = {c["id"] for c in data["categories"] if c["isthing"]}
+        by_class = {}
+        for ann in data["annotations"]:
+            for s in ann["segments_info"]:
+                if s["category_id"] in things and not s["iscrowd"]:
+                    by_class.setdefault(s["category_id"], []).append(s["bbox"][2] / s["bbox"][3])
+        return {k: float(np.median(v)) for k, v in sorted(by_class.items())}
+
+    kw = dict(num_images=24, num_classes=4, image_size=(96, 128), seed=5)
+    shaped = aspects(synthesize("coco_panoptic", tmp_path / "shaped", class_boxes=True, **kw))
+    plain = aspects(synthesize("coco_panoptic", tmp_path / "plain", **kw))
+    (tall, wide), (a, b) = shaped.values(), plain.values()
+    assert tall < 0.8 and wide > 1.25, shaped  # ASPECT_RANGE 0.4 / 2.5, less where instances overlap
+    assert 0.8 < a < 1.25 and 0.8 < b < 1.25, plain  # default: both classes' boxes drawn alike
+    marker = json.loads((tmp_path / "shaped" / "SYNTHETIC.json").read_text())
+    assert marker["class_boxes"] is True and "class_boxes" not in json.loads((tmp_path / "plain" / "SYNTHETIC.json").read_text())
+
+    for seed in range(5):
+        one, two = (make_scene(np.random.default_rng(seed), (96, 128), [2, 3], [0, 1], False, cb) for cb in (False, True))
+        bands = [p for k, p in two.polygons if k in (2, 3)]
+        assert bands == [p for k, p in one.polygons if k in (2, 3)]
+        assert [k for k, _ in one.polygons if k not in (2, 3)] == [k for k, _ in two.polygons if k not in (2, 3)]
+        assert [p for k, p in one.polygons if k == -1] == [p for k, p in two.polygons if k == -1]
+        for k, p in two.polygons:
+            if k in (2, 3):  # 96-row image: a band centred in the top half is class 2, else 3
+                assert k == (2 if p[0][1] + p[2][1] + 1 < 96 else 3), (seed, k, p)
+
+
 def _batches(dataset, workers: int, n: int = 3):
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=2, sampler=TrainingSampler(len(dataset), seed=7), collate_fn=collate_list,

@@ -1,4 +1,4 @@
-"""The default (smoke) study's panoptic settings: per-task solver overrides and K = 4 panoptic twins."""
+"""The default (smoke) study's panoptic settings: per-task solver overrides, K = 4 panoptic twins, the COCO twin's class boxes."""
 from __future__ import annotations
 
 import pytest
@@ -68,9 +68,25 @@ def test_queries_by_matching_apply_to_the_box_matched_cell_only(tmp_path):
         load_params(path, environ={})
 
 
-def test_shipped_box_matched_cell_has_fewer_queries(tmp_path):
+def test_shipped_table5_rows_train_the_same_queries_on_the_class_boxes_twin(tmp_path):
+    """Table 5 at smoke scale compares box and mask matching at equal queries; what lets the box row find
+    things is the COCO twin's class_boxes (params.yaml data.coco_panoptic), not a per-matching count."""
     params = load_params(write_params(tmp_path, {"table5": slice(0, 2)}), environ={})
     grid = expand(params, "smoke")
     queries = {u.config["loss"]["matching"]: u.config["model"]["num_queries"] for u in grid.train.values()}
-    assert queries == {"box": params.profiles["smoke"].queries_by_matching["box"], "bipartite": 20}
-    assert queries["box"] < queries["bipartite"]
+    assert queries == {"box": 20, "bipartite": 20} == {m: params.profiles["smoke"].default_queries for m in queries}
+    assert params.data["coco_panoptic"]["class_boxes"] is True
+
+
+def test_report_states_which_twins_have_class_boxes(tmp_path):
+    """The report's "what the profile changes" list names the class_boxes twins, and only while set."""
+    from pipeline.report import profile_settings_html
+
+    assert "own box shape" in profile_settings_html(REPO / "params.yaml", "smoke")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    line = next(x for x in profile_settings_html(REPO / "params.yaml", "smoke").split("<li>") if "own box shape" in x)
+    assert line.split(":")[-1].split("<")[0].strip() == "coco_panoptic"
+    raw["data"]["coco_panoptic"].pop("class_boxes")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    html_without = profile_settings_html(tmp_path / "params.yaml", "smoke")
+    assert "twins (K classes, images)" in html_without and "own box shape" not in html_without

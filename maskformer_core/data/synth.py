@@ -8,6 +8,7 @@ PNGs) plus ``SYNTHETIC.json``; ``prepare`` then runs the same preparation as for
 Scenes: 2-3 horizontal "stuff" bands with several textured polygons ("things", several instances per
 class) on top and, in about half of the images, an ignore patch. Every class has its own colour and
 stripe texture, so a tiny model learns the twin in a few hundred CPU iterations at 64x64 crops.
+With ``class_boxes`` each class also has its own box (thing aspect, stuff band height; ``make_scene``).
 Everything is drawn from ``numpy.random.default_rng(seed)``: same seed -> byte-identical files.
 """
 from __future__ import annotations
@@ -94,9 +95,31 @@ def _fill(arr: np.ndarray, pts, value: int) -> None:
     arr[np.asarray(mask, bool)] = value
 
 
+# Box shapes of ``class_boxes`` twins: thing class t of n has width:height aspect ASPECT_RANGE[0] (t = 0,
+# tall) ... ASPECT_RANGE[1] (t = n - 1, wide), spaced geometrically, and a size sqrt(rx * ry) drawn from
+# CLASS_BOX_SIZE x sqrt(H * W) (about the size range of the default shapes).
+ASPECT_RANGE = (0.4, 2.5)
+CLASS_BOX_SIZE = (0.10, 0.16)
+
+
+def class_box_aspect(t: int, n: int) -> float:
+    """Width:height aspect of the ``t``-th of ``n`` thing classes in a ``class_boxes`` twin."""
+    if n == 1:
+        return 1.0
+    lo, hi = np.log(ASPECT_RANGE[0]), np.log(ASPECT_RANGE[1])
+    return float(np.exp(lo + (hi - lo) * t / (n - 1)))
+
+
 def make_scene(rng: np.random.Generator, size: tuple[int, int], stuff: list[int], things: list[int],
-               with_crowd: bool = False) -> Scene:
-    """Random scene over twin classes ``stuff`` (bands) and ``things`` (polygon instances)."""
+               with_crowd: bool = False, class_boxes: bool = False) -> Scene:
+    """Random scene over twin classes ``stuff`` (bands) and ``things`` (polygon instances).
+
+    ``class_boxes``: every thing class has its own box aspect (``class_box_aspect``) and every stuff
+    band takes its class from its height in the image (``stuff[0]`` in the top 1/len(stuff), ...), so a
+    box alone says which class it holds; otherwise boxes are drawn alike for every class. Both draw the
+    same random values, so band edges, instance classes and ignore patches stay the same (the crowd
+    draw, made only when 2+ instances stay visible, may shift the stream after it).
+    """
     h, w = size
     sem = np.zeros((h, w), np.int64)
     inst = np.zeros((h, w), np.int64)
@@ -106,14 +129,23 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int], stuff: list[int]
     edges = [0] + cuts + [h]
     for i in range(n_bands):
         k = int(stuff[int(rng.integers(len(stuff)))])
+        if class_boxes:  # the band's height in the image picks its class (stuff[0] on top ...)
+            k = int(stuff[min(len(stuff) - 1, (edges[i] + edges[i + 1]) * len(stuff) // (2 * h))])
         pts = [(0, edges[i]), (w - 1, edges[i]), (w - 1, edges[i + 1] - 1), (0, edges[i + 1] - 1)]
         polygons.append((k, pts))
         _fill(sem, pts, k)
     inst_class, crowd = {}, set()
     n_inst = int(rng.integers(2, 6))
     for j in range(1, n_inst + 1):
-        k = int(things[int(rng.integers(len(things)))])
-        rx, ry = rng.uniform(0.08, 0.2) * w, rng.uniform(0.1, 0.25) * h
+        t = int(rng.integers(len(things)))
+        k = int(things[t])
+        if class_boxes:
+            radius = rng.uniform(*CLASS_BOX_SIZE) * float(np.sqrt(h * w))
+            aspect = np.sqrt(class_box_aspect(t, len(things)))
+            rx, ry = min(radius * aspect, 0.45 * w), min(radius / aspect, 0.45 * h)
+            rng.uniform()  # the second draw of the default branch: the streams stay aligned
+        else:
+            rx, ry = rng.uniform(0.08, 0.2) * w, rng.uniform(0.1, 0.25) * h
         cx, cy = rng.uniform(rx, w - rx), rng.uniform(ry, h - ry)
         pts = _polygon(int(rng.integers(3)), cx, cy, rx, ry)
         polygons.append((k, pts))
@@ -139,11 +171,13 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int], stuff: list[int]
 
 
 def _write_marker(root: Path, name: str, meta: DatasetMeta, indices: list[int], num_images: int,
-                  image_size: tuple[int, int], seed: int) -> None:
+                  image_size: tuple[int, int], seed: int, class_boxes: bool = False) -> None:
     marker = {"dataset": name, "num_classes": meta.num_classes, "class_indices": indices,
               "class_names": list(meta.class_names), "thing_ids": list(meta.thing_ids),
               "num_images": num_images, "image_size": list(image_size), "seed": seed,
               "note": "synthetic twin: NOT the real dataset; numbers on it say nothing about the paper"}
+    if class_boxes:  # recorded only when set, so the default twins' markers keep their bytes
+        marker["class_boxes"] = True
     (root / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
 
 
@@ -153,14 +187,14 @@ def _splits(meta: DatasetMeta, num_images: int) -> list[tuple[str, int]]:
     return [(meta.train_split, n_train), (meta.test_split, n_val)]
 
 
-def _scenes(meta: DatasetMeta, rng, n: int, size, with_crowd=False):
+def _scenes(meta: DatasetMeta, rng, n: int, size, with_crowd=False, class_boxes=False):
     k = meta.num_classes
     if meta.task == "panoptic":
         things, stuff = list(meta.thing_ids), list(meta.stuff_ids)
     else:
         things = stuff = list(range(k))
     for _ in range(n):
-        yield make_scene(rng, size, stuff, things, with_crowd=with_crowd)
+        yield make_scene(rng, size, stuff, things, with_crowd=with_crowd, class_boxes=class_boxes)
 
 
 # --- per-dataset raw writers ----------------------------------------------------------------------
@@ -171,7 +205,7 @@ def _ade_sem_value(sem: np.ndarray, indices: list[int]) -> np.ndarray:
     return np.where(sem == IGNORE, 0, lut[np.clip(sem, 0, None)]).astype(np.uint8)
 
 
-def _write_ade20k(root, meta, indices, rng, size, num_images, panoptic=False):
+def _write_ade20k(root, meta, indices, rng, size, num_images, panoptic=False, class_boxes=False):
     base = root / "ADEChallengeData2016"
     (base / "objectInfo150.txt").parent.mkdir(parents=True, exist_ok=True)
     lines = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{i + 1}\t0\t0\t0\t{meta.class_names[j]}"
@@ -190,7 +224,7 @@ def _write_ade20k(root, meta, indices, rng, size, num_images, panoptic=False):
         tag = {"train": "train", "val": "val"}[split]
         for sub in ("images", "annotations") + (("annotations_instance",) if panoptic else ()):
             (base / sub / d).mkdir(parents=True, exist_ok=True)
-        for i, sc in enumerate(_scenes(meta, rng, n, size)):
+        for i, sc in enumerate(_scenes(meta, rng, n, size, class_boxes=class_boxes)):
             stem = f"ADE_{tag}_{i + 1:08d}"
             save_jpeg(sc.image, base / "images" / d / f"{stem}.jpg")
             save_png(_ade_sem_value(sc.sem, indices), base / "annotations" / d / f"{stem}.png")
@@ -211,7 +245,7 @@ def ade_full_index_id(k: int) -> int:
     return 37 + 97 * k + 256 * (k % 3)
 
 
-def _write_ade20k_full(root, meta, indices, rng, size, num_images):
+def _write_ade20k_full(root, meta, indices, rng, size, num_images, class_boxes=False):
     base = root / "ADE20K_2021_17_01"
     cats = [{"name": meta.class_names[k], "id": ade_full_index_id(k), "trainId": k}
             for k in range(meta.num_classes)]
@@ -224,7 +258,7 @@ def _write_ade20k_full(root, meta, indices, rng, size, num_images):
         tag = {"train": "train", "val": "val"}[split]
         rel = f"ADE20K_2021_17_01/images/ADE/{d}/synthetic_scene"
         (root / rel).mkdir(parents=True, exist_ok=True)
-        for i, sc in enumerate(_scenes(meta, rng, n, size)):
+        for i, sc in enumerate(_scenes(meta, rng, n, size, class_boxes=class_boxes)):
             fname = f"ADE_{tag}_{i + 1:08d}.jpg"
             ids = np.where(sc.sem == IGNORE, unknown_id,
                            np.asarray([ade_full_index_id(k) for k in range(meta.num_classes)])[np.clip(sc.sem, 0, None)])
@@ -258,13 +292,13 @@ def write_mat73(path: Path, arrays: dict) -> None:
         f.write(header.ljust(128, b"\x00"))
 
 
-def _write_coco_stuff_10k(root, meta, indices, rng, size, num_images):
+def _write_coco_stuff_10k(root, meta, indices, rng, size, num_images, class_boxes=False):
     for sub in ("annotations", "imageLists", "images"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     lists, counter = {}, 0
     for split, n in _splits(meta, num_images):
         names = []
-        for sc in _scenes(meta, rng, n, size):
+        for sc in _scenes(meta, rng, n, size, class_boxes=class_boxes):
             counter += 1
             stem = f"COCO_train2014_{counter:012d}"
             # v1.0 labels: 1 = unlabeled, contiguous class c stored as c + 2 (F).
@@ -277,14 +311,14 @@ def _write_coco_stuff_10k(root, meta, indices, rng, size, num_images):
     (root / "imageLists" / "all.txt").write_text("\n".join(lists["train"] + lists["test"]) + "\n")
 
 
-def _write_cityscapes(root, meta, indices, rng, size, num_images):
+def _write_cityscapes(root, meta, indices, rng, size, num_images, class_boxes=False):
     from cityscapesscripts.helpers.labels import trainId2label
 
     for split, n in _splits(meta, num_images):
         city = {"train": "aachen", "val": "frankfurt"}[split]
         (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
         (root / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
-        for i, sc in enumerate(_scenes(meta, rng, n, size)):
+        for i, sc in enumerate(_scenes(meta, rng, n, size, class_boxes=class_boxes)):
             base = f"{city}_{i:06d}_000019"
             objects = [{"label": "ego vehicle" if k == IGNORE else trainId2label[k].name,
                         "polygon": [list(p) for p in pts]} for k, pts in sc.polygons]
@@ -293,13 +327,13 @@ def _write_cityscapes(root, meta, indices, rng, size, num_images):
             save_png(sc.image, root / "leftImg8bit" / split / city / f"{base}_leftImg8bit.png")
 
 
-def _write_mapillary(root, meta, indices, rng, size, num_images):
+def _write_mapillary(root, meta, indices, rng, size, num_images, class_boxes=False):
     palette = [c for rgb in meta.colors for c in rgb] + [0, 0, 0] * (256 - meta.num_classes)
     for split, n in _splits(meta, num_images):
         d = {"train": "training", "val": "validation"}[split]
         (root / d / "images").mkdir(parents=True, exist_ok=True)
         (root / d / "labels").mkdir(parents=True, exist_ok=True)
-        for i, sc in enumerate(_scenes(meta, rng, n, size)):
+        for i, sc in enumerate(_scenes(meta, rng, n, size, class_boxes=class_boxes)):
             stem = f"synthetic{split}{i:05d}"
             lab = np.where(sc.sem == IGNORE, meta.ignore_label, sc.sem).astype(np.uint8)
             im = Image.fromarray(lab, mode="P")  # v1.2 labels are palette PNGs
@@ -313,7 +347,7 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
-def _write_coco_panoptic(root, meta, indices, rng, size, num_images):
+def _write_coco_panoptic(root, meta, indices, rng, size, num_images, class_boxes=False):
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     counter = 0
     for split, n in _splits(meta, num_images):
@@ -321,7 +355,7 @@ def _write_coco_panoptic(root, meta, indices, rng, size, num_images):
         (root / d).mkdir(parents=True, exist_ok=True)
         (root / f"panoptic_{d}").mkdir(parents=True, exist_ok=True)
         images, anns = [], []
-        for sc in _scenes(meta, rng, n, size, with_crowd=True):
+        for sc in _scenes(meta, rng, n, size, with_crowd=True, class_boxes=class_boxes):
             counter += 1
             stem = f"{counter:012d}"
             pan = np.zeros(sc.sem.shape, np.int64)
@@ -364,13 +398,18 @@ WRITERS = {
     "cityscapes": _write_cityscapes,
     "mapillary_vistas": _write_mapillary,
     "coco_panoptic": _write_coco_panoptic,
-    "ade20k_panoptic": lambda *a: _write_ade20k(*a, panoptic=True),
+    "ade20k_panoptic": lambda *a, **kw: _write_ade20k(*a, panoptic=True, **kw),
 }
 
 
 def synthesize(name: str, raw_root: str | Path, *, num_images: int = DEFAULT_NUM_IMAGES,
-               num_classes: int = DEFAULT_NUM_CLASSES, image_size=DEFAULT_IMAGE_SIZE, seed: int = 0) -> Path:
-    """Write a synthetic twin of ``name`` in its raw download layout at ``raw_root`` (atomically)."""
+               num_classes: int = DEFAULT_NUM_CLASSES, image_size=DEFAULT_IMAGE_SIZE, seed: int = 0,
+               class_boxes: bool = False) -> Path:
+    """Write a synthetic twin of ``name`` in its raw download layout at ``raw_root`` (atomically).
+
+    ``class_boxes``: each thing class gets its own box aspect (``make_scene``); the default draws every
+    class's boxes alike (the file bytes of a default twin do not change with this option's existence).
+    """
     if name not in WRITERS:
         raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(WRITERS)}")
     size = (int(image_size[0]), int(image_size[1]))
@@ -382,6 +421,6 @@ def synthesize(name: str, raw_root: str | Path, *, num_images: int = DEFAULT_NUM
     meta = subset_meta(get_metadata(name), indices)
     rng = np.random.default_rng(int(seed))
     with atomic_directory(raw_root) as tmp:
-        WRITERS[name](tmp, meta, indices, rng, size, int(num_images))
-        _write_marker(tmp, name, meta, indices, int(num_images), size, int(seed))
+        WRITERS[name](tmp, meta, indices, rng, size, int(num_images), class_boxes=bool(class_boxes))
+        _write_marker(tmp, name, meta, indices, int(num_images), size, int(seed), bool(class_boxes))
     return Path(raw_root)

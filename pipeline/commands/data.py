@@ -19,11 +19,11 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _twin_settings(args) -> dict:
-    """num_images / num_classes / image_size / seed: command line > params.yaml data.<dataset> > defaults."""
+    """num_images / num_classes / image_size / seed / class_boxes: command line > params.yaml data.<dataset> > defaults."""
     from maskformer_core.data import synth
 
     settings = {"num_images": synth.DEFAULT_NUM_IMAGES, "num_classes": synth.DEFAULT_NUM_CLASSES,
-                "image_size": synth.DEFAULT_IMAGE_SIZE, "seed": 0}
+                "image_size": synth.DEFAULT_IMAGE_SIZE, "seed": 0, "class_boxes": False}
     if getattr(args, "params", None):
         from pipeline.yamlio import load_yaml
 
@@ -41,6 +41,9 @@ def _twin_settings(args) -> dict:
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
+    if not isinstance(settings["class_boxes"], bool):
+        where = f"{args.params}: " if getattr(args, "params", None) else ""
+        raise UserError(f"{where}data.{args.dataset}.class_boxes must be true or false, got {settings['class_boxes']!r}")
     settings["image_size"] = tuple(int(v) for v in settings["image_size"])
     return settings
 
@@ -51,6 +54,9 @@ def _add_twin_args(p) -> None:
     p.add_argument("--num-classes", dest="num_classes", type=int, default=None, help="K; default 8")
     p.add_argument("--image-size", dest="image_size", type=_size, default=None, help="HxW; default 96x128")
     p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--class-boxes", dest="class_boxes", action="store_true", default=None,
+                   help="each class gets a box of its own (thing aspect tall ... wide, stuff band height), "
+                        "so a box tells the class (params.yaml data.<dataset>.class_boxes); default: alike boxes")
     p.add_argument("--params", default=None,
                    help=f"read defaults from the data.<dataset> section of this file (e.g. {DEFAULT_PARAMS})")
 
