@@ -63,7 +63,7 @@ class ModelConfig(BaseModel):
     dropout: float = D.dropout  # MODEL.MASK_FORMER.DROPOUT
     box_head: bool = D.box_head  # paper Table 5 box matching (no official config)
     deep_supervision: bool = D.deep_supervision  # MODEL.MASK_FORMER.DEEP_SUPERVISION
-    pretrained: str | None = None  # None | local weights file | "hub:<timm tag>"
+    pretrained: str | None = None  # None | local weights file | "hub" | "hub:<timm tag>"
     swin_window: int | None = None  # MODEL.SWIN.WINDOW_SIZE: per backbone (7, or 12 for the 384 models)
     drop_path: float | None = None  # None: defaults.default_drop_path (MODEL.SWIN.DROP_PATH_RATE 0.3; Swin only)
     size_divisibility: int | None = None  # None: 32 for maskformer (MODEL.MASK_FORMER.SIZE_DIVISIBILITY; 0 in the coco-panoptic configs), the backbone's own for the per-pixel baselines
