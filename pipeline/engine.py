@@ -117,7 +117,8 @@ def run_lifecycle(tracker: Tracker, output_dir: Path, *, write: bool, info: dict
 
 
 def check_data(cfg: RunConfig, validate: Iterable[str] = ()):
-    """Metadata + train/val records, or a DataError naming the missing dataset, before anything starts.
+    """Metadata + the config + train/val records, or an error before anything starts: DataError naming the
+    missing dataset, UserError naming the config key the data on disk disagrees with (K, split names).
 
     `validate`: which of ("train", "val") to pass through `maskformer_core.data.validate` first (full
     image decode, label range, image/label sizes, panoptic PNG/JSON agreement); its DataError names the

@@ -27,7 +27,7 @@ import yaml
 
 from maskformer_core.data.metadata import DatasetMeta, get_metadata, read_synthetic_marker, subset_meta, twin_class_indices
 from maskformer_core.errors import CheckpointError
-from maskformer_core.models.defaults import MODEL_DEFAULTS as D
+from maskformer_core.models.defaults import default_num_queries
 from maskformer_core.models.weights import DEFAULT_PRETRAIN, OFFICIAL_FILES, hub_tag, is_hub
 from pipeline.checks import cell_path
 from pipeline.config import flatten, parse_config, resolve_defaults, result_hash
@@ -329,7 +329,7 @@ def resolve_cell(
     arch_short = {"maskformer": "mf", "per_pixel": "pp", "per_pixel_plus": "ppp"}[cell.model]
     slug = f"{cell.dataset}-{arch_short}-{backbone}"
     if cell.model == "maskformer":
-        slug += f"-q{queries or D.num_queries}"
+        slug += f"-q{queries or default_num_queries(cell.model, k)}"
     if cell.model != "per_pixel":
         slug += f"-d{cell.dec_layers}"
     if not cell.self_attention:
