@@ -10,9 +10,11 @@ Sections mirror the packages (docs/ARCHITECTURE.md "Resolved run config"):
 - `run:`    seed, run folder, periods, device, tracking.
 
 Fields left `None` mean "the official default for this dataset/backbone"; `resolve_defaults` fills them
-(from the dataset metadata and the backbone family) so that the config saved in the run folder, logged
-to MLflow and compared on resume is fully explicit. Every section forbids unknown keys, so a typo in a
-params file is an error naming the key.
+(from the dataset metadata, the backbone family and `maskformer_core.models.defaults`) at plan time, so
+that the config the grid hashes, the executor ships, the run folder saves, MLflow logs and resume
+compares is fully explicit. `result_hash` is the one hash of what changes results (the cell id's suffix,
+the MLflow `config_hash`/`group` tags); `training_keys_differ` (resume) reads the same key list. Every
+section forbids unknown keys, so a typo in a params file is an error naming the key.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from maskformer_core.models.backbones import is_swin
+from maskformer_core.models.defaults import MODEL_DEFAULTS as D
+from maskformer_core.models.defaults import default_drop_path, default_enc_layers, default_num_queries
+from maskformer_core.models.weights import is_hub
 from pipeline.errors import UserError
 from pipeline.yamlio import load_yaml
 
@@ -38,28 +43,31 @@ class ModelConfig(BaseModel):
 
     model_config = _STRICT | ConfigDict(protected_namespaces=())
 
-    arch: Literal["maskformer", "per_pixel", "per_pixel_plus"] = "maskformer"
-    backbone: str = "R50"
+    # Defaults: maskformer_core.models.defaults.MODEL_DEFAULTS (official add_mask_former_config), the same
+    # object build_model's signature reads; None = a default that depends on other options, filled by
+    # `resolve_defaults` with the rule build_model applies (tests/test_grid.py checks both agree).
+    arch: Literal["maskformer", "per_pixel", "per_pixel_plus"] = D.arch  # type: ignore[assignment]
+    backbone: str = D.backbone
     num_classes: int | None = None  # None: K from the dataset metadata
-    num_queries: int | None = 100  # MODEL.MASK_FORMER.NUM_OBJECT_QUERIES; per_pixel_plus: None -> K (paper Table 4: 150 queries on ADE20K)
-    dec_layers: int = 6  # MODEL.MASK_FORMER.DEC_LAYERS
-    dec_self_attention: bool = True  # False = the no-self-attention variant (paper appendix Table VIII)
-    pixel_decoder: Literal["base", "transformer_encoder"] = "base"  # MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME BasePixelDecoder
-    enc_layers: int | None = None  # MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS: None -> 6 for "transformer_encoder", 0 for "base"
-    transformer_in_feature: Literal["res5", "transformer_encoder"] = "res5"  # MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
-    hidden_dim: int = 256  # MODEL.MASK_FORMER.HIDDEN_DIM
-    mask_dim: int = 256  # MODEL.SEM_SEG_HEAD.MASK_DIM
-    conv_dim: int = 256  # MODEL.SEM_SEG_HEAD.CONVS_DIM
-    nheads: int = 8  # MODEL.MASK_FORMER.NHEADS
-    dim_feedforward: int = 2048  # MODEL.MASK_FORMER.DIM_FEEDFORWARD
-    dropout: float = 0.1  # MODEL.MASK_FORMER.DROPOUT
-    box_head: bool = False  # paper Table 5 box matching (no official config)
-    deep_supervision: bool = True  # MODEL.MASK_FORMER.DEEP_SUPERVISION
-    pretrained: str | None = None  # None | local weights file | "hub"
+    num_queries: int | None = None  # None: defaults.default_num_queries (100; K for per_pixel_plus, paper Table 4)
+    dec_layers: int = D.dec_layers  # MODEL.MASK_FORMER.DEC_LAYERS
+    dec_self_attention: bool = D.dec_self_attention  # False = the no-self-attention variant (paper appendix Table VIII)
+    pixel_decoder: Literal["base", "transformer_encoder"] = D.pixel_decoder  # type: ignore[assignment]
+    enc_layers: int | None = None  # None: defaults.default_enc_layers (6 for "transformer_encoder", 0 for "base")
+    transformer_in_feature: Literal["res5", "transformer_encoder"] = D.transformer_in_feature  # type: ignore[assignment]
+    hidden_dim: int = D.hidden_dim  # MODEL.MASK_FORMER.HIDDEN_DIM
+    mask_dim: int = D.mask_dim  # MODEL.SEM_SEG_HEAD.MASK_DIM
+    conv_dim: int = D.conv_dim  # MODEL.SEM_SEG_HEAD.CONVS_DIM
+    nheads: int = D.nheads  # MODEL.MASK_FORMER.NHEADS
+    dim_feedforward: int = D.dim_feedforward  # MODEL.MASK_FORMER.DIM_FEEDFORWARD
+    dropout: float = D.dropout  # MODEL.MASK_FORMER.DROPOUT
+    box_head: bool = D.box_head  # paper Table 5 box matching (no official config)
+    deep_supervision: bool = D.deep_supervision  # MODEL.MASK_FORMER.DEEP_SUPERVISION
+    pretrained: str | None = None  # None | local weights file | "hub" | "hub:<timm tag>"
     swin_window: int | None = None  # MODEL.SWIN.WINDOW_SIZE: per backbone (7, or 12 for the 384 models)
-    drop_path: float | None = None  # MODEL.SWIN.DROP_PATH_RATE: 0.3 for Swin
-    size_divisibility: int | None = None  # None -> 32 (MODEL.MASK_FORMER.SIZE_DIVISIBILITY); 0 in the coco-panoptic configs
-    enforce_input_proj: bool = False  # MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ (True in the COCO Swin configs)
+    drop_path: float | None = None  # None: defaults.default_drop_path (MODEL.SWIN.DROP_PATH_RATE 0.3; Swin only)
+    size_divisibility: int | None = None  # None: 32 for maskformer (MODEL.MASK_FORMER.SIZE_DIVISIBILITY; 0 in the coco-panoptic configs), the backbone's own for the per-pixel baselines
+    enforce_input_proj: bool = D.enforce_input_proj  # MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ (True in the COCO Swin configs)
     # Evaluation-only cell: the full-model weights to evaluate instead of training (a released checkpoint:
     # HF folder, official .pkl or a `convert`ed .pt; pipeline/released.py). None: train.
     weights: str | None = None
@@ -68,11 +76,11 @@ class ModelConfig(BaseModel):
         """The kwargs for `build_model`, with K filled in and unset per-backbone options left out."""
         kwargs = self.model_dump(exclude={"weights"})
         kwargs["num_classes"] = self.num_classes if self.num_classes is not None else num_classes
-        if kwargs["num_queries"] is None:
-            kwargs["num_queries"] = kwargs["num_classes"]
+        if kwargs["num_queries"] is None:  # the criterion reads it too
+            kwargs["num_queries"] = default_num_queries(self.arch, kwargs["num_classes"])
         for key in ("swin_window", "drop_path", "enc_layers", "size_divisibility"):
             if kwargs[key] is None:
-                del kwargs[key]
+                del kwargs[key]  # build_model applies the same maskformer_core.models.defaults rule
         return kwargs
 
 
@@ -104,6 +112,9 @@ class DataConfig(BaseModel):
     test_short_size: int | None = None
     test_max_size: int | None = None
     num_workers: int = 4  # DATALOADER.NUM_WORKERS (official Base configs)
+    # The prepared data's version (its DVC md5, or the twin's SYNTHETIC.json hash; pipeline.grid.data_version):
+    # part of the result hash, so new data gives new cell ids. None: unversioned (a hand-written config).
+    version: str | None = None
     size_divisibility: int | None = None  # mapper padding (INPUT.SIZE_DIVISIBILITY: -1 in configs/cityscapes-19)
     color_aug: bool = True  # INPUT.COLOR_AUG_SSD (False for COCO panoptic)
 
@@ -226,28 +237,23 @@ class RunConfig(BaseModel):
         """Plain JSON types only (tuples become lists): safe for YAML, MLflow and `torch.load(weights_only)`."""
         return json.loads(self.model_dump_json())
 
-    def config_hash(self, length: int = 10) -> str:
-        """Short SHA-256 of the config without the fields that do not change results (see `RESULT_FREE_KEYS`)."""
-        flat = {k: v for k, v in flatten(self.to_dict()).items() if not _result_free(k)}
-        blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:length]
+    def config_hash(self, length: int = 8) -> str:
+        """`result_hash` of this config, test section included (MLflow tag `config_hash`)."""
+        return result_hash(self, scope="eval", length=length)
 
-
-    def group_hash(self, length: int = 10) -> str:
+    def group_hash(self, length: int = 8) -> str:
         """`config_hash` without `run.seed`: the seeds of one table row share it (MLflow tag `group`)."""
-        flat = {k: v for k, v in flatten(self.to_dict()).items() if not _result_free(k) and k != "run.seed"}
-        blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:length]
+        return result_hash(self, scope="eval", seed=False, length=length)
 
 
-# Keys that never change the trained weights or metrics: allowed to differ on resume, left out of the hash.
+# The one list of keys that never change the trained weights or the metrics: allowed to differ on resume,
+# left out of `result_hash`. A prefix ending in "." covers its whole section.
 RESULT_FREE_KEYS = (
     "run.output_dir",
     "run.eval_period",
     "run.checkpoint_period",
     "run.log_period",
     "run.device",
-    "run.num_gpus",
     "run.threads",
     "run.tracking",
     "run.tracking_uri",
@@ -257,19 +263,60 @@ RESULT_FREE_KEYS = (
     "run.measure_fps",
     "data.root",
     "data.num_workers",
-    "test.",
-    "model.pretrained",
 )
+# Keys that change the metrics but not the trained weights: in the evaluation's hash only (scope "eval").
+EVAL_KEYS = ("test.",)
+# Keys naming a weights file: a local file counts by its name, not its folder, so moving the weights
+# (data/weights -> a scratch disk) keeps cell ids and resume; another file name, or a hub tag, is another
+# source. (Hashing the contents of multi-GB files at plan time would cost minutes; pipeline.released checks
+# a released file's sha256 when it loads it.)
+SOURCE_KEYS = ("model.pretrained", "model.weights")
 
 
-def _result_free(key: str) -> bool:
-    return any(key == k or key.startswith(k if k.endswith(".") else k + ".") for k in RESULT_FREE_KEYS)
+def _in(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == k or key.startswith(k if k.endswith(".") else k + ".") for k in prefixes)
+
+
+def source_identity(value: Any) -> Any:
+    """How a weights source enters the hash: None and "hub:<tag>" as they are, a local path by its file name."""
+    if not isinstance(value, str) or is_hub(value):
+        return value
+    return "file:" + Path(value.rstrip("/")).name
+
+
+def result_items(config: dict[str, Any], scope: Literal["train", "eval"] = "train") -> dict[str, Any]:
+    """Flat key -> value of everything in `config` that changes results: RESULT_FREE_KEYS left out, the
+    test section only in scope "eval", weights sources by `source_identity`."""
+    out: dict[str, Any] = {}
+    for key, value in flatten(config).items():
+        if _in(key, RESULT_FREE_KEYS) or (scope == "train" and _in(key, EVAL_KEYS)):
+            continue
+        out[key] = source_identity(value) if key in SOURCE_KEYS else value
+    return out
+
+
+def result_hash(config: "RunConfig | dict[str, Any]", scope: Literal["train", "eval"] = "train", *,
+                seed: bool = True, length: int = 8) -> str:
+    """The one hash of what changes a cell's results: SHA-256 of `result_items` (all fields, defaults
+    included, so a dict and its parsed RunConfig hash alike).
+
+    scope "train": what the trained weights depend on (model, loss, data incl. its version, solver,
+    run.seed and run.num_gpus: the world size sets the per-GPU batch and the per-GPU loss normalisation);
+    the training run's id. Scope "eval": that plus the `test:` section; an evaluation-only variant's id
+    and the MLflow `config_hash`. `seed=False`: the seeds of one table row share it (MLflow `group`).
+    """
+    cfg = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
+    items = result_items(cfg.to_dict(), scope)
+    if not seed:
+        items.pop("run.seed", None)
+    blob = json.dumps(items, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def training_keys_differ(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Flat keys (``solver.base_lr``) whose values differ between two config dicts, ignoring RESULT_FREE_KEYS."""
-    a = {k: v for k, v in flatten(saved).items() if not _result_free(k)}
-    b = {k: v for k, v in flatten(current).items() if not _result_free(k)}
+    """Flat keys (``solver.base_lr``) whose values differ between two config dicts, over the keys of
+    `result_hash` scope "train" (the same list: a checkpoint resumes exactly when its training id would match)."""
+    a, b = result_items(saved, "train"), result_items(current, "train")
     return sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
 
 
@@ -286,16 +333,22 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
-    """Fill every `None` field with its official default; returns a new config.
+    """Fill every `None` field with its official default; returns a new config (unchanged if complete).
 
-    `meta` is the dataset's `DatasetMeta` (`maskformer_core.data.get_metadata(name, root)`); it supplies
-    K, sizes, splits and TTA scales. Solver values follow the backbone family (official configs, maskformer_core.models.backbones): ResNet 1e-4 / 1e-4 /
+    Called at plan time by the grid (pipeline/grid.py), and by `python -m pipeline train/evaluate --config`
+    for a hand-written file. `meta` is the dataset's `DatasetMeta` (`maskformer_core.data.get_metadata`;
+    at plan time the grid's `plan_metadata`); it supplies K, sizes, splits and TTA scales. Model options
+    follow `maskformer_core.models.defaults` (queries, encoder layers, Swin drop path, size divisibility). Solver values follow the backbone family (official configs, maskformer_core.models.backbones): ResNet 1e-4 / 1e-4 /
     x0.1 with no warmup, Swin 6e-5 / 0.01 / x1.0 with a 1500-iteration linear warmup from 1e-6.
     The multi-step schedule (COCO panoptic) keeps its 10-iteration warmup at factor 1.0 (configs/coco-panoptic/Base-COCO-PanopticSegmentation.yaml).
     """
     d = cfg.to_dict()
     s, m, data, test = d["solver"], d["model"], d["data"], d["test"]
     swin = is_swin(m["backbone"])
+    _fill(m, "enc_layers", default_enc_layers(m["pixel_decoder"]))
+    _fill(m, "drop_path", default_drop_path(swin))
+    if m["arch"] == "maskformer":  # the per-pixel baselines pad to their backbone's own (build_model)
+        _fill(m, "size_divisibility", D.size_divisibility)
     _fill(s, "base_lr", 6e-5 if swin else 1e-4)
     _fill(s, "weight_decay", 0.01 if swin else 1e-4)
     _fill(s, "backbone_multiplier", 1.0 if swin else 0.1)
@@ -310,6 +363,9 @@ def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
         _fill(s, "warmup_factor", 1.0)
     if meta is not None:
         _fill(m, "num_classes", int(meta_get(meta, "num_classes")))
+    if m["num_classes"] is not None:
+        _fill(m, "num_queries", default_num_queries(m["arch"], m["num_classes"]))
+    if meta is not None:
         _fill(data, "train_split", meta_get(meta, "train_split", "train"))
         _fill(data, "val_split", meta_get(meta, "test_split", "val"))
         crop = meta_get(meta, "crop_size", None)
@@ -344,6 +400,26 @@ def resolve_defaults(cfg: RunConfig, meta: Any | None = None) -> RunConfig:
     _fill(test, "object_mask_threshold", 0.7 if data["dataset"] == "ade20k_panoptic" else 0.8)
     _fill(test, "overlap_threshold", 0.8)
     return RunConfig.model_validate(d)
+
+
+def check_against_metadata(cfg: RunConfig, meta: Any, source: str) -> None:
+    """UserError naming the key when a resolved config disagrees with the dataset metadata on disk.
+
+    The grid resolves K and the splits at plan time, from the data root if it exists, else from the
+    dataset's official metadata (or the twin size of params.yaml `data:`); the job checks the prepared
+    data it finds still says the same (e.g. a twin remade with another K after the plan).
+    """
+    k = int(meta_get(meta, "num_classes"))
+    # (a released checkpoint's K is checked against the data by pipeline.released.state_for_config)
+    if cfg.model.num_classes is not None and cfg.model.weights is None and cfg.model.num_classes != k:
+        raise UserError(f"{source}: model.num_classes={cfg.model.num_classes} but the dataset at data.root "
+                        f"{cfg.data.root} has {k} classes (its metadata); plan the study again")
+    splits = tuple(meta_get(meta, "splits", ()))
+    for key in ("train_split", "val_split"):
+        value = getattr(cfg.data, key)
+        if value is not None and splits and value not in splits:
+            raise UserError(f"{source}: data.{key}={value!r} is not a split of {cfg.data.dataset} "
+                            f"(metadata splits: {', '.join(splits)})")
 
 
 def meta_get(meta: Any, name: str, default: Any = ...) -> Any:

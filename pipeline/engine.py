@@ -29,7 +29,7 @@ from pipeline import checkpoint as ckpt
 from pipeline import distributed as dist_utils
 from pipeline import released
 from pipeline.cluster import WriterLock
-from pipeline.config import RunConfig, atomic_write_text, dump_config, resolve_defaults
+from pipeline.config import RunConfig, atomic_write_text, check_against_metadata, dump_config, resolve_defaults
 from pipeline.evaluation import evaluate
 from pipeline.runfolder import (
     CONFIG_FILE,
@@ -117,7 +117,8 @@ def run_lifecycle(tracker: Tracker, output_dir: Path, *, write: bool, info: dict
 
 
 def check_data(cfg: RunConfig, validate: Iterable[str] = ()):
-    """Metadata + train/val records, or a DataError naming the missing dataset, before anything starts.
+    """Metadata + the config + train/val records, or an error before anything starts: DataError naming the
+    missing dataset, UserError naming the config key the data on disk disagrees with (K, split names).
 
     `validate`: which of ("train", "val") to pass through `maskformer_core.data.validate` first (full
     image decode, label range, image/label sizes, panoptic PNG/JSON agreement); its DataError names the
@@ -129,6 +130,10 @@ def check_data(cfg: RunConfig, validate: Iterable[str] = ()):
         raise DataError(f"dataset {cfg.data.dataset!r} not found: data.root {root} does not exist "
                         f"(prepare it with `python -m pipeline data ...` first)")
     meta = get_metadata(cfg.data.dataset, root)
+    # The grid resolved the config at plan time (pipeline.grid.resolve_cell): here the data on disk must
+    # agree with it (UserError naming the key). `resolve_defaults` then changes nothing for a planned
+    # cell; it completes a hand-built config of a direct API call.
+    check_against_metadata(cfg, meta, source=f"cell {cfg.run.run_name or Path(cfg.run.output_dir).name}")
     resolved = resolve_defaults(cfg, meta)
     splits = {"train": resolved.data.train_split, "val": resolved.data.val_split}
     for split in dict.fromkeys(splits[k] for k in validate):  # unique, in order
@@ -141,7 +146,8 @@ def check_data(cfg: RunConfig, validate: Iterable[str] = ()):
 
 
 def _tags(cfg: RunConfig) -> dict[str, str]:
-    # `group` pools the seeds of a row (config hash without the seed); the study adds `table`, `row`,
+    # `config_hash`: pipeline.config.result_hash (scope "eval"); `group` pools the seeds of a row (the
+    # same hash without the seed); the study adds `table`, `row`,
     # `rows`, `study_run` and `mlflow.parentRunId` through run.tags (pipeline.study.cell_config).
     tags = {"git_commit": git_commit(), "seed": str(cfg.run.seed), "dataset": cfg.data.dataset,
             "config_hash": cfg.config_hash(), "group": cfg.group_hash(),
@@ -157,8 +163,8 @@ def _tags(cfg: RunConfig) -> dict[str, str]:
 
 
 def _log_datasets(tracker: Tracker, cfg: RunConfig, contexts: tuple[str, ...]) -> None:
-    """The cell's dataset and its version (`run.tags.data_version`) as MLflow inputs, one per split read."""
-    version = cfg.run.tags.get("data_version") or "none"
+    """The cell's dataset and its version (`data.version`) as MLflow inputs, one per split read."""
+    version = cfg.data.version or cfg.run.tags.get("data_version") or "none"
     for context in contexts:
         tracker.log_dataset(cfg.data.dataset, version, cfg.data.root, context=context)
 

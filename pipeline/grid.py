@@ -1,16 +1,19 @@
 """The study grid: params.yaml tables -> cells -> resolved run configs per profile, deduplicated by hash.
 
-A table cell (a row of a paper table, one seed) resolves to two keys:
+A table cell (a row of a paper table, one seed) resolves, at plan time, to a complete `RunConfig`
+(pipeline/config.py; metadata defaults filled by `resolve_defaults` from `plan_metadata`) and to two ids,
+both the readable slug plus that config's `pipeline.config.result_hash` (one hash, one key list):
 
-- the **train key**: everything that changes the trained weights (model, loss, data, solver, seed) plus
-  the data version. Cells with the same train key share one training run, e.g. Table 2's MaskFormer
-  ADE20K row and Table 6's Q100 row, or R50/R101/R101c rows in the smoke profile (all SmokeR18).
-- the **eval key**: the train key plus the `test:` section. A cell whose test section is the training
-  run's default (its dataset's standard inference, single scale) is evaluated by the training run
-  itself; other cells (Table 7 "general", Table 3 "DETR post-processing", multi-scale columns) are
-  evaluation-only variants that reuse the trained checkpoint and never retrain.
+- the **train id**: scope "train", everything that changes the trained weights (model, loss, data and
+  its version, solver, seed, world size). Cells with the same train id share one training run, e.g.
+  Table 2's MaskFormer ADE20K row and Table 6's Q100 row, or R50/R101/R101c rows in the smoke profile
+  (all SmokeR18).
+- the **eval id**: scope "eval", the same plus the `test:` section. A cell whose resolved test section is
+  the training run's (its dataset's standard inference, single scale) is evaluated by the training run
+  itself (eval id = train id); other cells (Table 7 "general", Table 3 "DETR post-processing",
+  multi-scale columns) are evaluation-only variants that reuse the trained checkpoint and never retrain.
 
-Cell ids are readable slugs plus a short SHA-256: ``ade20k-mf-SmokeR18-q100-d6-s0-3f9a1c2e``.
+Ids look like ``ade20k-mf-SmokeR18-q100-d6-s0-3f9a1c2e`` (variants: ``...-s0-general_semantic-<hash>``).
 """
 from __future__ import annotations
 
@@ -22,16 +25,15 @@ from typing import Any, Iterable
 
 import yaml
 
-from maskformer_core.data.metadata import get_metadata
+from maskformer_core.data.metadata import DatasetMeta, get_metadata, read_synthetic_marker, subset_meta, twin_class_indices
 from maskformer_core.errors import CheckpointError
+from maskformer_core.models.defaults import default_num_queries
 from maskformer_core.models.weights import DEFAULT_PRETRAIN, OFFICIAL_FILES, hub_tag, is_hub
 from pipeline.checks import cell_path
-from pipeline.config import flatten, parse_config
+from pipeline.config import flatten, parse_config, resolve_defaults, result_hash
 from pipeline.errors import UserError
 from pipeline.subset import cap_world_size, one_row_per_table
 from pipeline.params import (
-    OFFICIAL_NUM_CLASSES,
-    PANOPTIC_DATASETS,
     Cell,
     Params,
     Profile,
@@ -106,18 +108,21 @@ def data_root(profile: Profile, dataset: str) -> str:
     return str(Path(profile.data_root) / dataset)
 
 
-def num_classes(dataset: str, root: str | Path, twin_classes: int | None = None) -> int:
-    """K from the dataset metadata: the twin subset if `root` holds a twin, the official K otherwise.
+def plan_metadata(dataset: str, root: str | Path, synthetic: bool, twin_classes: int | None = None) -> DatasetMeta:
+    """The dataset metadata a plan resolves its defaults from, without requiring prepared data.
 
-    `twin_classes` (params.yaml `data.<dataset>.num_classes`) gives a synthetic profile's K before the
-    twin has been made, so cell ids do not change once the data stage has run.
+    Real-data profiles: the dataset's official metadata (official K, splits, sizes; a twin in their root is
+    refused by the study). Synthetic profiles: the twin in `root` if it has been made, else the twin that
+    params.yaml `data.<dataset>.num_classes` (`twin_classes`) describes (`twin_class_indices`), so cell
+    ids do not change once the data stage has run. The job re-reads the data root and checks it agrees
+    (pipeline.config.check_against_metadata).
     """
-    if twin_classes is not None and not (Path(root) / "SYNTHETIC.json").is_file():
-        return int(twin_classes)
-    return get_metadata(dataset, root).num_classes
-
-
-def _official_meta(dataset: str) -> Any:
+    if not synthetic:
+        return get_metadata(dataset)
+    if read_synthetic_marker(root) is not None:
+        return get_metadata(dataset, root)
+    if twin_classes is not None:
+        return subset_meta(get_metadata(dataset), twin_class_indices(dataset, int(twin_classes)))
     return get_metadata(dataset)
 
 
@@ -207,11 +212,6 @@ def check_pretrained_files(grid: "Grid", source: str) -> None:
 # Resolution
 
 
-def _digest(obj: Any, length: int = 8) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
 def _merge_input(params: Params, profile: Profile, dataset: str, paper_backbone: str, official: Any) -> dict[str, Any]:
     """data-section sizes: recipe < input_overrides[dataset]['*' / backbone] < profile.input."""
     out: dict[str, Any] = {}
@@ -241,28 +241,26 @@ def resolve_cell(
     profile = params.profiles[profile_name]
     recipe = params.recipes[cell.dataset]
     root = data_root(profile, cell.dataset)
-    if profile.synthetic:
-        twin = params.data.get(cell.dataset, {})
-        k = num_classes(cell.dataset, root, twin.get("num_classes") if isinstance(twin, dict) else None)
-    else:  # real-data profiles always use the official K (a twin in their root is refused by the study)
-        k = OFFICIAL_NUM_CLASSES[cell.dataset]
+    twin = params.data.get(cell.dataset, {})
+    meta = plan_metadata(cell.dataset, root, profile.synthetic,
+                         twin.get("num_classes") if isinstance(twin, dict) else None)
+    k = meta.num_classes
     if cell.model == "per_pixel_plus" or cell.matching == "fixed":
         if cell.queries not in ("K", k):
             raise UserError(f"{where}.queries: needs queries = K = {k} for {cell.dataset} in profile {profile_name}")
     backbone = profile.backbone_map.get(cell.backbone, cell.backbone)
     family = backbone_family(backbone)
-    official = _official_meta(cell.dataset)
-    sizes = _merge_input(params, profile, cell.dataset, cell.backbone, official)
+    sizes = _merge_input(params, profile, cell.dataset, cell.backbone, get_metadata(cell.dataset))
     enc = cell.pixel_decoder == "+6Enc"
     if cell.model == "per_pixel":
         queries = None
     elif cell.queries == "K" or cell.model == "per_pixel_plus":
         queries = k
     else:
-        # MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 100, unless the profile scales the default down (smoke:
-        # default_queries, queries_by_matching for one matching's cells)
+        # None: MODEL.MASK_FORMER.NUM_OBJECT_QUERIES (resolve_defaults), unless the profile scales the
+        # default down (smoke: default_queries, queries_by_matching for one matching's cells)
         default = profile.queries_by_matching.get(cell.matching or "bipartite") or profile.default_queries
-        queries = cell.queries if cell.queries is not None else (default or 100)
+        queries = cell.queries if cell.queries is not None else default
     model = {
         "arch": cell.model,
         "backbone": backbone,
@@ -271,7 +269,6 @@ def resolve_cell(
         "dec_layers": cell.dec_layers,
         "dec_self_attention": cell.self_attention,
         "pixel_decoder": "transformer_encoder" if enc else "base",  # paper Table 3 "+6 Enc": TransformerEncoderPixelDecoder
-        "enc_layers": 6 if enc else 0,
         "transformer_in_feature": "transformer_encoder" if enc else "res5",  # MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
         "box_head": cell.box_head,
     }
@@ -290,6 +287,7 @@ def resolve_cell(
         "test_short_size": sizes.get("test_short_size"),
         "test_max_size": sizes.get("test_max_size"),
         "size_divisibility": sizes.get("size_divisibility"),
+        "version": (data_versions or {}).get(cell.dataset) or data_version(root),
     }
     if "num_workers" in sizes:
         data["num_workers"] = sizes["num_workers"]
@@ -328,22 +326,10 @@ def resolve_cell(
         raise UserError(
             f"{where}: solver.ims_per_batch {solver['ims_per_batch']} is not divisible by the {num_gpus} "
             f"processes of profile {profile_name} (profiles.{profile_name}.gpus): the per-GPU batch must be whole")
-    dv = (data_versions or {}).get(cell.dataset) or data_version(root)
-    train_hash_input = {
-        "model": {k2: v for k2, v in model.items() if k2 != "pretrained"},
-        "pretrained": [model.get("pretrained"), cell.pretrain] if model.get("pretrained") else None,
-        "loss": matching,
-        "data": {k2: v for k2, v in data.items() if k2 not in ("root", "num_workers")},
-        "solver": solver,
-        "seed": seed,
-        "data_version": dv,
-    }
-    if num_gpus != 1:  # the per-GPU batch (and the per-GPU CE mean) change results; 1 keeps earlier ids
-        train_hash_input["world_size"] = num_gpus
     arch_short = {"maskformer": "mf", "per_pixel": "pp", "per_pixel_plus": "ppp"}[cell.model]
     slug = f"{cell.dataset}-{arch_short}-{backbone}"
-    if queries is not None and cell.model == "maskformer":
-        slug += f"-q{queries}"
+    if cell.model == "maskformer":
+        slug += f"-q{queries or default_num_queries(cell.model, k)}"
     if cell.model != "per_pixel":
         slug += f"-d{cell.dec_layers}"
     if not cell.self_attention:
@@ -355,34 +341,25 @@ def resolve_cell(
     if model.get("pretrained") and cell.pretrain:
         slug += f"-{cell.pretrain}"
     slug += f"-s{seed}"
-    train_id = f"{slug}-{_digest(train_hash_input)}"
-    runs = Path(params.study.runs_root) / profile_name
-    default_strategy = "per_pixel" if cell.model != "maskformer" else ("general" if cell.dataset in PANOPTIC_DATASETS else "semantic")
-    test = {"strategy": cell.inference or default_strategy, "tta": cell.tta}
+    # test: None strategy = the dataset's standard inference (resolve_defaults: the one place it is chosen)
+    test = {"strategy": cell.inference, "tta": cell.tta}
     if cell.tta:
         if sizes.get("tta_scales"):  # paper appendix A: Mapillary 0.5/1.0/1.5 of the test size
             test["tta_scales"] = sizes["tta_scales"]
         else:
             test.update({"tta_sizes": sizes.get("tta_sizes"), "tta_max_size": sizes.get("tta_max_size")})
-    test.update({k2: v for k2, v in profile.test.model_dump().items() if v is not None})
-    default_test = dict(test, strategy=default_strategy, tta=False, tta_sizes=None, tta_max_size=None, tta_scales=None)
-    if not cell.tta and test["strategy"] == default_strategy:
-        eval_id = train_id
-        test = default_test
-    else:
-        tag = test["strategy"] + ("-tta" if cell.tta else "")
-        eval_id = f"{slug}-{tag}-{_digest([train_id, test])}"
+    profile_test = {k2: v for k2, v in profile.test.model_dump().items() if v is not None}
+    test.update(profile_test)
+    default_test = dict(profile_test, tta=False)
     run = {
         "seed": seed,
-        "output_dir": str(runs / train_id),
         "experiment": f"maskformer-{profile_name}",
-        "run_name": train_id,
-        "tags": {"profile": profile_name, "cell_id": train_id, "data_version": dv},
+        "tags": {"profile": profile_name, "data_version": data["version"]},
         "eval_period": recipe.eval_period,
         "num_gpus": num_gpus,
     }
     run.update({k2: v for k2, v in profile.run.model_dump().items() if v is not None})
-    train_cfg = {
+    train_raw = {
         "model": model,
         "loss": {"matching": matching},
         "data": {k2: v for k2, v in data.items() if v is not None},
@@ -390,12 +367,27 @@ def resolve_cell(
         "test": {k2: v for k2, v in default_test.items() if v is not None},
         "run": run,
     }
-    eval_cfg = json.loads(json.dumps(train_cfg))
-    eval_cfg["test"] = {k2: v for k2, v in test.items() if v is not None}
-    eval_cfg["run"].update(
-        output_dir=str(runs / eval_id), run_name=eval_id, tags=dict(run["tags"], cell_id=eval_id, train_id=train_id)
-    )
-    return train_cfg, eval_cfg, train_id, eval_id
+    eval_raw = json.loads(json.dumps(train_raw))
+    eval_raw["test"] = {k2: v for k2, v in test.items() if v is not None}
+    # Plan time: the complete, validated RunConfig (metadata defaults filled); a bad cell fails here,
+    # before any job is submitted, naming the cell.
+    source = f"profile {profile_name}: {where} ({cell.row}, seed {seed})"
+    train_cfg = resolve_defaults(parse_config(train_raw, source=source), meta)
+    eval_cfg = resolve_defaults(parse_config(eval_raw, source=source), meta)
+    train_id = f"{slug}-{result_hash(train_cfg, 'train')}"
+    if eval_cfg.test == train_cfg.test:
+        eval_id, eval_cfg = train_id, train_cfg
+    else:
+        tag = eval_cfg.test.strategy + ("-tta" if cell.tta else "")
+        eval_id = f"{slug}-{tag}-{result_hash(eval_cfg, 'eval')}"
+    runs = Path(params.study.runs_root) / profile_name
+    train_out, eval_out = train_cfg.to_dict(), eval_cfg.to_dict()
+    # The ids name the run folders and runs (result-free keys: the hashes above do not change).
+    train_out["run"].update(output_dir=str(runs / train_id), run_name=train_id,
+                            tags=dict(train_out["run"]["tags"], cell_id=train_id))
+    eval_out["run"].update(output_dir=str(runs / eval_id), run_name=eval_id,
+                           tags=dict(eval_out["run"]["tags"], cell_id=eval_id, train_id=train_id))
+    return train_out, eval_out, train_id, eval_id
 
 
 def estimate_gpu_hours(params: Params, cfg: dict[str, Any], paper_backbone: str, num_gpus: int = 1) -> float:
@@ -463,10 +455,6 @@ def expand(
                 if prof.released:
                     tcfg, tid = released_unit(params, prof, entry, ecfg, eid)
                     eid = tid
-                # Plan time: every run config is a valid RunConfig before any job is submitted (the
-                # executor ships the same dict; the engine parses it again in the job).
-                for cfg, uid in ((tcfg, tid), (ecfg, eid)):
-                    parse_config(cfg, source=f"profile {profile}: {where} ({cell.row}, seed {seed}) -> cell {uid}")
                 if tid not in train:
                     hours = params.time_model.eval_hours if prof.released else estimate_gpu_hours(params, tcfg, cell.backbone)
                     train[tid] = TrainUnit(tid, tcfg, hours)
@@ -482,14 +470,15 @@ def expand(
 def released_unit(params: Params, prof: Profile, entry: Any, ecfg: dict[str, Any], eid: str) -> tuple[dict[str, Any], str]:
     """An evaluation-only unit of a `released` profile: the cell's evaluation config with `model.weights`
     = <checkpoint_root>/<file> (no backbone pretraining: the released file holds every weight) and the
-    file's sources as run tags (the offline message and the tables read them). Its id adds the entry's
-    digest, so pointing the entry at another file re-runs the cell."""
+    file's sources as run tags (the offline message and the tables read them). Its id is the evaluation's
+    slug, "rel" and the config's `result_hash` (scope "eval"; the weights count by file name), so pointing
+    the entry at another file re-runs the cell."""
     cfg = json.loads(json.dumps(ecfg))
     cfg["model"]["weights"] = str(Path(prof.checkpoint_root) / entry.file)
     cfg["model"]["pretrained"] = None
     tags = {f"released_{k}": str(v) for k, v in entry.model_dump().items()
             if k in ("url", "hf_id", "md5_prefix", "sha256", "config", "file") and v is not None}
-    uid = f"{eid}-rel{_digest(entry.model_dump(), 6)}"
+    uid = f"{eid.rsplit('-', 1)[0]}-rel-{result_hash(cfg, 'eval')}"
     cfg["run"].update(output_dir=str(Path(cfg["run"]["output_dir"]).with_name(uid)), run_name=uid,
                       eval_period=0, tags=dict(cfg["run"]["tags"], cell_id=uid, train_id=uid, **tags))
     return cfg, uid
@@ -503,7 +492,7 @@ def profile_differences(params: Params, profile: str, tables: Iterable[str] | No
     if not base:
         return {}
     ours, theirs = expand(params, profile, tables), expand(params, base, tables)
-    skip = ("run.output_dir", "run.run_name", "run.tags", "run.experiment", "data.root", "run.seed")
+    skip = ("run.output_dir", "run.run_name", "run.tags", "run.experiment", "data.root", "data.version", "run.seed")
     diff: dict[str, tuple[set, set]] = {}
     by_place = {(r.table, r.index): r for r in theirs.rows}
     for a, b in ((by_place[(r.table, r.index)], r) for r in ours.rows):  # ours: maybe one row per table

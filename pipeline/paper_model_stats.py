@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from maskformer_core.data.metadata import get_metadata
 from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
 from pipeline.grid import resolve_cell
@@ -77,8 +78,9 @@ def paper_rows(params: Params, tables: Iterable[str] = STATS_TABLES,
             seen.add((table, cell.row))
             tcfg, _, _, _ = resolve_cell(params, PAPER_PROFILE, cell, 0, where=f"grid.{table}.cells[{i}]",
                                          data_versions={cell.dataset: "n/a"})
-            kwargs = {k: v for k, v in tcfg["model"].items() if k != "pretrained"}  # random init: no download
-            crop = tcfg["data"].get("crop_size")
+            kwargs = {k: v for k, v in tcfg["model"].items() if k not in ("pretrained", "weights")}  # random init: no download
+            # the plan's crop; COCO panoptic's DETR mapper crops at random sizes (metadata augmentation "detr")
+            crop = tcfg["data"].get("crop_size") if get_metadata(cell.dataset).augmentation != "detr" else None
             if crop:  # semantic rows: the training crop (tools/analyze_model.py --use-fixed-input-size)
                 size, note = [int(crop[0]), int(crop[1])], f"fixed {crop[0]}x{crop[1]} crop (MaskFormer tools/analyze_model.py)"
             else:  # COCO panoptic: no crop; one documented stand-in for the 100-image mean

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from maskformer_core.errors import CheckpointError
+from maskformer_core.models.defaults import MODEL_DEFAULTS, default_enc_layers
 from pipeline.errors import UserError
 
 FORMATS = ("hf", "detectron2", "converted", "ours")
@@ -59,9 +60,9 @@ def _normalise(kwargs: Mapping[str, Any]) -> dict[str, Any]:
                 if p.default is not inspect.Parameter.empty}
     out = {k: kwargs.get(k, defaults.get(k)) for k in ARCH_KEYS}
     if out["num_queries"] is None:
-        out["num_queries"] = 100  # build_model's default for maskformer (NUM_OBJECT_QUERIES)
+        out["num_queries"] = MODEL_DEFAULTS.num_queries  # NUM_OBJECT_QUERIES (maskformer_core.models.defaults)
     if out["enc_layers"] is None:
-        out["enc_layers"] = 6 if out["pixel_decoder"] == "transformer_encoder" else 0
+        out["enc_layers"] = default_enc_layers(out["pixel_decoder"])
     if out["swin_window"] is None and out["backbone"] in SWIN_CONFIGS:
         out["swin_window"] = SWIN_CONFIGS[out["backbone"]]["window_size"]
     return out

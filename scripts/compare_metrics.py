@@ -25,8 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# `<slug>-<hash>` and a released profile's `<slug>-<hash>-rel<hash>` (pipeline.grid cell ids)
-_HASH_TAIL = re.compile(r"-[0-9a-f]{6,}(-rel[0-9a-f]{4,})?$")
+# `<slug>-<hash>` and a released profile's `<slug>-rel-<hash>` (pipeline.grid cell ids; before issue 11's
+# one result hash: `<slug>-<hash>-rel<hash>`)
+_HASH_TAIL = re.compile(r"(-[0-9a-f]{6,}-rel[0-9a-f]{4,}|-rel-[0-9a-f]{6,}|-[0-9a-f]{6,})$")
 METRICS_FILE = "metrics.json"
 
 

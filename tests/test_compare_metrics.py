@@ -60,3 +60,13 @@ def test_identical_folders_exit_0_and_perf_compared_on_request(tmp_path: Path) -
 def test_missing_folder_is_an_error_naming_it(tmp_path: Path) -> None:
     proc = _run(tmp_path / "nope", tmp_path)
     assert proc.returncode == 2 and str(tmp_path / "nope") in proc.stderr
+
+
+def test_released_cells_match_across_the_old_and_the_new_id_format(tmp_path: Path) -> None:
+    """A released profile's ids were `<slug>-<hash>-rel<hash>`; with one result hash `<slug>-rel-<hash>`."""
+    before, after = tmp_path / "before", tmp_path / "after"
+    _cell(before, "ade20k-mf-R50-q100-d6-s0-6827b4b0-rel6980ca", METRICS)
+    _cell(after, "ade20k-mf-R50-q100-d6-s0-rel-2f1b2f3e", dict(METRICS, **{"val/mIoU": 18.0}))
+    out = _run(before, after)
+    assert out.returncode == 1, out.stderr
+    assert "changed   ade20k-mf-R50-q100-d6-s0: " in out.stdout and "missing" not in out.stdout.split("summary")[0]

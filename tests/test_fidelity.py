@@ -79,7 +79,7 @@ def test_coco_cells_pad_nothing_and_run_one_image_per_forward_pass(paper):
         assert cfg["model"]["size_divisibility"] == 0  # coco-panoptic configs: SIZE_DIVISIBILITY 0
         assert cfg["solver"]["ims_per_batch"] == 64 and cfg["solver"]["micro_batch"] == 1  # 64 GPUs x 1 image
     ade, _ = _train_cfg(paper, "table1", "MaskFormer R50")
-    assert "size_divisibility" not in ade["model"] and "micro_batch" not in ade["solver"]
+    assert ade["model"]["size_divisibility"] == 32 and ade["solver"]["micro_batch"] is None  # the plan resolves 32
 
 
 def test_accumulated_passes_keep_the_official_mask_loss_normalisation():
@@ -180,7 +180,7 @@ def test_mapillary_ms_scales_are_half_one_and_one_and_a_half_of_the_test_size(pa
 
     _, ev = _train_cfg(paper, "appendix4", "MaskFormer R50", tta=True)
     test = ev["test"]
-    assert test["tta"] and test["tta_scales"] == [0.5, 1.0, 1.5] and "tta_sizes" not in test
+    assert test["tta"] and test["tta_scales"] == [0.5, 1.0, 1.5] and test.get("tta_sizes") is None
     resolved = resolve_defaults(RunConfig.model_validate(ev), get_metadata("mapillary_vistas"))
     assert resolved.test.tta_scales == [0.5, 1.0, 1.5] and resolved.test.tta_sizes is None
     # a 4:3 image (4000 x 3000): single scale = long side 2048 (Base-MapillaryVistas-65.yaml MIN/MAX_SIZE_TEST 2048)

@@ -126,36 +126,55 @@ def test_a_bad_cell_is_refused_at_plan_time_naming_it(params):
 
 
 def test_config_model_section_matches_build_model_signature():
-    """The run config's `model:` section is build_model's keyword arguments, with the same defaults.
+    """The run config's `model:` section is build_model's keyword arguments, with the same default values,
+    and every official default there is `MODEL_DEFAULTS`' (one home: official add_mask_former_config).
 
     Exceptions: `weights` (config only: the released checkpoint to evaluate), `pixel_mean`/`pixel_std`
-    (the ImageNet constants, not a study setting); a config default of None defers to build_model.
+    (the ImageNet constants, not a study setting). A default of None (both sides) is a dependent default
+    of maskformer_core.models.defaults, which build_model and resolve_defaults apply alike.
     """
+    import dataclasses
     import inspect
 
     from maskformer_core.models import build_model
+    from maskformer_core.models.backbones import build_backbone
+    from maskformer_core.models.defaults import MODEL_DEFAULTS
     from pipeline.config import ModelConfig
 
     params = inspect.signature(build_model).parameters
     fields = ModelConfig.model_fields
     assert set(fields) - {"weights"} == set(params) - {"pixel_mean", "pixel_std"}
-    known = {"num_queries": (100, None)}  # build_model: None = 100 (maskformer) or K (per_pixel_plus)
+    official = dataclasses.asdict(MODEL_DEFAULTS)
     for name, field in fields.items():
-        if name == "weights" or field.default is None:
+        if name in ("weights", "num_classes"):  # num_classes: the dataset's K (config None until resolved)
             continue
-        default = params[name].default
-        assert (field.default, default) == known.get(name, (default, default)), name
+        assert field.default == params[name].default, (name, field.default, params[name].default)
+        if field.default is not None and name in official:
+            assert field.default == official[name], name
+    assert params["num_classes"].default is inspect.Parameter.empty  # K always comes from the dataset
+    assert inspect.signature(build_backbone).parameters["drop_path"].default is None  # -> default_drop_path
+
+
+def test_plan_resolves_the_dependent_model_defaults_build_model_would_pick(params):
+    """The plan writes the values build_model would choose itself (Q 100, +6 Enc 6 layers, Swin drop path
+    0.3, size divisibility 32), so the hash covers them; a per-pixel baseline keeps its backbone's padding."""
+    grid = expand(params, "paper", ["table1", "table2", "table3"])
+    swin = grid.train[_row(grid, "table1", "MaskFormer Swin-T").eval_ids[0]].config["model"]
+    assert (swin["num_queries"], swin["drop_path"], swin["size_divisibility"], swin["enc_layers"]) == (100, 0.3, 32, 0)
+    enc = grid.train[_row(grid, "table3", "MaskFormer R50+6Enc").eval_ids[0]].config["model"]
+    assert (enc["enc_layers"], enc["drop_path"], enc["size_divisibility"]) == (6, None, 0)  # coco-panoptic: 0
+    pp = grid.train[_row(grid, "table2", "PerPixelBaseline ADE20K").eval_ids[0]].config["model"]
+    assert pp["num_queries"] is None and pp["size_divisibility"] is None
 
 
 def test_grid_show_prints_the_resolved_config_the_engine_runs(params, run_cli):
-    """`grid show`: the plan's config with the metadata defaults filled (splits, strategy, thresholds, flip)."""
+    """`grid show`: the plan's config, complete (splits, strategy, thresholds, flip resolved at plan time)."""
     from pipeline.config import RunConfig
 
     unit = next(iter(expand(params, "smoke", ["table2"]).train.values()))
     out = run_cli("grid", "show", unit.train_id, "--profile", "smoke", cwd=REPO)
     assert out.returncode == 0, out.stderr
     shown = RunConfig.model_validate(yaml.safe_load(out.stdout))
-    assert unit.config["data"].get("train_split") is None  # the plan leaves metadata defaults to the engine ...
-    assert shown.data.train_split and shown.data.val_split and shown.test.strategy  # ... which grid show fills
+    assert shown.to_dict() == RunConfig.model_validate(unit.config).to_dict()  # what the executor ships
+    assert shown.data.train_split and shown.data.val_split and shown.test.strategy and shown.model.num_classes
     assert shown.test.overlap_threshold == 0.8 and shown.solver.base_lr is not None
-    assert shown.model.num_queries == unit.config["model"]["num_queries"]

@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 ALLOWED = ("solver.max_iter", "solver.steps", "solver.warmup_iters", "data.crop_size", "data.short_sizes",
            "data.max_size", "data.test_short_size", "data.test_max_size", "test.", "model.pretrained",
            "run.device", "run.threads", "run.checkpoint_period", "run.log_period", "run.output_dir",
-           "run.run_name", "run.tags", "run.experiment", "run.seed", "data.root")
+           "run.run_name", "run.tags", "run.experiment", "run.seed", "data.root",
+           "data.size_divisibility")  # the semantic mapper pads to the crop (resolve_defaults), so it follows the crop
 
 
 def test_rehearsal_cells_are_the_paper_cells_shrunk():

@@ -10,6 +10,8 @@ from torch import nn
 
 from maskformer_core.errors import ConfigError
 from maskformer_core.models.backbones import BACKBONE_NAMES, BACKBONES, build_backbone, is_swin
+from maskformer_core.models.defaults import MODEL_DEFAULTS as D
+from maskformer_core.models.defaults import default_drop_path, default_enc_layers, default_num_queries
 from maskformer_core.models.maskformer import PIXEL_MEAN, PIXEL_STD, MaskFormer, MaskFormerHead
 from maskformer_core.models.per_pixel import PerPixelBaselineHead, PerPixelBaselinePlusHead, PerPixelModel
 from maskformer_core.models.pixel_decoder import BasePixelDecoder, TransformerEncoderPixelDecoder
@@ -27,21 +29,26 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
-def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes: int,
-                num_queries: int | None = None, dec_layers: int = 6, dec_self_attention: bool = True,
-                pixel_decoder: str = "base", enc_layers: int | None = None, transformer_in_feature: str = "res5",
-                hidden_dim: int = 256, mask_dim: int = 256, conv_dim: int = 256, nheads: int = 8,
-                dim_feedforward: int = 2048, dropout: float = 0.1, box_head: bool = False,
-                deep_supervision: bool = True, pretrained=None, swin_window: int | None = None,
-                drop_path: float = 0.3, size_divisibility: int | None = None, enforce_input_proj: bool = False,
+def build_model(*, arch: str = D.arch, backbone: str = D.backbone, num_classes: int,
+                num_queries: int | None = None, dec_layers: int = D.dec_layers,
+                dec_self_attention: bool = D.dec_self_attention, pixel_decoder: str = D.pixel_decoder,
+                enc_layers: int | None = None, transformer_in_feature: str = D.transformer_in_feature,
+                hidden_dim: int = D.hidden_dim, mask_dim: int = D.mask_dim, conv_dim: int = D.conv_dim,
+                nheads: int = D.nheads, dim_feedforward: int = D.dim_feedforward, dropout: float = D.dropout,
+                box_head: bool = D.box_head, deep_supervision: bool = D.deep_supervision, pretrained=None,
+                swin_window: int | None = None, drop_path: float | None = None, size_divisibility: int | None = None,
+                enforce_input_proj: bool = D.enforce_input_proj,
                 pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD) -> nn.Module:
     """Build a model; see docs/ARCHITECTURE.md "Model contract" for outputs.
 
-    num_queries: default 100 (official ``mask_former/config.py``) for maskformer, K for per_pixel_plus (must
-    equal K, official ``mask_former/modeling/heads/per_pixel_baseline.py``).
-    enc_layers: default 6 with pixel_decoder "transformer_encoder" ("+6 Enc", official
+    Defaults are `maskformer_core.models.defaults.MODEL_DEFAULTS` (official ``mask_former/config.py``);
+    None picks the dependent default of that module:
+    num_queries: `default_num_queries`: 100 for maskformer, K for per_pixel_plus (must equal K, official
+    ``mask_former/modeling/heads/per_pixel_baseline.py``); unused by per_pixel.
+    enc_layers: `default_enc_layers`: 6 with pixel_decoder "transformer_encoder" ("+6 Enc", official
     ``mask_former/modeling/heads/pixel_decoder.py``), 0 with "base".
-    size_divisibility: default 32 for maskformer (MASK_FORMER.SIZE_DIVISIBILITY; pass 0 for COCO
+    drop_path: `default_drop_path`: 0.3 for Swin (MODEL.SWIN.DROP_PATH_RATE); ResNets have none.
+    size_divisibility: 32 for maskformer (MASK_FORMER.SIZE_DIVISIBILITY; pass 0 for COCO
     panoptic, official ``mask_former/config.py``) and the backbone's own (0 ResNet, 32 Swin) for the per-pixel
     baselines (official per_pixel_baseline.py).
     pretrained: None | path (.pkl/.pth/.safetensors) | "hub" (the backbone's official ImageNet weights on
@@ -54,8 +61,9 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
         raise ConfigError(f"unknown backbone {backbone!r}; valid names: {', '.join(BACKBONE_NAMES)}")
     _positive_int("num_classes", num_classes)
     if num_queries is None:
-        num_queries = num_classes if arch == "per_pixel_plus" else 100
-    _positive_int("num_queries", num_queries)
+        num_queries = default_num_queries(arch, num_classes)
+    if arch != "per_pixel":  # the per-pixel baseline has no queries
+        _positive_int("num_queries", num_queries)
     if arch == "per_pixel_plus" and num_queries != num_classes:
         raise ConfigError(f"num_queries={num_queries} must equal num_classes={num_classes} for arch "
                           f"'per_pixel_plus' (one query per class, official per_pixel_baseline.py)")
@@ -63,7 +71,7 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
     if pixel_decoder not in PIXEL_DECODERS:
         raise ConfigError(f"pixel_decoder must be one of {', '.join(PIXEL_DECODERS)}, got {pixel_decoder!r}")
     if enc_layers is None:
-        enc_layers = 6 if pixel_decoder == "transformer_encoder" else 0
+        enc_layers = default_enc_layers(pixel_decoder)
     if pixel_decoder == "base" and enc_layers != 0:
         raise ConfigError(f"enc_layers={enc_layers} needs pixel_decoder='transformer_encoder' (the base "
                           f"pixel decoder has no encoder)")
@@ -102,6 +110,8 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
     check_pretrained_option(pretrained, backbone)
 
     # ---- build
+    if drop_path is None:
+        drop_path = default_drop_path(is_swin(backbone))
     bb = build_backbone(backbone, swin_window=swin_window, drop_path=drop_path)
     if pretrained is not None:
         load_backbone_weights(bb, pretrained, backbone)
@@ -128,7 +138,7 @@ def build_model(*, arch: str = "maskformer", backbone: str = "R50", num_classes:
         div = bb.size_divisibility if size_divisibility is None else size_divisibility
         return PerPixelModel(bb, head, num_classes, arch, size_divisibility=div, **norm)
     head = MaskFormerHead(pd, predictor, transformer_in_feature)
-    return MaskFormer(bb, head, num_classes, size_divisibility=32 if size_divisibility is None else size_divisibility,
+    return MaskFormer(bb, head, num_classes, size_divisibility=D.size_divisibility if size_divisibility is None else size_divisibility,
                       **norm)
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from maskformer_core.data.metadata import get_metadata
-from pipeline.config import parse_config, resolve_defaults
+from pipeline.config import parse_config
 
 from pipeline.grid import expand, find_cell
 from pipeline.params import load_params
@@ -54,14 +53,13 @@ def run(args: argparse.Namespace) -> int:
         world = int(unit.config["run"].get("num_gpus", 1))
         print(f"# world size {world} (one process per GPU), per-GPU batch "
               f"{unit.config['solver']['ims_per_batch'] // world} of {unit.config['solver']['ims_per_batch']}")
-        # What the engine runs: the plan's config with the dataset metadata's defaults filled in
-        # (pipeline.config.resolve_defaults, as engine.check_data does in the job).
+        # What the engine runs: the plan's complete config (metadata defaults resolved at plan time,
+        # pipeline.grid.resolve_cell; the job only checks the data on disk agrees).
         cfg = parse_config(unit.config, source=f"cell {unit.train_id}")
-        root = Path(cfg.data.root)
-        meta = get_metadata(cfg.data.dataset, root if root.exists() else None)
-        if not root.exists():
-            print(f"# {root} does not exist yet: defaults from the official {cfg.data.dataset} metadata")
-        print(yaml.safe_dump(resolve_defaults(cfg, meta).to_dict(), sort_keys=False), end="")
+        if not Path(cfg.data.root).exists():
+            print(f"# {cfg.data.root} does not exist yet: defaults from the {cfg.data.dataset} metadata "
+                  f"(pipeline.grid.plan_metadata)")
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     grid = expand(params, args.profile, args.table)
     if params.profiles[grid.profile].released:  # `zoo`: every unit evaluates a released checkpoint

@@ -15,6 +15,7 @@ from torch import nn
 from maskformer_core.errors import ConfigError
 from maskformer_core.models.backbones.resnet import resnet_r50, resnet_r101, resnet_r101c, smoke_r18
 from maskformer_core.models.backbones.swin import SWIN_CONFIGS, swin
+from maskformer_core.models.defaults import default_drop_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +56,13 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
 
 
 def _swin_builder(name: str) -> Callable[..., nn.Module]:
-    def build(*, swin_window: int | None = None, drop_path: float = 0.3) -> nn.Module:
+    def build(*, swin_window: int | None, drop_path: float) -> nn.Module:
         return swin(name, window_size=swin_window, drop_path_rate=float(drop_path))
     return build
 
 
 def _resnet_builder(fn: Callable[[], nn.Module]) -> Callable[..., nn.Module]:
-    def build(*, swin_window: int | None = None, drop_path: float = 0.3) -> nn.Module:  # noqa: ARG001 - Swin-only options
+    def build(*, swin_window: int | None, drop_path: float | None) -> nn.Module:  # noqa: ARG001 - Swin-only options
         return fn()
     return build
 
@@ -115,11 +116,13 @@ def backbone_family(name: str) -> str:
     return get_backbone_spec(name).family
 
 
-def build_backbone(name: str, *, swin_window: int | None = None, drop_path: float = 0.3) -> nn.Module:
+def build_backbone(name: str, *, swin_window: int | None = None, drop_path: float | None = None) -> nn.Module:
     """Return a backbone with `forward(x[B,3,H,W]) -> {"res2".."res5"}`, `out_channels`, `strides`,
-    `size_divisibility`. `swin_window`/`drop_path` apply to Swin only (defaults: 7 or 12, 0.3: official
-    configs MODEL.SWIN.WINDOW_SIZE, MODEL.SWIN.DROP_PATH_RATE)."""
+    `size_divisibility`. `swin_window`/`drop_path` apply to Swin only (defaults: 7 or 12 by model, official
+    configs MODEL.SWIN.WINDOW_SIZE; None drop_path: `defaults.default_drop_path`, MODEL.SWIN.DROP_PATH_RATE)."""
     spec = get_backbone_spec(name)
+    if drop_path is None:
+        drop_path = default_drop_path(spec.is_swin)
     if not spec.is_swin and swin_window is not None:
         raise ConfigError(f"swin_window={swin_window} given for non-Swin backbone {name!r}")
     if spec.is_swin:

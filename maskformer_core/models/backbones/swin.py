@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskformer_core.models.defaults import MODEL_DEFAULTS
+
 __all__ = ["SwinTransformer", "SWIN_CONFIGS", "swin"]
 
 # official ``mask_former/config.py`` ``MODEL.SWIN.*`` and ``configs/*/swin/*.yaml``: embed dim C, depths, heads,
@@ -243,7 +245,7 @@ class SwinTransformer(nn.Module):
     out_features = ("res2", "res3", "res4", "res5")
 
     def __init__(self, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
-                 num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, drop_path_rate: float = 0.3,
+                 num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, drop_path_rate: float = MODEL_DEFAULTS.swin_drop_path,
                  patch_size: int = 4, in_chans: int = 3) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
@@ -288,7 +290,7 @@ class SwinTransformer(nn.Module):
         return outs
 
 
-def swin(name: str, window_size: int | None = None, drop_path_rate: float = 0.3) -> SwinTransformer:
+def swin(name: str, window_size: int | None = None, drop_path_rate: float = MODEL_DEFAULTS.swin_drop_path) -> SwinTransformer:
     """Build a Swin from SWIN_CONFIGS; `window_size` overrides the official window (7 or 12)."""
     cfg = dict(SWIN_CONFIGS[name])
     if window_size is not None:
