@@ -129,10 +129,14 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | None = None,
              records: list[dict] | None = None, measure_fps: bool | None = None,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None = None,
+             gt_cache: dict | None = None) -> dict[str, Any]:
     """Evaluate `model` on the validation split of `cfg.data` and return flat metrics (see module doc).
 
     cfg: resolved `RunConfig`; meta: the dataset's `DatasetMeta`. `tta` defaults to `cfg.test.tta`.
+    gt_cache: panoptic ground truth prepared for the PQ evaluator (`PanopticGT`, about H x W bytes per
+    image), keyed by the record's `pan_seg_file_name`; pass the same dict to every evaluation of a run
+    (the trainer's periodic evaluations) and each image is prepared once.
     """
     from maskformer_core.data.datasets import load_split
     from maskformer_core.data.mappers import build_mapper
@@ -195,8 +199,15 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
                 evaluators["pqst"].process(pred, gt_sem)
         if "pan" in evaluators:
             pan_ids, pan_segments = result["panoptic_seg"]
-            evaluators["pan"].process(_to_numpy(item["pan_seg"]), list(item["segments_info"]),
-                                      _to_numpy(pan_ids), list(pan_segments))
+            key = record.get("pan_seg_file_name", record.get("image_id", i))
+            gt = gt_cache.get(key) if gt_cache is not None else None
+            if gt is None:
+                gt = evaluators["pan"].prepare_gt(_to_numpy(item["pan_seg"]), list(item["segments_info"]),
+                                                  image_id=record.get("image_id", i))
+                if gt_cache is not None:
+                    gt_cache[key] = gt
+            evaluators["pan"].process(gt, None, _to_numpy(pan_ids), list(pan_segments),
+                                      image_id=record.get("image_id", i))
         if tta and gt_sem is not None:
             # detectron2 DatasetMapperTTA resizes the test loader's (single-scale) image again, not the original
             scores = tta_semantic(model, item["image"].to(device), cfg.test.tta_sizes, bool(cfg.test.flip), tta_pp,

@@ -195,6 +195,40 @@ def test_pq_equals_hotcoco_files_and_in_memory(seed, n_images, colour_pred_ids):
             assert cached.results() == numpy_files
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_images=st.integers(1, 6))
+def test_batched_matching_equals_image_by_image(seed, n_images):
+    """The rules run on many images at once (match_images: one array pass, crowd regions per image and
+    category): every image gets the sums match_segments gives it alone, bit for bit, and the evaluator's
+    batch size changes no number."""
+    from maskformer_core.metrics import panoptic
+
+    rng = np.random.default_rng(seed)
+    images = [random_image(rng) for _ in range(n_images)]
+    stats = panoptic.PQStats({c["id"]: c for c in CATEGORIES})
+    entries = []
+    for k, (gt, gt_segments, pred, pred_segments) in enumerate(images):
+        gt_fields, pred_fields = panoptic._fields(gt_segments, pred_segments, stats, f"image {k}")
+        entries.append(panoptic._image_pq(gt, gt_fields, pred, pred_fields, f"image {k}"))
+    iou, counts = panoptic.match_images(entries, len(stats.cat_ids))
+    assert iou.shape == (n_images, len(CATEGORIES)) and counts.shape == (n_images, 3, len(CATEGORIES))
+    for k, entry in enumerate(entries):
+        alone = stats.empty_like()
+        panoptic.match_segments(*entry, alone)
+        assert np.array_equal(alone.iou, iou[k]) and np.array_equal(alone.counts, counts[k]), k
+    results = []
+    for batch in (1, 2, panoptic.MATCH_BATCH):
+        saved, panoptic.MATCH_BATCH = panoptic.MATCH_BATCH, batch
+        try:
+            ev = PanopticEvaluator(CATEGORIES, threads=1)
+            for image in images:
+                ev.process(*image)
+            results.append(ev.results())
+        finally:
+            panoptic.MATCH_BATCH = saved
+    assert results[0] == results[1] == results[2]
+
+
 def boundary_image():
     """Hand-made edge cases: IoU exactly 0.5 (no match), a prediction exactly half on VOID (a false
     positive: ignoring needs more than half), two crowd segments of one category (the last one listed is

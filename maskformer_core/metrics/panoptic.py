@@ -63,6 +63,7 @@ except ImportError:  # orjson is a dependency (pyproject.toml); json gives the s
 VOID = 0
 OFFSET = 256 * 256 * 256  # panopticapi's id offset; ids are 24-bit colours
 ENGINES = ("hotcoco", "numpy")
+_INT = {int}  # segment ids read_annotations takes without a closer look
 MATCH_BATCH = 64  # images matched at once by PanopticEvaluator (match_images); any size gives the same numbers
 
 
@@ -622,7 +623,7 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
             raise DataError(f"{path}: image id {image_id!r}: 'segments_info' is not a list")
         try:  # the common case in C-level set operations; anything odd goes through the checks below
             ids = [s["id"] for s in segments]
-            if (all(type(i) is int for i in ids) and len(set(ids)) == len(ids)
+            if (set(map(type, ids)) <= _INT and len(set(ids)) == len(ids)
                     and known.issuperset([s["category_id"] for s in segments])):
                 out[image_id] = ann
                 continue
