@@ -2,8 +2,9 @@
 
 The protocol is the COCO panoptic API's (cocodataset/panopticapi ``panopticapi/evaluation.py``, which
 facebookresearch/MaskFormer calls through detectron2's ``COCOPanopticEvaluator``; paper Sec. 4,
-"Evaluation metrics": PQ of Kirillov et al.). Its rules are implemented once, in ``match_segments``,
-and shared by the in-memory evaluator, the numpy file engine and PQ^St (``pq_stuff.py``):
+"Evaluation metrics": PQ of Kirillov et al.). Its rules are implemented once, in ``match_images``
+(array operations over a batch of images; ``match_segments`` is a batch of one), and shared by the
+in-memory evaluator, the numpy file engine and PQ^St (``pq_stuff.py``):
 
 - ids come from PNGs with id = R + 256 G + 256^2 B; 0 = VOID (a predicted segment that lists id 0 owns
   those pixels, as in hotcoco; panopticapi rejects such a prediction; a GT segment may not use it);
@@ -30,8 +31,9 @@ In-memory (training): the GT and predicted id maps are run-length encoded jointl
 pixels; the run values are mapped to dense segment indices and the GT x prediction intersections are one
 weighted ``np.bincount``; everything after the pass works on the runs (~10^4 for a COCO image). The GT
 can be prepared once (``PanopticGT``: dense uint8 indices) and kept across evaluations of a validation
-set; images are evaluated on a thread pool (numpy releases the GIL in the passes over the pixels) and
-their sums added in image order.
+set; the pixel passes run on a thread pool (numpy releases the GIL in them), and the images are matched
+``MATCH_BATCH`` at a time by ``match_images`` (no Python loop over segments or images), their sums added
+in image order.
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
 {category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (a group
