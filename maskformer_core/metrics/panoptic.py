@@ -48,6 +48,7 @@ import re
 import threading
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 from typing import Iterable, Sequence
 
 import cv2
@@ -66,6 +67,7 @@ VOID = 0
 OFFSET = 256 * 256 * 256  # panopticapi's id offset; ids are 24-bit colours
 ENGINES = ("hotcoco", "numpy")
 _INT = {int}  # segment ids read_annotations takes without a closer look
+_GET_ID, _GET_CATEGORY = itemgetter("id"), itemgetter("category_id")
 MATCH_BATCH = 64  # images matched at once by PanopticEvaluator (match_images); any size gives the same numbers
 
 
@@ -624,9 +626,9 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
         if not isinstance(segments, list):
             raise DataError(f"{path}: image id {image_id!r}: 'segments_info' is not a list")
         try:  # the common case in C-level set operations; anything odd goes through the checks below
-            ids = [s["id"] for s in segments]
+            ids = list(map(_GET_ID, segments))
             if (set(map(type, ids)) <= _INT and len(set(ids)) == len(ids)
-                    and known.issuperset([s["category_id"] for s in segments])):
+                    and known.issuperset(map(_GET_CATEGORY, segments))):
                 out[image_id] = ann
                 continue
         except (KeyError, TypeError):
