@@ -229,6 +229,25 @@ def test_batched_matching_equals_image_by_image(seed, n_images):
     assert results[0] == results[1] == results[2]
 
 
+def test_predicted_segment_with_the_void_id_equals_hotcoco(tmp_path):
+    """A prediction may list a segment with id 0 (DETR writes one); it owns those pixels, as in hotcoco,
+    on the small-id path (ids 0..4095) and the colour-id path alike."""
+    rng = np.random.default_rng(11)
+    images = []
+    for colour in (False, True):
+        gt, gt_segments, pred, pred_segments = random_image(rng, colour_pred_ids=colour)
+        first = pred_segments[0]["id"]
+        pred = np.where(pred == first, 0, pred)
+        pred_segments = [dict(pred_segments[0], id=0)] + pred_segments[1:]
+        images.append((gt, gt_segments, pred, pred_segments))
+    ref = hotcoco(*write_folder(tmp_path, images, [0, 1]))
+    ev = PanopticEvaluator(CATEGORIES, threads=1)
+    for image in images:
+        ev.process(*image)
+    assert_same(ev.results(), ref)
+    assert_counts(ev, ref)
+
+
 def boundary_image():
     """Hand-made edge cases: IoU exactly 0.5 (no match), a prediction exactly half on VOID (a false
     positive: ignoring needs more than half), two crowd segments of one category (the last one listed is

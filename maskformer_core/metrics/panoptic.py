@@ -503,12 +503,14 @@ def _runs_image(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_ca
     """
     pred_ids, pred_cat = pred_fields
     g, p = len(gt_cat), len(pred_ids)
-    pj = _dense_index(pred_run, pred_ids, VOID, table)
-    key = np.multiply(gi, p + 2, dtype=np.intp)
-    key += pj
-    hist = np.bincount(key, weights=lengths, minlength=(g + 2) * (p + 2)).astype(np.int64).reshape(g + 2, p + 2)
+    hist = _small_id_hist(gi, pred_run, lengths, g, pred_ids)
+    if hist is None:
+        pj = _dense_index(pred_run, pred_ids, VOID, table)
+        key = np.multiply(gi, p + 2, dtype=np.intp)
+        key += pj
+        hist = np.bincount(key, weights=lengths, minlength=(g + 2) * (p + 2)).astype(np.int64).reshape(g + 2, p + 2)
     if hist[:, p + 1].any():
-        unknown = np.unique(pred_run[pj == p + 1])[:10].tolist()
+        unknown = np.setdiff1d(pred_run, pred_ids + [VOID])[:10].tolist()
         raise DataError(f"{where}: predicted segment(s) {unknown} in the PNG but not in segments_info")
     pred_area = hist[:, :p].sum(axis=0)
     if p and (pred_area == 0).any():
@@ -519,6 +521,29 @@ def _runs_image(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_ca
         gt_area = gt_area.copy()
         gt_area[from_png] = hist[:g].sum(axis=1)[from_png]
     return hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area
+
+
+def _small_id_hist(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, g: int,
+                   pred_ids: list) -> np.ndarray | None:
+    """The ``[G + 2, P + 2]`` histogram of ``_runs_image`` for predicted ids in 0..4095 (the post-processors'
+    1..N), or None for other ids: counted over the raw ids (no per-run lookup) and the columns then put in
+    segment order, VOID and the rest (ids no segment lists) after them."""
+    if not pred_run.size or not pred_ids:
+        return None
+    lo, hi = int(pred_run.min()), int(pred_run.max())
+    top = max(pred_ids)
+    if lo < 0 or hi >= 4096 or top >= 4096 or min(pred_ids) < 0:
+        return None
+    w = max(hi, top) + 1
+    key = np.multiply(gi, w, dtype=np.intp)
+    key += pred_run
+    raw = np.bincount(key, weights=lengths, minlength=(g + 2) * w).astype(np.int64).reshape(g + 2, w)
+    p = len(pred_ids)
+    hist = np.empty((g + 2, p + 2), dtype=np.int64)
+    hist[:, :p] = raw[:, pred_ids]
+    hist[:, p] = 0 if VOID in pred_ids else raw[:, VOID]
+    hist[:, p + 1] = raw.sum(axis=1) - hist[:, :p + 1].sum(axis=1)
+    return hist
 
 
 class PanopticGT:
