@@ -199,15 +199,17 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
                 evaluators["pqst"].process(pred, gt_sem)
         if "pan" in evaluators:
             pan_ids, pan_segments = result["panoptic_seg"]
-            key = record.get("pan_seg_file_name", record.get("image_id", i))
-            gt = gt_cache.get(key) if gt_cache is not None else None
-            if gt is None:
-                gt = evaluators["pan"].prepare_gt(_to_numpy(item["pan_seg"]), list(item["segments_info"]),
-                                                  image_id=record.get("image_id", i))
-                if gt_cache is not None:
-                    gt_cache[key] = gt
-            evaluators["pan"].process(gt, None, _to_numpy(pan_ids), list(pan_segments),
-                                      image_id=record.get("image_id", i))
+            image_id = record.get("image_id", i)
+            if gt_cache is None:  # one evaluation: preparing the GT would cost more than it saves
+                evaluators["pan"].process(_to_numpy(item["pan_seg"]), list(item["segments_info"]),
+                                          _to_numpy(pan_ids), list(pan_segments), image_id=image_id)
+            else:
+                key = record.get("pan_seg_file_name", image_id)
+                if key not in gt_cache:
+                    gt_cache[key] = evaluators["pan"].prepare_gt(_to_numpy(item["pan_seg"]),
+                                                                 list(item["segments_info"]), image_id=image_id)
+                evaluators["pan"].process(gt_cache[key], None, _to_numpy(pan_ids), list(pan_segments),
+                                          image_id=image_id)
         if tta and gt_sem is not None:
             # detectron2 DatasetMapperTTA resizes the test loader's (single-scale) image again, not the original
             scores = tta_semantic(model, item["image"].to(device), cfg.test.tta_sizes, bool(cfg.test.flip), tta_pp,
