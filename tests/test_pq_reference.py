@@ -344,6 +344,13 @@ def test_in_memory_errors_name_the_image_on_any_thread_count():
         with pytest.raises(DataError, match=r"image 'img7': predicted segment\S* \[\d+\] in the PNG but not"):
             ev.process(gt, gt_segments, pred, unlisted, image_id="img7")
             ev.results()
+    # the bad image in the middle of a pool task of several images: its error, naming it, is the one raised
+    for threads in (1, 2):
+        ev = PanopticEvaluator(CATEGORIES, threads=threads)
+        with pytest.raises(DataError, match=r"image 'img2': predicted segment\S* \[\d+\] in the PNG but not"):
+            for k in range(7):
+                ev.process(gt, gt_segments, pred, unlisted if k == 2 else pred_segments, image_id=f"img{k}")
+            ev.results()
     ev = PanopticEvaluator(CATEGORIES, threads=2)
     prepared = ev.prepare_gt(gt, gt_segments, image_id="img7")
     with pytest.raises(DataError, match=r"image 'img7': prediction size \(3, 4\) differs"):

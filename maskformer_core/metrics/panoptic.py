@@ -68,6 +68,7 @@ OFFSET = 256 * 256 * 256  # panopticapi's id offset; ids are 24-bit colours
 ENGINES = ("hotcoco", "numpy")
 _INT = {int}  # segment ids read_annotations takes without a closer look
 _GET_ID, _GET_CATEGORY = itemgetter("id"), itemgetter("category_id")
+POOL_CHUNK = 4  # images per task of PanopticEvaluator's thread pool
 MATCH_BATCH = 64  # images matched at once by PanopticEvaluator (match_images); any size gives the same numbers
 
 
@@ -909,6 +910,7 @@ class PanopticEvaluator:
         self._work = _Workspace()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque = deque()
+        self._chunk: list = []
         self._ready: list = []
         self.reset()
 
@@ -916,7 +918,7 @@ class PanopticEvaluator:
         self._drain()
         self._match()
         state = dict(self.__dict__)
-        state["_pool"], state["_pending"], state["_ready"] = None, deque(), []
+        state["_pool"], state["_pending"], state["_chunk"], state["_ready"] = None, deque(), [], []
         return state
 
     @property
@@ -927,6 +929,7 @@ class PanopticEvaluator:
         return self._stats
 
     def reset(self) -> None:
+        self._chunk = []
         self._drain(errors=False)
         self._ready = []
         self._stats = PQStats(self.categories)
@@ -963,13 +966,35 @@ class PanopticEvaluator:
         if self.threads == 1:
             self._ready.append(self._image(gt, gt_fields, pred, pred_fields, where))
         else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pq-image")
-            self._pending.append(self._pool.submit(self._image, gt, gt_fields, pred, pred_fields, where))
+            self._chunk.append((gt, gt_fields, pred, pred_fields, where))
+            if len(self._chunk) >= POOL_CHUNK:
+                self._submit()
             while len(self._pending) > 2 * self.threads:  # bounded: at most a few images held in memory
-                self._ready.append(self._pending.popleft().result())
+                entries, error = self._pending.popleft().result()
+                self._ready.extend(entries)
+                if error is not None:
+                    raise error
         if len(self._ready) >= MATCH_BATCH:
             self._match()
+
+    def _submit(self) -> None:
+        """Hand the images gathered so far to the pool as one task (fewer, larger tasks: less overhead)."""
+        if not self._chunk:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pq-image")
+        self._pending.append(self._pool.submit(self._images, self._chunk))
+        self._chunk = []
+
+    def _images(self, jobs: list) -> tuple[list, Exception | None]:
+        """``_image`` of several images in order: their entries up to the first error, and that error."""
+        out = []
+        for job in jobs:
+            try:
+                out.append(self._image(*job))
+            except Exception as exc:
+                return out, exc
+        return out, None
 
     def _image(self, gt, gt_fields: tuple, pred: np.ndarray, pred_fields: tuple, where: str) -> tuple:
         """One image's pass over the pixels: its ``match_images`` entry (matched with others in ``_match``)."""
@@ -995,15 +1020,13 @@ class PanopticEvaluator:
     def _drain(self, errors: bool = True) -> None:
         """Collect the pending images' passes in order; the first error is raised after all have finished
         (the images before it are kept, those after it dropped)."""
+        self._submit()
         first = None
         while self._pending:
-            try:
-                part = self._pending.popleft().result()
-            except Exception as exc:
-                first = first or exc
-                continue
+            entries, error = self._pending.popleft().result()
             if first is None:
-                self._ready.append(part)
+                self._ready.extend(entries)
+                first = error
         if first is not None and errors:
             raise first
 
