@@ -32,9 +32,8 @@ pixels; the run values are mapped to dense segment indices and the GT x predicti
 weighted ``np.bincount``; everything after the pass works on the runs (~10^4 for a COCO image). The GT
 can be prepared once (``PanopticGT``: dense uint8 indices) and kept across evaluations of a validation
 set; the pixel passes run on a thread pool (``POOL_CHUNK`` images per task; numpy releases the GIL in
-them), and the images are matched
-``MATCH_BATCH`` at a time by ``match_images`` (no Python loop over segments or images), their sums added
-in image order.
+them), and the images are matched ``MATCH_BATCH`` at a time by ``match_images`` (no Python loop over
+segments or images), their sums added in image order.
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
 {category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (a group
