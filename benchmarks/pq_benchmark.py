@@ -2,7 +2,9 @@
 
 Generates N deterministic 480x640 images with ~30 segments each (GT with things, stuff, crowd and VOID;
 a prediction with moved, relabelled, dropped and spurious segments; COCO panoptic PNG + JSON format) in a
-temp dir and prints one table, all paths timed in the same run (best of N, interleaved):
+temp dir and prints one table, all paths timed in the same run after one warm-up (median of N runs,
+round-robin; CPU seconds of all threads and pool processes beside), then with ``--pairs`` the paired ratio
+of each goal (hotcoco and the path back to back, alternating which goes first; the median ratio):
 
 - hotcoco's file-based ``pq_compute`` (the reference; Rust, its own thread pool);
 - this project's file-based ``pq_compute`` (checks both JSONs, then delegates the PNG work to hotcoco;
@@ -11,7 +13,8 @@ temp dir and prints one table, all paths timed in the same run (best of N, inter
   int64; predictions as the post-processor gives them, int32; no PNG round trip; goal: >= 5x faster than
   hotcoco's file-based evaluation), the same with uint32 GT maps (half the bytes to read), and the same
   with the GT prepared once (``PanopticGT``: uint8 dense indices, kept across evaluations of a validation
-  set); the preparation is its own row (paid once per validation set, not per evaluation);
+  set, as ``pipeline.evaluation.evaluate(gt_cache=...)`` does for a training run); the preparation is its
+  own row (paid once per validation set, not per evaluation);
 - the floor of the in-memory path with prepared GT: the elementary numpy passes over the pixels that its
   run-length pass makes (a comparison of neighbouring prediction pixels, the GT's change positions, a
   nonzero scan at the measured run density), and a plain copy of the prediction maps (memory bandwidth);
@@ -21,7 +24,7 @@ temp dir and prints one table, all paths timed in the same run (best of N, inter
 Every path must give the same numbers (PQ/SQ/RQ/n of All/Things/Stuff and per class) to 1e-9, and this
 project's own paths bit for bit; the script checks this and exits 1 otherwise.
 
-Usage: python benchmarks/pq_benchmark.py [--images 120] [--workers N] [--repeats 3] [--data-dir DIR] [--pairs N]
+Usage: python benchmarks/pq_benchmark.py [--images 120] [--workers N] [--repeats 7] [--data-dir DIR] [--pairs N]
 """
 from __future__ import annotations
 
@@ -218,19 +221,19 @@ def _cpu_seconds() -> float:
 
 
 def timed(paths: dict, repeats: int) -> tuple[dict, dict, dict]:
-    """Best-of-N wall times (and the CPU seconds of that run) of several paths, run round-robin so that
-    all see the same machine load."""
-    best = {k: float("inf") for k in paths}
-    cpu: dict = {}
+    """Median wall times and median CPU seconds over ``repeats`` runs of several paths (after the warm-up
+    in ``main``), run round-robin so that all see the same machine load."""
+    walls: dict = {k: [] for k in paths}
+    cpus: dict = {k: [] for k in paths}
     outs: dict = {}
     for _ in range(repeats):
         for k, fn in paths.items():
             c0, t0 = _cpu_seconds(), time.perf_counter()
             outs[k] = fn()
-            wall, used = time.perf_counter() - t0, _cpu_seconds() - c0
-            if wall < best[k]:
-                best[k], cpu[k] = wall, used
-    return best, cpu, outs
+            walls[k].append(time.perf_counter() - t0)
+            cpus[k].append(_cpu_seconds() - c0)
+    return ({k: float(np.median(v)) for k, v in walls.items()}, {k: float(np.median(v)) for k, v in cpus.items()},
+            outs)
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -255,11 +258,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=120)
     ap.add_argument("--workers", type=int, default=None, help="processes of the numpy paths (default: usable cores)")
-    ap.add_argument("--repeats", type=int, default=3, help="best of N timings")
+    ap.add_argument("--repeats", type=int, default=7, help="timed runs per path (the median is shown)")
     ap.add_argument("--data-dir", help="generate into / reuse this folder (kept); default: a temp dir, removed")
     ap.add_argument("--pairs", type=int, default=0,
                     help="also time hotcoco and pq_compute (files) back to back N times and print the quartiles of "
-                         "the per-pair ratio (steadier than best-of-N on a shared machine)")
+                         "the per-pair ratio (steadier than separate medians on a shared machine)")
     args = ap.parse_args()
     workers = args.workers or default_num_workers()
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="pq_bench_"))
@@ -301,19 +304,21 @@ def main() -> int:
             "decode PNGs only (OpenCV)": lambda: decode_floor(root, workers),
             "detectron2-style: write PNG+JSON, pq_compute": lambda: detectron2_style(root, preds, workers),
         }
-        best, cpu, outs = timed(paths, args.repeats)
+        for fn in paths.values():  # warm-up: every path once, untimed (imports, pools, caches)
+            fn()
+        med, cpu, outs = timed(paths, args.repeats)
         n = args.images
         ref_key = "hotcoco pq_compute (files)"
         ref = outs[ref_key]
         print(f"{n} images {H}x{W}, ~30 segments each; numpy engine on {workers} process(es), in-memory on "
-              f"{threads} thread(s); best of {args.repeats} round-robin runs; data ready in "
+              f"{threads} thread(s); median of {args.repeats} round-robin runs after a warm-up; data ready in "
               f"{gen_s:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
               f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset')}")
         print(f"{'path':46s} {'total s':>8s} {'ms/img':>8s} {'cpu s':>7s} {'vs hotcoco':>10s} {'PQ':>10s} {'SQ':>10s} "
               f"{'RQ':>10s} {'max |diff|':>10s}")
-        for name, secs in best.items():
+        for name, secs in med.items():
             res = outs[name]
-            row = f"{name:46s} {secs:8.3f} {1000 * secs / n:8.2f} {cpu[name]:7.3f} {secs / best[ref_key]:9.3f}x"
+            row = f"{name:46s} {secs:8.3f} {1000 * secs / n:8.2f} {cpu[name]:7.3f} {secs / med[ref_key]:9.3f}x"
             if isinstance(res, dict):
                 row += (f" {100 * res['All']['pq']:10.6f} {100 * res['All']['sq']:10.6f} {100 * res['All']['rq']:10.6f} "
                         f"{max_difference(res, ref):10.2e}")
@@ -323,22 +328,27 @@ def main() -> int:
         own = [outs[k] for k in ("pq_compute engine=numpy (files)", "in-memory PanopticEvaluator",
                                  "  same, GT prepared once (PanopticGT, cached)")]
         own_identical = all(r == own[0] for r in own)
-        file_ratio = best["pq_compute (files; checks + hotcoco)"] / best[ref_key]
-        mem_speedup = best[ref_key] / best["in-memory PanopticEvaluator"]
-        cached_speedup = best[ref_key] / best["  same, GT prepared once (PanopticGT, cached)"]
-        floor_speedup = best[ref_key] / best["  floor: run-length passes over the pixels"]
+        file_ratio = med["pq_compute (files; checks + hotcoco)"] / med[ref_key]
+        mem_speedup = med[ref_key] / med["in-memory PanopticEvaluator"]
+        cached_speedup = med[ref_key] / med["  same, GT prepared once (PanopticGT, cached)"]
+        floor_speedup = med[ref_key] / med["  floor: run-length passes over the pixels"]
         runs = sum(np.count_nonzero(np.diff(g.index) | np.diff(p[1][0].reshape(-1))) + 1
                    for g, p in zip(prepared, preds)) / n
         print(f"pq_compute (files) / hotcoco (files): {file_ratio:.3f} (goal <= 1)")
         print(f"in-memory speed-up over hotcoco (files): {mem_speedup:.1f}x; with the GT prepared once: "
               f"{cached_speedup:.1f}x (goal >= 5x); its pixel passes alone: {floor_speedup:.1f}x "
-              f"({H * W / (best['  floor: run-length passes over the pixels'] / n) / 1e9:.2f} Gpixel/s on {threads} "
-              f"thread(s); 5x needs {5 * n * H * W / best[ref_key] / 1e9:.2f} Gpixel/s end to end; "
+              f"({H * W / (med['  floor: run-length passes over the pixels'] / n) / 1e9:.2f} Gpixel/s on {threads} "
+              f"thread(s); 5x needs {5 * n * H * W / med[ref_key] / 1e9:.2f} Gpixel/s end to end; "
               f"{runs:.0f} joint runs per image)")
+        print(f"CPU seconds (all threads and processes; steadier than wall time on a shared machine): hotcoco "
+              f"{cpu[ref_key]:.3f}, in-memory with the GT prepared once "
+              f"{cpu['  same, GT prepared once (PanopticGT, cached)']:.3f} "
+              f"({cpu[ref_key] / cpu['  same, GT prepared once (PanopticGT, cached)']:.1f}x less)")
         print(f"in-memory speed-up over detectron2-style files: "
-              f"{best['detectron2-style: write PNG+JSON, pq_compute'] / best['in-memory PanopticEvaluator']:.1f}x")
+              f"{med['detectron2-style: write PNG+JSON, pq_compute'] / med['in-memory PanopticEvaluator']:.1f}x")
         if args.pairs:
             pairs = {"pq_compute (files)": lambda: pq_compute(*files),
+                     "in-memory": lambda: in_memory(gts, preds),
                      "in-memory, GT prepared once": lambda: in_memory_prepared(prepared, preds)}
             for name, fn in pairs.items():
                 ratios = []
@@ -350,9 +360,9 @@ def main() -> int:
                     t2 = time.perf_counter()
                     ours, ref_s = (t1 - t0, t2 - t1) if k % 2 else (t2 - t1, t1 - t0)
                     ratios.append(ours / ref_s)
-                q1, med, q3 = np.percentile(ratios, [25, 50, 75])
-                print(f"{name} / hotcoco (files), {args.pairs} back-to-back pairs: median {med:.3f} "
-                      f"(quartiles {q1:.3f}-{q3:.3f}); speed-up {1 / med:.1f}x")
+                q1, mid, q3 = np.percentile(ratios, [25, 50, 75])
+                print(f"{name} / hotcoco (files), {args.pairs} back-to-back pairs: median {mid:.3f} "
+                      f"(quartiles {q1:.3f}-{q3:.3f}); speed-up {1 / mid:.1f}x")
         print(f"every path equal to hotcoco to 1e-9: {same}; numpy engine == in-memory bit for bit: {own_identical}")
         return 0 if same and own_identical else 1
     finally:

@@ -288,13 +288,15 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
 
 def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, train_records, val_records, tta):
     stop = StopFlag()
+    gt_cache: dict = {}  # panoptic GT prepared once for all evaluations of this run (PanopticEvaluator)
     try:
         with run_lifecycle(tracker, output_dir, write=env.is_main, info=run_info(tracker) if env.is_main else {},
                            mlflow_run_id=trainer.mlflow_run_id) as outcome:
             def periodic_eval(it: int) -> dict:
                 metrics = {}
                 if env.is_main:
-                    metrics = evaluate(trainer.model, cfg, meta, device, tta=False, records=val_records, measure_fps=False)
+                    metrics = evaluate(trainer.model, cfg, meta, device, tta=False, records=val_records, measure_fps=False,
+                                       gt_cache=gt_cache)
                     tracker.log_step({k: v for k, v in metrics.items() if isinstance(v, float)}, it)
                 dist_utils.barrier(env)
                 return metrics
@@ -303,7 +305,7 @@ def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, tr
                 result = trainer.train(train_records, stop, periodic_eval)
             metrics: dict[str, Any] = {}
             if env.is_main:
-                metrics = evaluate(trainer.model, cfg, meta, device, tta=tta, records=val_records)
+                metrics = evaluate(trainer.model, cfg, meta, device, tta=tta, records=val_records, gt_cache=gt_cache)
                 metrics["perf/train_peak_mem_mb"] = result.train_peak_mem_mb
                 metrics["perf/train_peak_mem_protocol"] = {
                     "device": str(device), "measure": result.train_mem_protocol,

@@ -129,10 +129,14 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | None = None,
              records: list[dict] | None = None, measure_fps: bool | None = None,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None = None,
+             gt_cache: dict | None = None) -> dict[str, Any]:
     """Evaluate `model` on the validation split of `cfg.data` and return flat metrics (see module doc).
 
     cfg: resolved `RunConfig`; meta: the dataset's `DatasetMeta`. `tta` defaults to `cfg.test.tta`.
+    gt_cache: panoptic ground truth prepared for the PQ evaluator (`PanopticGT`, about H x W bytes per
+    image), keyed by the record's `pan_seg_file_name`; pass the same dict to every evaluation of a run
+    (the trainer's periodic evaluations) and each image is prepared once.
     """
     from maskformer_core.data.datasets import load_split
     from maskformer_core.data.mappers import build_mapper
@@ -195,8 +199,17 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
                 evaluators["pqst"].process(pred, gt_sem)
         if "pan" in evaluators:
             pan_ids, pan_segments = result["panoptic_seg"]
-            evaluators["pan"].process(_to_numpy(item["pan_seg"]), list(item["segments_info"]),
-                                      _to_numpy(pan_ids), list(pan_segments))
+            image_id = record.get("image_id", i)
+            if gt_cache is None:  # one evaluation: preparing the GT would cost more than it saves
+                evaluators["pan"].process(_to_numpy(item["pan_seg"]), list(item["segments_info"]),
+                                          _to_numpy(pan_ids), list(pan_segments), image_id=image_id)
+            else:
+                key = record.get("pan_seg_file_name", image_id)
+                if key not in gt_cache:
+                    gt_cache[key] = evaluators["pan"].prepare_gt(_to_numpy(item["pan_seg"]),
+                                                                 list(item["segments_info"]), image_id=image_id)
+                evaluators["pan"].process(gt_cache[key], None, _to_numpy(pan_ids), list(pan_segments),
+                                          image_id=image_id)
         if tta and gt_sem is not None:
             # detectron2 DatasetMapperTTA resizes the test loader's (single-scale) image again, not the original
             scores = tta_semantic(model, item["image"].to(device), cfg.test.tta_sizes, bool(cfg.test.flip), tta_pp,

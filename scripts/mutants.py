@@ -155,8 +155,8 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_metrics.py",),
            "IoU exactly 0.5 counted as a match"),
     Mutant("pq-void-fp", "maskformer_core/metrics/panoptic.py",
-           "fp_cat = pred_cat[pred_unmatched & (2 * ignored <= pred_area)]",
-           "fp_cat = pred_cat[pred_unmatched & (ignored <= pred_area)]",
+           "fp = pred_unmatched & (2 * ignored <= pred_area)",
+           "fp = pred_unmatched & (ignored <= pred_area)",
            ("tests/test_metrics.py", f"{EV}::test_ground_truth_model_scores_100_on_semantic_data_with_tta"),
            "predictions on VOID counted as false positives"),
     # ---- solver (pipeline/solver.py)

@@ -132,6 +132,30 @@ def test_known_wrong_panoptic_model_gives_the_hand_computed_values(panoptic_reco
     assert m["val/mIoU"] == pytest.approx(100.0)
 
 
+def test_prepared_ground_truth_is_kept_across_evaluations_of_a_run(panoptic_records, tmp_path):
+    """The trainer passes one gt_cache to all evaluations of a run: each image's GT is prepared once
+    (PanopticGT) and reused, with the numbers of an evaluation without it (same model, other model)."""
+    from maskformer_core.metrics.panoptic import PanopticGT
+
+    meta = panoptic_meta()
+    cfg = _cfg(meta, tmp_path)
+    cache: dict = {}
+    right = evaluate(ColourOracle(4, panoptic=True), cfg, meta, torch.device("cpu"), records=panoptic_records,
+                     gt_cache=cache)
+    assert sorted(cache) == sorted(r["pan_seg_file_name"] for r in panoptic_records)
+    assert all(isinstance(gt, PanopticGT) for gt in cache.values())
+    kept = dict(cache)
+    wrong = evaluate(ColourOracle(4, panoptic=True, merge_instances=True), cfg, meta, torch.device("cpu"),
+                     records=panoptic_records, gt_cache=cache)
+    assert all(cache[k] is kept[k] for k in kept) and len(cache) == len(kept)  # reused, not prepared again
+    fresh = evaluate(ColourOracle(4, panoptic=True, merge_instances=True), cfg, meta, torch.device("cpu"),
+                     records=panoptic_records)
+    pq_keys = [k for k in fresh if k.startswith("val/") and k.split("/")[1].split("_")[0] in ("PQ", "SQ", "RQ")]
+    assert len(pq_keys) == 9
+    assert {k: wrong[k] for k in pq_keys} == {k: fresh[k] for k in pq_keys}
+    assert right["val/PQ"] == pytest.approx(100.0) and wrong["val/PQ"] == pytest.approx(100 * 3.5 / 4)
+
+
 def test_query_statistics_on_a_constructed_case():
     """Probabilities given as log-probabilities (softmax(log p) = p); > 0.5 counts, the no-object column never."""
     p = torch.tensor([

@@ -195,6 +195,59 @@ def test_pq_equals_hotcoco_files_and_in_memory(seed, n_images, colour_pred_ids):
             assert cached.results() == numpy_files
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_images=st.integers(1, 6))
+def test_batched_matching_equals_image_by_image(seed, n_images):
+    """The rules run on many images at once (match_images: one array pass, crowd regions per image and
+    category): every image gets the sums match_segments gives it alone, bit for bit, and the evaluator's
+    batch size changes no number."""
+    from maskformer_core.metrics import panoptic
+
+    rng = np.random.default_rng(seed)
+    images = [random_image(rng) for _ in range(n_images)]
+    stats = panoptic.PQStats({c["id"]: c for c in CATEGORIES})
+    entries = []
+    for k, (gt, gt_segments, pred, pred_segments) in enumerate(images):
+        gt_fields, pred_fields = panoptic._fields(gt_segments, pred_segments, stats, f"image {k}")
+        entries.append(panoptic._image_pq(gt, gt_fields, pred, pred_fields, f"image {k}"))
+    iou, counts = panoptic.match_images(entries, len(stats.cat_ids))
+    assert iou.shape == (n_images, len(CATEGORIES)) and counts.shape == (n_images, 3, len(CATEGORIES))
+    for k, entry in enumerate(entries):
+        alone = stats.empty_like()
+        panoptic.match_segments(*entry, alone)
+        assert np.array_equal(alone.iou, iou[k]) and np.array_equal(alone.counts, counts[k]), k
+    results = []
+    for batch in (1, 2, panoptic.MATCH_BATCH):
+        saved, panoptic.MATCH_BATCH = panoptic.MATCH_BATCH, batch
+        try:
+            ev = PanopticEvaluator(CATEGORIES, threads=1)
+            for image in images:
+                ev.process(*image)
+            results.append(ev.results())
+        finally:
+            panoptic.MATCH_BATCH = saved
+    assert results[0] == results[1] == results[2]
+
+
+def test_predicted_segment_with_the_void_id_equals_hotcoco(tmp_path):
+    """A prediction may list a segment with id 0 (DETR writes one); it owns those pixels, as in hotcoco,
+    on the small-id path (ids 0..4095) and the colour-id path alike."""
+    rng = np.random.default_rng(11)
+    images = []
+    for colour in (False, True):
+        gt, gt_segments, pred, pred_segments = random_image(rng, colour_pred_ids=colour)
+        first = pred_segments[0]["id"]
+        pred = np.where(pred == first, 0, pred)
+        pred_segments = [dict(pred_segments[0], id=0)] + pred_segments[1:]
+        images.append((gt, gt_segments, pred, pred_segments))
+    ref = hotcoco(*write_folder(tmp_path, images, [0, 1]))
+    ev = PanopticEvaluator(CATEGORIES, threads=1)
+    for image in images:
+        ev.process(*image)
+    assert_same(ev.results(), ref)
+    assert_counts(ev, ref)
+
+
 def boundary_image():
     """Hand-made edge cases: IoU exactly 0.5 (no match), a prediction exactly half on VOID (a false
     positive: ignoring needs more than half), two crowd segments of one category (the last one listed is
@@ -290,6 +343,13 @@ def test_in_memory_errors_name_the_image_on_any_thread_count():
         ev = PanopticEvaluator(CATEGORIES, threads=threads)
         with pytest.raises(DataError, match=r"image 'img7': predicted segment\S* \[\d+\] in the PNG but not"):
             ev.process(gt, gt_segments, pred, unlisted, image_id="img7")
+            ev.results()
+    # the bad image in the middle of a pool task of several images: its error, naming it, is the one raised
+    for threads in (1, 2):
+        ev = PanopticEvaluator(CATEGORIES, threads=threads)
+        with pytest.raises(DataError, match=r"image 'img2': predicted segment\S* \[\d+\] in the PNG but not"):
+            for k in range(7):
+                ev.process(gt, gt_segments, pred, unlisted if k == 2 else pred_segments, image_id=f"img{k}")
             ev.results()
     ev = PanopticEvaluator(CATEGORIES, threads=2)
     prepared = ev.prepare_gt(gt, gt_segments, image_id="img7")

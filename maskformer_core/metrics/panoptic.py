@@ -2,8 +2,9 @@
 
 The protocol is the COCO panoptic API's (cocodataset/panopticapi ``panopticapi/evaluation.py``, which
 facebookresearch/MaskFormer calls through detectron2's ``COCOPanopticEvaluator``; paper Sec. 4,
-"Evaluation metrics": PQ of Kirillov et al.). Its rules are implemented once, in ``match_segments``,
-and shared by the in-memory evaluator, the numpy file engine and PQ^St (``pq_stuff.py``):
+"Evaluation metrics": PQ of Kirillov et al.). Its rules are implemented once, in ``match_images``
+(array operations over a batch of images; ``match_segments`` is a batch of one), and shared by the
+in-memory evaluator, the numpy file engine and PQ^St (``pq_stuff.py``):
 
 - ids come from PNGs with id = R + 256 G + 256^2 B; 0 = VOID (a predicted segment that lists id 0 owns
   those pixels, as in hotcoco; panopticapi rejects such a prediction; a GT segment may not use it);
@@ -30,8 +31,9 @@ In-memory (training): the GT and predicted id maps are run-length encoded jointl
 pixels; the run values are mapped to dense segment indices and the GT x prediction intersections are one
 weighted ``np.bincount``; everything after the pass works on the runs (~10^4 for a COCO image). The GT
 can be prepared once (``PanopticGT``: dense uint8 indices) and kept across evaluations of a validation
-set; images are evaluated on a thread pool (numpy releases the GIL in the passes over the pixels) and
-their sums added in image order.
+set; the pixel passes run on a thread pool (``POOL_CHUNK`` images per task; numpy releases the GIL in
+them), and the images are matched ``MATCH_BATCH`` at a time by ``match_images`` (no Python loop over
+segments or images), their sums added in image order.
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
 {category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (a group
@@ -46,6 +48,7 @@ import re
 import threading
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 from typing import Iterable, Sequence
 
 import cv2
@@ -63,6 +66,10 @@ except ImportError:  # orjson is a dependency (pyproject.toml); json gives the s
 VOID = 0
 OFFSET = 256 * 256 * 256  # panopticapi's id offset; ids are 24-bit colours
 ENGINES = ("hotcoco", "numpy")
+_INT = {int}  # segment ids read_annotations takes without a closer look
+_GET_ID, _GET_CATEGORY = itemgetter("id"), itemgetter("category_id")
+POOL_CHUNK = 4  # images per task of PanopticEvaluator's thread pool
+MATCH_BATCH = 64  # images matched at once by PanopticEvaluator (match_images); any size gives the same numbers
 
 
 def rgb2id(color: np.ndarray) -> np.ndarray:
@@ -299,7 +306,8 @@ class PQStats:
 
 def match_segments(hist: np.ndarray, gt_cat: np.ndarray, gt_crowd: np.ndarray, gt_area: np.ndarray,
                    pred_cat: np.ndarray, pred_area: np.ndarray, stats: PQStats) -> None:
-    """panopticapi's per-image matching from a joint histogram, added to ``stats`` (the one copy of the rules).
+    """panopticapi's per-image matching from a joint histogram, added to ``stats`` (one image of
+    ``match_images``, the one copy of the rules).
 
     Args:
         hist: ``[G + 2, P + 2]`` int pixel counts; rows = GT segments (JSON order), GT VOID (row G) and
@@ -307,39 +315,87 @@ def match_segments(hist: np.ndarray, gt_cat: np.ndarray, gt_crowd: np.ndarray, g
         gt_cat, pred_cat: dense category positions in ``stats`` (``stats.index``); gt_crowd: bool [G];
         gt_area, pred_area: int [G], [P] (GT areas from the JSON where given).
     """
-    g, p = len(gt_cat), len(pred_cat)
-    c = len(stats.cat_ids)
-    inter = hist[:g, :p]
-    pred_void = hist[g, :p]
+    iou, counts = match_images([(hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area)], len(stats.cat_ids))
+    stats.iou += iou[0]
+    stats.counts += counts[0]
+
+
+def match_images(images: Sequence[tuple], num_categories: int) -> tuple[np.ndarray, np.ndarray]:
+    """panopticapi's per-image matching for a batch of images at once: per-image sums ``(iou [N, C] float64,
+    counts [N, 3, C] int64)`` (counts rows: TP, FP, FN), for ``PQStats`` to add in image order.
+
+    ``images``: ``(hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area)`` per image, as ``match_segments``
+    takes them. The images' GT x prediction intersections are gathered into one list of (GT segment,
+    predicted segment, pixels) entries over all images (segment indices offset per image), and every rule
+    is one array operation on it; an image's IoU sum per category adds its TPs in (GT, prediction) order,
+    as panopticapi's loop does, so the numbers do not depend on how images are batched.
+    """
+    c = int(num_categories)
+    n = len(images)
+    if not n:
+        return np.zeros((0, c)), np.zeros((0, 3, c), dtype=np.int64)
+    hists, g_cat, g_crowd, g_area, p_cat, p_area = zip(*images)
+    g_n = np.fromiter(map(len, g_cat), dtype=np.intp, count=n)
+    p_n = np.fromiter(map(len, p_cat), dtype=np.intp, count=n)
+    width = p_n + 2
+    # every image's [G + 2, P + 2] histogram, flat and one after the other; its nonzero entries, located
+    size = (g_n + 2) * width
+    start = np.zeros(n + 1, dtype=np.intp)
+    np.cumsum(size, out=start[1:])
+    flat = np.concatenate([np.asarray(h, dtype=np.int64).reshape(-1) for h in hists])
+    nz = np.flatnonzero(flat)
+    img = np.repeat(np.arange(n), np.diff(np.searchsorted(nz, start)))
+    r, k = np.divmod(nz - start[img], width[img])
+    v = flat[nz]
+    seg = (r <= g_n[img]) & (k < p_n[img])  # GT segments and GT VOID x predicted segments
+    r, k, v, img = r[seg], k[seg], v[seg], img[seg]
+    row0 = np.zeros(n + 1, dtype=np.intp)
+    np.cumsum(g_n, out=row0[1:])
+    col0 = np.zeros(n + 1, dtype=np.intp)
+    np.cumsum(p_n, out=col0[1:])
+    k = k + col0[img]
+    void = r == g_n[img]  # the prediction's overlap with GT VOID
+    pred_void = np.bincount(k[void], weights=v[void], minlength=col0[n]).astype(np.int64)
+    r, k, v = r[~void] + row0[img[~void]], k[~void], v[~void]
+    gt_img = np.repeat(np.arange(n), g_n)
+    pred_img = np.repeat(np.arange(n), p_n)
+    gt_cat = np.concatenate(g_cat).astype(np.intp, copy=False)
+    pred_cat = np.concatenate(p_cat).astype(np.intp, copy=False)
+    gt_crowd = np.concatenate(g_crowd).astype(bool, copy=False)
+    gt_area = np.concatenate(g_area).astype(np.int64, copy=False)
+    pred_area = np.concatenate(p_area).astype(np.int64, copy=False)
+    # a (GT, prediction) pair is a candidate when both have the same category and the GT is not crowd
+    same = gt_cat[r] == pred_cat[k]
+    cand = same & ~gt_crowd[r]
+    ri, ki, both = r[cand], k[cand], v[cand]
+    # IoU with the union leaving out the prediction's overlap with VOID; TP when IoU > 0.5 (unique)
+    iou = both / (pred_area[ki] + gt_area[ri] - both - pred_void[ki])
+    ok = iou > 0.5
+    ri, ki, iou = ri[ok], ki[ok], iou[ok]
     gt_unmatched = ~gt_crowd  # crowd segments are never matched and never false negatives
-    pred_unmatched = np.ones(p, dtype=bool)
-    tp_cat = gt_cat[:0]
-    if g and p:
-        cand = gt_cat[:, None] == pred_cat[None, :]
-        cand &= inter > 0
-        cand[gt_crowd] = False
-        gi, pj = cand.nonzero()
-        if gi.size:
-            both = inter[gi, pj]
-            iou = both / (pred_area[pj] + gt_area[gi] - both - pred_void[pj])
-            ok = iou > 0.5
-            gi, pj, iou = gi[ok], pj[ok], iou[ok]
-            gt_unmatched[gi] = False
-            pred_unmatched[pj] = False
-            tp_cat = gt_cat[gi]
-            stats.iou += np.bincount(tp_cat, weights=iou, minlength=c)
-    ignored = pred_void
-    if p and gt_crowd.any():
-        # the last crowd segment of each category (reverse, then the first occurrence per category)
-        rev = np.flatnonzero(gt_crowd)[::-1]
-        crowd_cats, first = np.unique(gt_cat[rev], return_index=True)
-        crowd_row = rev[first]
-        k = np.minimum(np.searchsorted(crowd_cats, pred_cat), crowd_cats.size - 1)
-        ignored = ignored + np.where(crowd_cats[k] == pred_cat, hist[crowd_row[k], np.arange(p)], 0)
-    # ignored / area > 0.5 in integers (exact: both are pixel counts)
-    fp_cat = pred_cat[pred_unmatched & (2 * ignored <= pred_area)]
-    stats.counts += np.bincount(np.concatenate([tp_cat, fp_cat + c, gt_cat[gt_unmatched] + 2 * c]),
-                                minlength=3 * c).reshape(3, c)
+    gt_unmatched[ri] = False
+    pred_unmatched = np.ones(len(pred_cat), dtype=bool)
+    pred_unmatched[ki] = False
+    # VOID plus the last crowd segment of the prediction's category in its image (panopticapi's dict
+    # overwrite): reverse the crowd segments, keep the first occurrence per (image, category)
+    ignored = pred_void.copy()
+    crowd = np.flatnonzero(gt_crowd)
+    if crowd.size and r.size:
+        rev = crowd[::-1]
+        _, first = np.unique(gt_img[rev] * c + gt_cat[rev], return_index=True)
+        last_crowd = np.zeros(len(gt_cat), dtype=bool)
+        last_crowd[rev[first]] = True
+        m = same & last_crowd[r]
+        ignored[k[m]] += v[m]  # one such GT segment per predicted segment: no repeated index
+    # an unmatched prediction is a FP unless ignored / area > 0.5 (exact in integers: pixel counts)
+    fp = pred_unmatched & (2 * ignored <= pred_area)
+    tp_img = gt_img[ri]
+    iou_sums = np.bincount(tp_img * c + gt_cat[ri], weights=iou, minlength=n * c).reshape(n, c)
+    keys = np.concatenate([tp_img * (3 * c) + gt_cat[ri],
+                           pred_img[fp] * (3 * c) + c + pred_cat[fp],
+                           gt_img[gt_unmatched] * (3 * c) + 2 * c + gt_cat[gt_unmatched]])
+    counts = np.bincount(keys, minlength=n * 3 * c).reshape(n, 3, c)
+    return iou_sums, counts.astype(np.int64, copy=False)
 
 
 def _runs(gt: np.ndarray, pred: np.ndarray, scratch: np.ndarray | None = None,
@@ -401,17 +457,32 @@ def _gt_fields(gt_segments: Sequence[dict], where: str) -> tuple[list, list, np.
     return gt_ids, gt_cats, np.array(gt_crowd, dtype=bool).reshape(g), np.array(gt_area, dtype=np.int64).reshape(g)
 
 
-def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndarray, pred_segments: Sequence[dict],
-              stats: PQStats, where: str, id_mask=None, work: _Workspace | None = None) -> None:
-    """Check one image's prediction against its segments lists and add its PQ statistics to ``stats``.
+def _fields(gt_segments: Sequence[dict] | None, pred_segments: Sequence[dict], stats: PQStats,
+            where: str) -> tuple[tuple | None, tuple]:
+    """One image's checked segment fields: GT ``(ids, category positions, crowd, JSON areas or -1)`` (None
+    when ``gt_segments`` is None: a ``PanopticGT`` holds them) and predicted ``(ids, category positions)``;
+    DataError naming ``where`` (duplicate or VOID ids, missing keys, unknown categories)."""
+    gt = None
+    if gt_segments is not None:
+        gt_ids, gt_cats, gt_crowd, gt_area = _gt_fields(gt_segments, where)
+    pred_ids, pred_cats = _segment_fields(pred_segments, where, "predicted", gt=False)
+    _check_segment_ids(pred_ids, where, "prediction")
+    if gt_segments is not None:
+        gt = (gt_ids, stats.index(gt_cats, f"{where}, ground truth"), gt_crowd, gt_area)
+    return gt, (pred_ids, stats.index(pred_cats, f"{where}, prediction"))
+
+
+def _image_pq(gt_map: np.ndarray, gt_fields: tuple, pred_map: np.ndarray, pred_fields: tuple, where: str,
+              id_mask=None, work: _Workspace | None = None) -> tuple:
+    """Check one image's prediction against its segments and return its ``match_images`` entry.
 
     ``gt_map``/``pred_map``: integer id maps of the same shape (or flat arrays of equal size);
-    ``id_mask``: applied to the run values (0xFFFFFF for raw RGBX words); ``where`` names the image
-    (and files) in errors.
+    ``gt_fields``/``pred_fields``: from ``_fields``; ``id_mask``: applied to the run values (0xFFFFFF for
+    raw RGBX words); ``where`` names the image (and files) in errors.
     """
     if gt_map.shape != pred_map.shape:
         raise DataError(f"{where}: prediction size {pred_map.shape} differs from ground-truth size {gt_map.shape}")
-    gt_ids, gt_cats, gt_crowd, gt_area = _gt_fields(gt_segments, where)
+    gt_ids, gt_cat, gt_crowd, gt_area = gt_fields
     gt_flat, pred_flat = np.asarray(gt_map).reshape(-1), np.asarray(pred_map).reshape(-1)
     gt_run, pred_run, lengths = _runs(gt_flat, pred_flat) if work is None else work.joint_runs(gt_flat, pred_flat)
     table = None if work is None else work.table
@@ -419,29 +490,28 @@ def _image_pq(gt_map: np.ndarray, gt_segments: Sequence[dict], pred_map: np.ndar
         gt_run = gt_run & id_mask
         pred_run = pred_run & id_mask
     gi = _dense_index(gt_run, gt_ids, VOID, table)
-    _runs_pq(gi, pred_run, lengths, gt_cats, gt_crowd, gt_area, pred_segments, stats, where, table)
+    return _runs_image(gi, pred_run, lengths, gt_cat, gt_crowd, gt_area, pred_fields, where, table)
 
 
-def _runs_pq(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_cats: list, gt_crowd: np.ndarray,
-             gt_area: np.ndarray, pred_segments: Sequence[dict], stats: PQStats, where: str,
-             table: _IdTable | None = None) -> None:
-    """The part of ``_image_pq`` after the pass over the pixels, shared with prepared ground truth.
+def _runs_image(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_cat: np.ndarray, gt_crowd: np.ndarray,
+                gt_area: np.ndarray, pred_fields: tuple, where: str, table: _IdTable | None = None) -> tuple:
+    """The part of ``_image_pq`` after the pass over the pixels, shared with prepared ground truth: the
+    joint histogram, its checks, and the image's ``match_images`` entry.
 
     ``gi``: dense GT index per joint run (0..G-1 segments, G = VOID, G + 1 = ids the JSON does not list);
-    ``pred_run``: the predicted id per run; ``lengths``: pixels per run; ``gt_area``: JSON areas, -1 where
-    the PNG's area is to be used.
+    ``pred_run``: the predicted id per run; ``lengths``: pixels per run; ``gt_cat``: category positions;
+    ``gt_area``: JSON areas, -1 where the PNG's area is to be used.
     """
-    pred_ids, pred_cats = _segment_fields(pred_segments, where, "predicted", gt=False)
-    _check_segment_ids(pred_ids, where, "prediction")
-    gt_cat = stats.index(gt_cats, f"{where}, ground truth")
-    pred_cat = stats.index(pred_cats, f"{where}, prediction")
-    g, p = len(gt_cats), len(pred_ids)
-    pj = _dense_index(pred_run, pred_ids, VOID, table)
-    key = np.multiply(gi, p + 2, dtype=np.intp)
-    key += pj
-    hist = np.bincount(key, weights=lengths, minlength=(g + 2) * (p + 2)).astype(np.int64).reshape(g + 2, p + 2)
+    pred_ids, pred_cat = pred_fields
+    g, p = len(gt_cat), len(pred_ids)
+    hist = _small_id_hist(gi, pred_run, lengths, g, pred_ids)
+    if hist is None:
+        pj = _dense_index(pred_run, pred_ids, VOID, table)
+        key = np.multiply(gi, p + 2, dtype=np.intp)
+        key += pj
+        hist = np.bincount(key, weights=lengths, minlength=(g + 2) * (p + 2)).astype(np.int64).reshape(g + 2, p + 2)
     if hist[:, p + 1].any():
-        unknown = np.unique(pred_run[pj == p + 1])[:10].tolist()
+        unknown = np.setdiff1d(pred_run, pred_ids + [VOID])[:10].tolist()
         raise DataError(f"{where}: predicted segment(s) {unknown} in the PNG but not in segments_info")
     pred_area = hist[:, :p].sum(axis=0)
     if p and (pred_area == 0).any():
@@ -451,7 +521,30 @@ def _runs_pq(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_cats:
     if from_png.any():
         gt_area = gt_area.copy()
         gt_area[from_png] = hist[:g].sum(axis=1)[from_png]
-    match_segments(hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area, stats)
+    return hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area
+
+
+def _small_id_hist(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, g: int,
+                   pred_ids: list) -> np.ndarray | None:
+    """The ``[G + 2, P + 2]`` histogram of ``_runs_image`` for predicted ids in 0..4095 (the post-processors'
+    1..N), or None for other ids: counted over the raw ids (no per-run lookup) and the columns then put in
+    segment order, VOID and the rest (ids no segment lists) after them."""
+    if not pred_run.size or not pred_ids:
+        return None
+    lo, hi = int(pred_run.min()), int(pred_run.max())
+    top = max(pred_ids)
+    if lo < 0 or hi >= 4096 or top >= 4096 or min(pred_ids) < 0:
+        return None
+    w = max(hi, top) + 1
+    key = np.multiply(gi, w, dtype=np.intp)
+    key += pred_run
+    raw = np.bincount(key, weights=lengths, minlength=(g + 2) * w).astype(np.int64).reshape(g + 2, w)
+    p = len(pred_ids)
+    hist = np.empty((g + 2, p + 2), dtype=np.int64)
+    hist[:, :p] = raw[:, pred_ids]
+    hist[:, p] = 0 if VOID in pred_ids else raw[:, VOID]
+    hist[:, p + 1] = raw.sum(axis=1) - hist[:, :p + 1].sum(axis=1)
+    return hist
 
 
 class PanopticGT:
@@ -462,8 +555,8 @@ class PanopticGT:
     above 254 segments) of dense indices, i for the i-th segment of the JSON, G for VOID and G + 1 for
     ids the JSON does not list; ``cats`` (category ids), ``crowd`` (bool [G]) and ``area`` (int64 [G], the
     JSON ``area`` or, without it, the PNG's); ``change``: the positions where the flat index changes
-    (int32), so that an evaluation compares only the prediction's neighbouring pixels. ``shape``: (H, W).
-    About 330 kB for a 480x640 COCO image.
+    (intp, so that no evaluation converts them), so that an evaluation compares only the prediction's
+    neighbouring pixels. ``shape``: (H, W). About 360 kB for a 480x640 COCO image.
     """
 
     __slots__ = ("index", "shape", "cats", "crowd", "area", "change")
@@ -477,7 +570,7 @@ class PanopticGT:
         dtype = np.uint8 if g + 2 <= 256 else np.uint16 if g + 2 <= 65536 else np.int32
         self.index = dense.astype(dtype, copy=False)
         self.index.flags.writeable = False
-        self.change = (np.flatnonzero(self.index[1:] != self.index[:-1]) + 1).astype(np.int32)
+        self.change = np.flatnonzero(self.index[1:] != self.index[:-1]) + 1
         self.shape = tuple(gt_map.shape)
         png_area = np.bincount(self.index, minlength=g + 2)[:g]
         self.area = np.where(area < 0, png_area, area)
@@ -486,21 +579,22 @@ class PanopticGT:
 def _pq_worker(args) -> list[tuple]:
     """Per-image statistics ``(iou, counts)`` arrays of a chunk of (gt_ann, pred_ann) pairs, in order."""
     pairs, gt_folder, pred_folder, categories = args
-    out = []
+    images = []
     work = _Workspace()
+    stats = PQStats(categories)  # the category index only
     for gt_ann, pred_ann in pairs:
         gt_path = os.path.join(gt_folder, gt_ann["file_name"])
         pred_path = os.path.join(pred_folder, pred_ann["file_name"])
         where = f"image id {gt_ann['image_id']!r} (prediction {pred_path}, ground truth {gt_path})"
-        stats = PQStats(categories)
+        gt_fields, pred_fields = _fields(gt_ann["segments_info"], pred_ann["segments_info"], stats, where)
         gt_words, gt_size = _decode_rgbx(gt_path)
         pred_words, pred_size = _decode_rgbx(pred_path)
         if gt_size != pred_size:
             raise DataError(f"{where}: prediction size {pred_size} differs from ground-truth size {gt_size}")
-        _image_pq(gt_words, gt_ann["segments_info"], pred_words, pred_ann["segments_info"], stats, where,
-                  id_mask=np.uint32(0xFFFFFF), work=work)
-        out.append((stats.iou, stats.counts))
-    return out
+        images.append(_image_pq(gt_words, gt_fields, pred_words, pred_fields, where, id_mask=np.uint32(0xFFFFFF),
+                                work=work))
+    iou, counts = match_images(images, len(stats.cat_ids))
+    return list(zip(iou, counts))
 
 
 def _load_json(path: str, what: str) -> dict:
@@ -558,9 +652,9 @@ def read_annotations(data: dict, path: str, categories: dict) -> dict:
         if not isinstance(segments, list):
             raise DataError(f"{path}: image id {image_id!r}: 'segments_info' is not a list")
         try:  # the common case in C-level set operations; anything odd goes through the checks below
-            ids = [s["id"] for s in segments]
-            if (all(type(i) is int for i in ids) and len(set(ids)) == len(ids)
-                    and known.issuperset([s["category_id"] for s in segments])):
+            ids = list(map(_GET_ID, segments))
+            if (set(map(type, ids)) <= _INT and len(set(ids)) == len(ids)
+                    and known.issuperset(map(_GET_CATEGORY, segments))):
                 out[image_id] = ann
                 continue
         except (KeyError, TypeError):
@@ -816,22 +910,28 @@ class PanopticEvaluator:
         self._work = _Workspace()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque = deque()
+        self._chunk: list = []
+        self._ready: list = []
         self.reset()
 
     def __getstate__(self) -> dict:
         self._drain()
+        self._match()
         state = dict(self.__dict__)
-        state["_pool"], state["_pending"] = None, deque()
+        state["_pool"], state["_pending"], state["_chunk"], state["_ready"] = None, deque(), [], []
         return state
 
     @property
     def stats(self) -> PQStats:
         """The per-category sums of the images processed so far (waits for the pending ones)."""
         self._drain()
+        self._match()
         return self._stats
 
     def reset(self) -> None:
+        self._chunk = []
         self._drain(errors=False)
+        self._ready = []
         self._stats = PQStats(self.categories)
         self._count = 0
 
@@ -856,46 +956,83 @@ class PanopticEvaluator:
             gt = gt_ids
         else:
             gt = _as_id_map(gt_ids, "gt_ids")
+            if gt_segments is None:
+                raise ValueError("PanopticEvaluator.process: gt_segments is None but gt_ids is not a PanopticGT")
+        # the segments lists are checked here, in the caller's thread: their errors are raised at once
+        gt_fields, pred_fields = _fields(gt_segments, pred_segments, self._stats, where)
+        if gt_fields is None:
+            gt_fields = (None, self._stats.index(gt.cats, f"{where}, ground truth"), gt.crowd, gt.area)
         self._count += 1
         if self.threads == 1:
-            self._stats += self._image(gt, gt_segments, pred, pred_segments, where)
+            self._ready.append(self._image(gt, gt_fields, pred, pred_fields, where))
+        else:
+            self._chunk.append((gt, gt_fields, pred, pred_fields, where))
+            if len(self._chunk) >= POOL_CHUNK:
+                self._submit()
+            while len(self._pending) > 2 * self.threads:  # bounded: at most a few images held in memory
+                entries, error = self._pending.popleft().result()
+                self._ready.extend(entries)
+                if error is not None:
+                    raise error
+        if len(self._ready) >= MATCH_BATCH:
+            self._match()
+
+    def _submit(self) -> None:
+        """Hand the images gathered so far to the pool as one task (fewer, larger tasks: less overhead)."""
+        if not self._chunk:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pq-image")
-        self._pending.append(self._pool.submit(self._image, gt, gt_segments, pred, pred_segments, where))
-        while len(self._pending) > 2 * self.threads:  # bounded: at most a few images held in memory
-            self._stats += self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._images, self._chunk))
+        self._chunk = []
 
-    def _image(self, gt, gt_segments, pred: np.ndarray, pred_segments, where: str) -> PQStats:
-        """One image's statistics (added to the total in image order by the caller)."""
-        stats = self._stats.empty_like()
+    def _images(self, jobs: list) -> tuple[list, Exception | None]:
+        """``_image`` of several images in order: their entries up to the first error, and that error."""
+        out = []
+        for job in jobs:
+            try:
+                out.append(self._image(*job))
+            except Exception as exc:
+                return out, exc
+        return out, None
+
+    def _image(self, gt, gt_fields: tuple, pred: np.ndarray, pred_fields: tuple, where: str) -> tuple:
+        """One image's pass over the pixels: its ``match_images`` entry (matched with others in ``_match``)."""
         if isinstance(gt, PanopticGT):
             if pred.shape != gt.shape:
                 raise DataError(f"{where}: prediction size {pred.shape} differs from ground-truth size {gt.shape}")
             gi, pred_run, lengths = self._work.joint_runs(gt.index, pred.reshape(-1), gt.change)
-            _runs_pq(gi, pred_run, lengths, gt.cats, gt.crowd, gt.area, pred_segments, stats, where,
-                     self._work.table)
-        else:
-            _image_pq(gt, gt_segments, pred, pred_segments, stats, where, work=self._work)
-        return stats
+            _, gt_cat, gt_crowd, gt_area = gt_fields
+            return _runs_image(gi, pred_run, lengths, gt_cat, gt_crowd, gt_area, pred_fields, where, self._work.table)
+        return _image_pq(gt, gt_fields, pred, pred_fields, where, work=self._work)
+
+    def _match(self) -> None:
+        """Match the images whose pixel passes are done, all at once (``match_images``), and add their
+        statistics in image order."""
+        if not self._ready:
+            return
+        iou, counts = match_images(self._ready, len(self._stats.cat_ids))
+        self._ready = []
+        for k in range(len(iou)):  # image by image: float sums independent of the batches
+            self._stats.iou += iou[k]
+        self._stats.counts += counts.sum(axis=0)
 
     def _drain(self, errors: bool = True) -> None:
-        """Add the pending images' statistics in order; the first error is raised after all have finished."""
+        """Collect the pending images' passes in order; the first error is raised after all have finished
+        (the images before it are kept, those after it dropped)."""
+        self._submit()
         first = None
         while self._pending:
-            try:
-                part = self._pending.popleft().result()
-            except Exception as exc:
-                first = first or exc
-                continue
+            entries, error = self._pending.popleft().result()
             if first is None:
-                self._stats += part
+                self._ready.extend(entries)
+                first = error
         if first is not None and errors:
             raise first
 
     def merge(self, other: "PanopticEvaluator") -> None:
         """Add another evaluator's statistics (e.g. gathered from other processes)."""
-        self._drain()
+        self._stats = self.stats
         self._stats += other.stats
 
     def results(self) -> dict:
