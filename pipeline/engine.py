@@ -30,7 +30,7 @@ from pipeline import distributed as dist_utils
 from pipeline import released
 from pipeline.cluster import WriterLock
 from pipeline.config import RunConfig, atomic_write_text, check_against_metadata, dump_config, resolve_defaults
-from pipeline.evaluation import evaluate
+from pipeline.evaluation import GTCache, evaluate
 from pipeline.runfolder import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -288,7 +288,7 @@ def _run_process(config: RunConfig, env: dist_utils.DistEnv, *, hooks=(), tta=No
 
 def _train_and_evaluate(cfg, meta, env, device, tracker, trainer, output_dir, train_records, val_records, tta):
     stop = StopFlag()
-    gt_cache: dict = {}  # panoptic GT prepared once for all evaluations of this run (PanopticEvaluator)
+    gt_cache = GTCache()  # panoptic GT prepared once for all evaluations of this run, within its byte budget
     try:
         with run_lifecycle(tracker, output_dir, write=env.is_main, info=run_info(tracker) if env.is_main else {},
                            mlflow_run_id=trainer.mlflow_run_id) as outcome:

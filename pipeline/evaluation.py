@@ -34,6 +34,9 @@ QUERY_PROB_THRESHOLD = 0.5  # "predicted with prob > 0.5" for the per-query cate
 
 
 PROGRESS_MININTERVAL_S = 2.0  # redraw at most every 2 s: negligible cost next to an iteration / image
+# Prepared panoptic GT kept across a run's evaluations (GTCache): 1 GiB, ~3,000 COCO-sized 480x640 images;
+# past it images are prepared again each evaluation (same numbers). Rank 0 only.
+GT_CACHE_BYTES = 1 << 30
 
 
 def progress_bar(total: int, desc: str, *, initial: int = 0, enabled: bool = True):
@@ -126,17 +129,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class GTCache(dict):
+    """Prepared panoptic GT (`PanopticGT`) kept across the evaluations of one run, up to `max_bytes`.
+
+    A 480x640 COCO image prepares to ~360 kB, a full-size COCO val image (800 x 1333) to ~1.3 MB: the
+    5,000 images of COCO val would hold ~6.5 GB on rank 0. Images past the budget are prepared again
+    at each evaluation (the same numbers, only slower), so the cache never grows past it.
+    """
+
+    def __init__(self, max_bytes: int = GT_CACHE_BYTES) -> None:
+        super().__init__()
+        self.max_bytes, self.nbytes = int(max_bytes), 0
+
+    def offer(self, key: Any, gt: Any) -> bool:
+        """Keep `gt` under `key` when it fits the budget; True when kept."""
+        size = int(getattr(gt, "nbytes", 0))
+        if key in self or self.nbytes + size > self.max_bytes:
+            return False
+        self[key] = gt
+        self.nbytes += size
+        return True
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | None = None,
              records: list[dict] | None = None, measure_fps: bool | None = None,
              progress: Callable[[int, int], None] | None = None,
-             gt_cache: dict | None = None) -> dict[str, Any]:
+             gt_cache: GTCache | None = None) -> dict[str, Any]:
     """Evaluate `model` on the validation split of `cfg.data` and return flat metrics (see module doc).
 
     cfg: resolved `RunConfig`; meta: the dataset's `DatasetMeta`. `tta` defaults to `cfg.test.tta`.
     gt_cache: panoptic ground truth prepared for the PQ evaluator (`PanopticGT`, about H x W bytes per
-    image), keyed by the record's `pan_seg_file_name`; pass the same dict to every evaluation of a run
-    (the trainer's periodic evaluations) and each image is prepared once.
+    image), keyed by the record's `pan_seg_file_name`; pass the same `GTCache` to every evaluation of a
+    run (the trainer's periodic evaluations) and each image is prepared once, within its byte budget.
     """
     from maskformer_core.data.datasets import load_split
     from maskformer_core.data.mappers import build_mapper
@@ -205,11 +230,12 @@ def evaluate(model: nn.Module, cfg, meta, device: torch.device, *, tta: bool | N
                                           _to_numpy(pan_ids), list(pan_segments), image_id=image_id)
             else:
                 key = record.get("pan_seg_file_name", image_id)
-                if key not in gt_cache:
-                    gt_cache[key] = evaluators["pan"].prepare_gt(_to_numpy(item["pan_seg"]),
-                                                                 list(item["segments_info"]), image_id=image_id)
-                evaluators["pan"].process(gt_cache[key], None, _to_numpy(pan_ids), list(pan_segments),
-                                          image_id=image_id)
+                gt = gt_cache.get(key)
+                if gt is None:
+                    gt = evaluators["pan"].prepare_gt(_to_numpy(item["pan_seg"]),
+                                                      list(item["segments_info"]), image_id=image_id)
+                    gt_cache.offer(key, gt)
+                evaluators["pan"].process(gt, None, _to_numpy(pan_ids), list(pan_segments), image_id=image_id)
         if tta and gt_sem is not None:
             # detectron2 DatasetMapperTTA resizes the test loader's (single-scale) image again, not the original
             scores = tta_semantic(model, item["image"].to(device), cfg.test.tta_sizes, bool(cfg.test.flip), tta_pp,

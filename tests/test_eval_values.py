@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import parse_config, resolve_defaults
-from pipeline.evaluation import QueryStats, evaluate
+from pipeline.evaluation import GTCache, QueryStats, evaluate
 from tests._colour_data import ColourOracle, panoptic_meta, semantic_meta, write_panoptic, write_semantic
 
 IGNORE = 255
@@ -139,7 +139,7 @@ def test_prepared_ground_truth_is_kept_across_evaluations_of_a_run(panoptic_reco
 
     meta = panoptic_meta()
     cfg = _cfg(meta, tmp_path)
-    cache: dict = {}
+    cache = GTCache()
     right = evaluate(ColourOracle(4, panoptic=True), cfg, meta, torch.device("cpu"), records=panoptic_records,
                      gt_cache=cache)
     assert sorted(cache) == sorted(r["pan_seg_file_name"] for r in panoptic_records)
@@ -154,6 +154,25 @@ def test_prepared_ground_truth_is_kept_across_evaluations_of_a_run(panoptic_reco
     assert len(pq_keys) == 9
     assert {k: wrong[k] for k in pq_keys} == {k: fresh[k] for k in pq_keys}
     assert right["val/PQ"] == pytest.approx(100.0) and wrong["val/PQ"] == pytest.approx(100 * 3.5 / 4)
+    assert cache.nbytes == sum(gt.nbytes for gt in cache.values()) > 0
+
+
+def test_prepared_ground_truth_cache_stops_at_its_byte_budget(panoptic_records, tmp_path):
+    """A budget of one image's prepared GT keeps one image; the rest are prepared at each evaluation and
+    the numbers equal an evaluation without a cache."""
+    meta = panoptic_meta()
+    cfg = _cfg(meta, tmp_path)
+    probe = GTCache()
+    evaluate(ColourOracle(4, panoptic=True), cfg, meta, torch.device("cpu"), records=panoptic_records[:1],
+             gt_cache=probe)
+    one = probe.nbytes
+    cache = GTCache(max_bytes=one)
+    small = evaluate(ColourOracle(4, panoptic=True, merge_instances=True), cfg, meta, torch.device("cpu"),
+                     records=panoptic_records, gt_cache=cache)
+    assert len(panoptic_records) > 1 and len(cache) == 1 and cache.nbytes <= one
+    fresh = evaluate(ColourOracle(4, panoptic=True, merge_instances=True), cfg, meta, torch.device("cpu"),
+                     records=panoptic_records)
+    assert {k: v for k, v in small.items() if k.startswith("val/P")} == {k: v for k, v in fresh.items() if k.startswith("val/P")}
 
 
 def test_query_statistics_on_a_constructed_case():

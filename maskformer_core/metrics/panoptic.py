@@ -575,6 +575,11 @@ class PanopticGT:
         png_area = np.bincount(self.index, minlength=g + 2)[:g]
         self.area = np.where(area < 0, png_area, area)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the prepared arrays (what a cache of prepared GT budgets for)."""
+        return int(sum(np.asarray(a).nbytes for a in (self.index, self.change, self.cats, self.crowd, self.area)))
+
 
 def _pq_worker(args) -> list[tuple]:
     """Per-image statistics ``(iou, counts)`` arrays of a chunk of (gt_ann, pred_ann) pairs, in order."""
