@@ -640,7 +640,7 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
                 "skipped": bool(out.get("skipped")),
                 "seconds": out.get("seconds"),
                 "run_dir": unit.run_dir,
-                "stdout": out.get("stdout"),
+                "stdout": _portable(out.get("stdout")),
                 "rows": rows,
             }
         )
@@ -655,6 +655,15 @@ def summarize(plan: StudyPlan, outcomes: dict[str, dict[str, Any]]) -> dict[str,
     write_table_metrics(metrics, plan.reports_dir / "metrics")
     write_queries_plot(grid, plan.reports_dir / "plots" / "queries.csv")
     return counts
+
+
+def _portable(path: str | None) -> str | None:
+    """`path` relative to the working folder when it lies inside it (as `run_dir` is), so a committed
+    cells.json names no folder of the machine that ran the study; other paths stay absolute."""
+    if not path:
+        return path
+    p, here = Path(path).absolute(), Path.cwd()
+    return str(p.relative_to(here)) if p.is_relative_to(here) else str(p)
 
 
 def write_table_metrics(metrics: dict[str, Any], folder: Path) -> None:
