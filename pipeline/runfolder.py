@@ -109,11 +109,16 @@ def median_over_seeds(values: list[float]) -> float:
     return statistics.median(values)
 
 
+# Tracked files the pipeline itself writes during `dvc repro`: a change there does not make the code dirty.
+OUTPUT_PATHS = ("reports", "dvc.lock")
+
+
 def git_commit(repo: str | os.PathLike | None = None, *, short: bool | int = False, mark_dirty: bool = False) -> str:
     """HEAD commit of `repo` (default: the repository holding this code); "unknown" outside git.
 
     `short`: True for git's abbreviation, an int for that many hex digits; `mark_dirty`: append "+dirty"
-    when tracked files are modified.
+    when tracked files are modified, the pipeline's own outputs (`OUTPUT_PATHS`: reports/, dvc.lock,
+    which `dvc repro` rewrites before the tables and report read the commit) left out.
     """
     repo = Path(repo) if repo else Path(__file__).resolve().parents[1]
     flag = ["--short"] if short is True else [f"--short={short}"] if short else []
@@ -126,8 +131,9 @@ def git_commit(repo: str | os.PathLike | None = None, *, short: bool | int = Fal
         return "unknown"
     if mark_dirty:
         try:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                   capture_output=True, text=True, timeout=10)
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                    *(f":(exclude){p}" for p in OUTPUT_PATHS)],
+                                   cwd=repo, capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
             return sha
         if dirty.returncode == 0 and dirty.stdout.strip():
