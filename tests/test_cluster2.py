@@ -148,20 +148,28 @@ def test_time_limit_mid_training_checkpoints_requeues_and_resumes_bit_identical(
         pass
     ex.snapshot = str(tmp_path / "snapshot")
     out = tmp_path / "cut"
-    start = time.monotonic()
-    job = ex.submit(tiny(twin_root, out, **common).to_dict(), log_folder=tmp_path / "logs", name="table1-ade20k-timeout")
     # A requeued job is held ~150 s (BeginTime); the test releases it at once (shared INFRA notes).
     # SLURM may signal up to a minute early, even before training starts: submitit then requeues
-    # without a checkpoint and the next attempt is the one cut mid-training.
+    # without a checkpoint and the next attempt is the one cut mid-training. It may even signal before
+    # the job's interpreter has installed submitit's USR2 handler: the job then dies of SIGUSR2 with an
+    # empty log and no run folder (seen once in CI on a loaded machine). That says nothing about the
+    # engine, so such a submission is made again (at most twice); every other outcome is asserted.
     status = None
-    while not job.done():
-        assert time.monotonic() - start < 400, "the job did not finish"
-        current = read_status(out)
-        if current and current["status"] == "interrupted":
-            status = current
-        if "PENDING" in sacct(job.job_id, "State"):
-            subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], capture_output=True)
-        time.sleep(1)
+    for _submission in range(3):
+        start = time.monotonic()
+        job = ex.submit(tiny(twin_root, out, **common).to_dict(), log_folder=tmp_path / "logs",
+                        name="table1-ade20k-timeout")
+        while not job.done():
+            assert time.monotonic() - start < 400, "the job did not finish"
+            current = read_status(out)
+            if current and current["status"] == "interrupted":
+                status = current
+            if "PENDING" in sacct(job.job_id, "State"):
+                subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], capture_output=True)
+            time.sleep(1)
+        if status is not None or out.exists():
+            break
+        print(f"job {job.job_id} was signalled before its interpreter started (no run folder); submitting again")
     assert status is not None, "no attempt was stopped mid-training"
     assert 0 < status["iteration"] < 12 and "SIGUSR2" in status["reason"], status
     resumed = job_result(job)
