@@ -195,6 +195,30 @@ def test_pq_equals_hotcoco_files_and_in_memory(seed, n_images, colour_pred_ids):
             assert cached.results() == numpy_files
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_images_of_several_kernel_chunks_equal_hotcoco(seed):
+    """Images larger than the compiled pass's chunk (97 x 130 = 12610 pixels, an odd size): every path,
+    raw GT ids and prepared GT, small and colour predicted ids, equals hotcoco."""
+    from maskformer_core.metrics import _pixels
+
+    rng = np.random.default_rng(seed)
+    images = [random_image(rng, h=97, w=130, colour_pred_ids=bool(k % 2)) for k in range(3)]
+    assert images[0][0].size > 3 * _pixels.CHUNK
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_folder(Path(tmp), images, list(range(len(images))))
+        ref = hotcoco(*files)
+        assert_same(pq_compute(*files, engine="numpy", num_workers=1), ref)
+    for threads in (1, 2):
+        ev = PanopticEvaluator(CATEGORIES, threads=threads)
+        prepared = PanopticEvaluator(CATEGORIES, threads=threads)
+        for gt, gt_segments, pred, pred_segments in images:
+            ev.process(gt, gt_segments, pred, pred_segments)
+            prepared.process(ev.prepare_gt(gt, gt_segments), None, pred, pred_segments)
+        assert_same(ev.results(), ref)
+        assert_counts(ev, ref)
+        assert prepared.results() == ev.results()
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n_images=st.integers(1, 6))
 def test_batched_matching_equals_image_by_image(seed, n_images):

@@ -27,13 +27,14 @@ and starts before the checks, on its own threads; a failed check waits for it, d
 raises the check's error. ``engine="numpy"`` evaluates the files with this module's reader and rules
 instead (a process pool); the tests hold both to hotcoco.
 
-In-memory (training): the GT and predicted id maps are run-length encoded jointly in one pass over the
-pixels; the run values are mapped to dense segment indices and the GT x prediction intersections are one
-weighted ``np.bincount``; everything after the pass works on the runs (~10^4 for a COCO image). The GT
-can be prepared once (``PanopticGT``: dense uint8 indices) and kept across evaluations of a validation
-set; the pixel passes run on a thread pool (``POOL_CHUNK`` images per task; numpy releases the GIL in
-them), and the images are matched ``MATCH_BATCH`` at a time by ``match_images`` (no Python loop over
-segments or images), their sums added in image order.
+In-memory (training): the passes over the pixels are compiled (numba, ``_pixels.py``). With the GT
+prepared once (``PanopticGT``: dense uint8 indices, kept across evaluations of a validation set) and the
+post-processors' small predicted ids, one kernel counts the GT x prediction histogram straight from the
+two maps, one addition per joint run (~10^4 for a COCO image); otherwise a kernel finds the joint runs
+and the run values are mapped to dense segment indices and counted by one weighted ``np.bincount``. The
+passes run on a thread pool (``POOL_CHUNK`` images per task; the kernels release the GIL), and the
+images are matched ``MATCH_BATCH`` at a time by ``match_images`` (no Python loop over segments or
+images), their sums added in image order.
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
 {category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (a group
@@ -155,7 +156,8 @@ class _IdTable:
 
 
 class _Workspace:
-    """Per-thread scratch (the id table, the change mask of ``_runs``) for one evaluator. Never pickled."""
+    """Per-thread scratch (the id table, the kernels' flags and run-start buffers) for one evaluator.
+    Never pickled."""
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -173,17 +175,26 @@ class _Workspace:
             t = self._local.table = _IdTable()
         return t
 
-    def scratch(self, n: int) -> np.ndarray:
-        """A reusable bool buffer of 2n elements for ``_runs`` (fresh 300 kB arrays per image cost page
-        faults that take as long as the comparisons that fill them)."""
-        buf = getattr(self._local, "scratch", None)
-        if buf is None or buf.size < 2 * n:
-            buf = self._local.scratch = np.empty(max(2 * n, 2), dtype=bool)
-        return buf[:2 * n]
+    @property
+    def flags(self) -> np.ndarray:
+        f = getattr(self._local, "flags", None)
+        if f is None:
+            f = self._local.flags = _kernels().new_flags()
+        return f
 
-    def joint_runs(self, gt: np.ndarray, pred: np.ndarray,
-                   gt_change: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return _runs(gt, pred, self.scratch(gt.size), gt_change)
+    def starts(self, n: int) -> np.ndarray:
+        """A reusable intp buffer of at least n elements for the run starts (fresh 2.4 MB arrays per image
+        cost page faults that take as long as the pass that fills them)."""
+        buf = getattr(self._local, "starts", None)
+        if buf is None or buf.size < n:
+            buf = self._local.starts = np.empty(max(n, 1), dtype=np.intp)
+        return buf
+
+
+def _kernels():
+    """The compiled pixel passes (``_pixels``), imported on first use: numba takes ~0.4 s to import."""
+    from maskformer_core.metrics import _pixels
+    return _pixels
 
 
 def _dense_index(ids: np.ndarray, seg_ids: Sequence[int], void: int, table: _IdTable | None = None) -> np.ndarray:
@@ -398,29 +409,19 @@ def match_images(images: Sequence[tuple], num_categories: int) -> tuple[np.ndarr
     return iou_sums, counts.astype(np.int64, copy=False)
 
 
-def _runs(gt: np.ndarray, pred: np.ndarray, scratch: np.ndarray | None = None,
-          gt_change: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _runs(gt: np.ndarray, pred: np.ndarray, work: _Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run-length encode a pair of flat id maps jointly: (gt value, pred value, length) per run.
 
     Panoptic maps are piecewise constant, so a 480x640 image has ~10^4 joint runs; everything after this
-    pass over the pixels works on the runs only. ``scratch``: a bool buffer of twice the maps' size;
-    ``gt_change``: the positions i where gt[i] != gt[i - 1], when known (``PanopticGT``).
+    pass over the pixels (``_pixels.run_starts``) works on the runs only.
     """
     n = gt.size
     if n == 0:
         return gt[:0], pred[:0], np.zeros(0, dtype=np.int64)
-    if scratch is None:
-        scratch = np.empty(2 * n, dtype=bool)
-    change, other = scratch[:n], scratch[n + 1:2 * n]
-    change[0] = True
-    if gt_change is None:
-        np.not_equal(gt[1:], gt[:-1], out=change[1:])
-        np.not_equal(pred[1:], pred[:-1], out=other)
-        np.logical_or(change[1:], other, out=change[1:])
-    else:  # prepared GT: its change positions are known
-        np.not_equal(pred[1:], pred[:-1], out=change[1:])
-        change[gt_change] = True
-    starts = np.flatnonzero(change)
+    kernels = _kernels()
+    work = _Workspace() if work is None else work
+    buf = work.starts(n)
+    starts = buf[:kernels.run_starts(gt, pred, work.flags, buf)]
     lengths = np.empty(starts.size, dtype=np.int64)
     np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
     lengths[-1] = n - starts[-1]
@@ -484,7 +485,19 @@ def _image_pq(gt_map: np.ndarray, gt_fields: tuple, pred_map: np.ndarray, pred_f
         raise DataError(f"{where}: prediction size {pred_map.shape} differs from ground-truth size {gt_map.shape}")
     gt_ids, gt_cat, gt_crowd, gt_area = gt_fields
     gt_flat, pred_flat = np.asarray(gt_map).reshape(-1), np.asarray(pred_map).reshape(-1)
-    gt_run, pred_run, lengths = _runs(gt_flat, pred_flat) if work is None else work.joint_runs(gt_flat, pred_flat)
+    pred_ids = pred_fields[0]
+    if id_mask is None and _small_ids(pred_ids) and gt_flat.dtype.kind in "iu" and pred_flat.dtype.kind in "iu":
+        # the histogram straight from the pixels: each GT run's id looked up among the image's ids
+        g, p = len(gt_ids), len(pred_ids)
+        order = np.argsort(gt_ids + [VOID], kind="stable")
+        keys = np.asarray(gt_ids + [VOID], dtype=np.int64)[order]
+        rows = np.append(order, g + 1).astype(np.intp)  # row g is VOID (its position in the list), g + 1 the rest
+        hist = np.zeros((g + 2, p + 2), dtype=np.int64)
+        if _kernels().joint_hist_ids(gt_flat, pred_flat, keys, rows, _columns(pred_ids), p + 2,
+                                     (work or _Workspace()).flags, hist.reshape(-1)):
+            return _hist_entry(hist, gt_cat, gt_crowd, gt_area, pred_fields, where, pred_flat)
+        _dense_index(gt_flat, gt_ids, VOID)  # a GT id outside 0..2^32-1: its DataError
+    gt_run, pred_run, lengths = _runs(gt_flat, pred_flat, work)
     table = None if work is None else work.table
     if id_mask is not None:
         gt_run = gt_run & id_mask
@@ -495,23 +508,53 @@ def _image_pq(gt_map: np.ndarray, gt_fields: tuple, pred_map: np.ndarray, pred_f
 
 def _runs_image(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_cat: np.ndarray, gt_crowd: np.ndarray,
                 gt_area: np.ndarray, pred_fields: tuple, where: str, table: _IdTable | None = None) -> tuple:
-    """The part of ``_image_pq`` after the pass over the pixels, shared with prepared ground truth: the
-    joint histogram, its checks, and the image's ``match_images`` entry.
+    """The part of ``_image_pq`` after the pass over the pixels: the joint histogram of the runs, its
+    checks, and the image's ``match_images`` entry.
 
     ``gi``: dense GT index per joint run (0..G-1 segments, G = VOID, G + 1 = ids the JSON does not list);
     ``pred_run``: the predicted id per run; ``lengths``: pixels per run; ``gt_cat``: category positions;
     ``gt_area``: JSON areas, -1 where the PNG's area is to be used.
     """
+    pred_ids = pred_fields[0]
+    g, p = len(gt_cat), len(pred_ids)
+    if _small_ids(pred_ids):  # counted over the raw ids (no per-run search)
+        cols = _columns(pred_ids)
+        pj = cols[np.where((pred_run < 0) | (pred_run >= cols.size - 1), cols.size - 1, pred_run)]
+    else:
+        pj = _dense_index(pred_run, pred_ids, VOID, table)
+    key = np.multiply(gi, p + 2, dtype=np.intp)
+    key += pj
+    hist = np.bincount(key, weights=lengths, minlength=(g + 2) * (p + 2)).astype(np.int64).reshape(g + 2, p + 2)
+    return _hist_entry(hist, gt_cat, gt_crowd, gt_area, pred_fields, where, pred_run)
+
+
+SMALL_ID = 4096  # predicted ids below this (the post-processors' 1..N) are histogram columns as they are
+
+
+def _small_ids(pred_ids: list) -> bool:
+    return not pred_ids or (min(pred_ids) >= 0 and max(pred_ids) < SMALL_ID)
+
+
+def _columns(pred_ids: list) -> np.ndarray:
+    """The column table of the kernels (``_pixels._col``) for small predicted ids: entry v is the column of
+    id v in the ``[G + 2, P + 2]`` histogram (j for the j-th listed segment, P for VOID, P + 1 for ids no
+    segment lists); the last entry, P + 1, is the column of every id above the listed ones."""
+    p = len(pred_ids)
+    cols = np.full(max(pred_ids, default=VOID) + 2, p + 1, dtype=np.intp)
+    cols[VOID] = p  # ... unless a segment lists id 0 (it owns those pixels, as in hotcoco)
+    cols[pred_ids] = np.arange(p)
+    return cols
+
+
+def _hist_entry(hist: np.ndarray, gt_cat: np.ndarray, gt_crowd: np.ndarray, gt_area: np.ndarray, pred_fields: tuple,
+                where: str, pred_values: np.ndarray) -> tuple:
+    """Check an image's ``[G + 2, P + 2]`` joint histogram against the predicted segments and return its
+    ``match_images`` entry; ``pred_values`` (the predicted ids per run or per pixel) names unknown ids in
+    the error."""
     pred_ids, pred_cat = pred_fields
     g, p = len(gt_cat), len(pred_ids)
-    hist = _small_id_hist(gi, pred_run, lengths, g, pred_ids)
-    if hist is None:
-        pj = _dense_index(pred_run, pred_ids, VOID, table)
-        key = np.multiply(gi, p + 2, dtype=np.intp)
-        key += pj
-        hist = np.bincount(key, weights=lengths, minlength=(g + 2) * (p + 2)).astype(np.int64).reshape(g + 2, p + 2)
     if hist[:, p + 1].any():
-        unknown = np.setdiff1d(pred_run, pred_ids + [VOID])[:10].tolist()
+        unknown = np.setdiff1d(pred_values, pred_ids + [VOID])[:10].tolist()
         raise DataError(f"{where}: predicted segment(s) {unknown} in the PNG but not in segments_info")
     pred_area = hist[:, :p].sum(axis=0)
     if p and (pred_area == 0).any():
@@ -524,29 +567,6 @@ def _runs_image(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_ca
     return hist, gt_cat, gt_crowd, gt_area, pred_cat, pred_area
 
 
-def _small_id_hist(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, g: int,
-                   pred_ids: list) -> np.ndarray | None:
-    """The ``[G + 2, P + 2]`` histogram of ``_runs_image`` for predicted ids in 0..4095 (the post-processors'
-    1..N), or None for other ids: counted over the raw ids (no per-run lookup) and the columns then put in
-    segment order, VOID and the rest (ids no segment lists) after them."""
-    if not pred_run.size or not pred_ids:
-        return None
-    lo, hi = int(pred_run.min()), int(pred_run.max())
-    top = max(pred_ids)
-    if lo < 0 or hi >= 4096 or top >= 4096 or min(pred_ids) < 0:
-        return None
-    w = max(hi, top) + 1
-    key = np.multiply(gi, w, dtype=np.intp)
-    key += pred_run
-    raw = np.bincount(key, weights=lengths, minlength=(g + 2) * w).astype(np.int64).reshape(g + 2, w)
-    p = len(pred_ids)
-    hist = np.empty((g + 2, p + 2), dtype=np.int64)
-    hist[:, :p] = raw[:, pred_ids]
-    hist[:, p] = 0 if VOID in pred_ids else raw[:, VOID]
-    hist[:, p + 1] = raw.sum(axis=1) - hist[:, :p + 1].sum(axis=1)
-    return hist
-
-
 class PanopticGT:
     """One image's ground truth, prepared once for repeated in-memory evaluation (``PanopticEvaluator.prepare_gt``).
 
@@ -554,31 +574,30 @@ class PanopticGT:
     int64) and segments lists do not change. Prepared, an image is ``index``: a flat uint8 map (uint16
     above 254 segments) of dense indices, i for the i-th segment of the JSON, G for VOID and G + 1 for
     ids the JSON does not list; ``cats`` (category ids), ``crowd`` (bool [G]) and ``area`` (int64 [G], the
-    JSON ``area`` or, without it, the PNG's); ``change``: the positions where the flat index changes
-    (intp, so that no evaluation converts them), so that an evaluation compares only the prediction's
-    neighbouring pixels. ``shape``: (H, W). About 360 kB for a 480x640 COCO image.
+    JSON ``area`` or, without it, the PNG's). ``shape``: (H, W). About 300 kB for a 480x640 COCO image.
     """
 
-    __slots__ = ("index", "shape", "cats", "crowd", "area", "change")
+    __slots__ = ("index", "shape", "cats", "crowd", "area")
 
     def __init__(self, gt_ids, gt_segments: Sequence[dict], where: str = "ground truth",
-                 table: _IdTable | None = None) -> None:
+                 work: _Workspace | None = None) -> None:
         gt_map = _as_id_map(gt_ids, "gt_ids")
         ids, self.cats, self.crowd, area = _gt_fields(gt_segments, where)
         g = len(ids)
-        dense = _dense_index(gt_map.reshape(-1), ids, VOID, table)
         dtype = np.uint8 if g + 2 <= 256 else np.uint16 if g + 2 <= 65536 else np.int32
-        self.index = dense.astype(dtype, copy=False)
+        # the map's runs (~5x10^3 for a COCO image) are looked up, then expanded back to pixels
+        values, _, lengths = _runs(gt_map.reshape(-1), gt_map.reshape(-1), work)
+        dense = _dense_index(values, ids, VOID, None if work is None else work.table)
+        self.index = np.repeat(dense.astype(dtype), lengths)
         self.index.flags.writeable = False
-        self.change = np.flatnonzero(self.index[1:] != self.index[:-1]) + 1
         self.shape = tuple(gt_map.shape)
-        png_area = np.bincount(self.index, minlength=g + 2)[:g]
+        png_area = np.bincount(dense, weights=lengths, minlength=g + 2)[:g].astype(np.int64)
         self.area = np.where(area < 0, png_area, area)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the prepared arrays (what a cache of prepared GT budgets for)."""
-        return int(sum(np.asarray(a).nbytes for a in (self.index, self.change, self.cats, self.crowd, self.area)))
+        return int(sum(np.asarray(a).nbytes for a in (self.index, self.cats, self.crowd, self.area)))
 
 
 def _pq_worker(args) -> list[tuple]:
@@ -708,10 +727,15 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
         # only reads; when a check fails its run is awaited and discarded and the check's DataError is
         # raised, so a bad input gives the same error as if the checks had come first.
         early = _HotcocoRun(gt_json_file, pred_json_file, gt_folder, pred_folder)
-    try:
+    def checks() -> tuple:
         gt_json = _load_json(gt_json_file, "ground-truth")
         pred_json = _load_json(pred_json_file, "prediction")
-        pairs, categories = _checked_pairs(gt_json, pred_json, gt_json_file, pred_json_file, gt_folder, pred_folder)
+        return gt_json, pred_json, *_checked_pairs(gt_json, pred_json, gt_json_file, pred_json_file, gt_folder,
+                                                   pred_folder)
+
+    try:
+        # beside a hotcoco run the checks take the cores only where hotcoco leaves them idle
+        gt_json, pred_json, pairs, categories = checks() if early is None else _at_lowest_priority(checks)
     except BaseException:
         if early is not None:
             early.join()  # its result or error is discarded: the check's error is the one to report
@@ -727,6 +751,30 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
         return _hotcoco_results(_HotcocoRun(gt, pred, gt_folder, pred_folder), pairs, gt_folder, pred_folder,
                                 categories, renumbered=True)
     return _run_pool(pairs, gt_folder, pred_folder, categories, num_workers).results()
+
+
+def _at_lowest_priority(fn):
+    """``fn()`` on a thread of its own at the lowest CPU priority (Linux: nice 19 for that thread only, which
+    any user may set), so that it runs where the cores are idle rather than taking time from hotcoco's
+    threads; its result, or its exception re-raised. Elsewhere the thread runs at normal priority."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name="pq-checks", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def _plain_image_ids(data: dict) -> bool:
@@ -945,7 +993,7 @@ class PanopticEvaluator:
         (e.g. per image id) and pass it to ``process`` of this or a later evaluator in place of ``gt_ids``.
         Its checks (duplicate ids, VOID as a segment, unknown categories) are those of ``process``."""
         where = f"image {image_id!r}" if image_id is not None else "ground truth"
-        gt = PanopticGT(gt_ids, gt_segments, where, self._work.table)
+        gt = PanopticGT(gt_ids, gt_segments, where, self._work)
         self._stats.index(gt.cats, f"{where}, ground truth")
         return gt
 
@@ -1006,8 +1054,15 @@ class PanopticEvaluator:
         if isinstance(gt, PanopticGT):
             if pred.shape != gt.shape:
                 raise DataError(f"{where}: prediction size {pred.shape} differs from ground-truth size {gt.shape}")
-            gi, pred_run, lengths = self._work.joint_runs(gt.index, pred.reshape(-1), gt.change)
             _, gt_cat, gt_crowd, gt_area = gt_fields
+            flat = pred.reshape(-1)
+            pred_ids = pred_fields[0]
+            if _small_ids(pred_ids):  # the histogram straight from the pixels (one kernel, no runs array)
+                g, p = len(gt_cat), len(pred_ids)
+                hist = np.zeros((g + 2, p + 2), dtype=np.int64)
+                _kernels().joint_hist(gt.index, flat, _columns(pred_ids), p + 2, self._work.flags, hist.reshape(-1))
+                return _hist_entry(hist, gt_cat, gt_crowd, gt_area, pred_fields, where, flat)
+            gi, pred_run, lengths = _runs(gt.index, flat, self._work)
             return _runs_image(gi, pred_run, lengths, gt_cat, gt_crowd, gt_area, pred_fields, where, self._work.table)
         return _image_pq(gt, gt_fields, pred, pred_fields, where, work=self._work)
 
