@@ -34,7 +34,7 @@ QUERY_PROB_THRESHOLD = 0.5  # "predicted with prob > 0.5" for the per-query cate
 
 
 PROGRESS_MININTERVAL_S = 2.0  # redraw at most every 2 s: negligible cost next to an iteration / image
-# Prepared panoptic GT kept across a run's evaluations (GTCache): 1 GiB, ~3,000 COCO-sized 480x640 images;
+# Prepared panoptic GT kept across a run's evaluations (GTCache): 1 GiB, ~3,500 COCO-sized 480x640 images;
 # past it images are prepared again each evaluation (same numbers). Rank 0 only.
 GT_CACHE_BYTES = 1 << 30
 

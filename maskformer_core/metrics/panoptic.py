@@ -409,7 +409,8 @@ def match_images(images: Sequence[tuple], num_categories: int) -> tuple[np.ndarr
     return iou_sums, counts.astype(np.int64, copy=False)
 
 
-def _runs(gt: np.ndarray, pred: np.ndarray, work: _Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _runs(gt: np.ndarray, pred: np.ndarray,
+          work: _Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run-length encode a pair of flat id maps jointly: (gt value, pred value, length) per run.
 
     Panoptic maps are piecewise constant, so a 480x640 image has ~10^4 joint runs; everything after this
