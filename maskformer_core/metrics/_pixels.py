@@ -16,8 +16,9 @@ trailing-zero count. Everything else is per run, not per pixel.
   segment ids, each run's id looked up among the image's sorted ids.
 
 numba (``njit(nogil=True, cache=True)``): the kernels release the GIL, so the evaluator's thread pool
-runs them side by side, and their machine code is cached beside this file after the first call of each
-dtype combination (~1 s each).
+runs them side by side, and their machine code is cached after the first call of each dtype combination
+(~1 s each): beside this file, else in numba's user cache folder (``NUMBA_CACHE_DIR``); where neither
+can be written (a read-only install without a home folder) they are compiled once per process instead.
 """
 from __future__ import annotations
 
@@ -26,6 +27,19 @@ from llvmlite import ir
 from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
+
+def _jit(inline: bool = False):
+    """``numba.njit`` releasing the GIL, with an on-disk cache where numba finds a writable place for it."""
+    options = {"nogil": True, "inline": "always" if inline else "never"}
+
+    def wrap(fn):
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(cache=False, **options)(fn)
+
+    return wrap
+
 
 CHUNK = 4096  # pixels flagged at once: the flags (4 kB) and the chunk's inputs stay in the L1/L2 cache
 
@@ -46,7 +60,7 @@ def new_flags() -> np.ndarray:
     return np.zeros(CHUNK // 8, dtype=np.uint64).view(np.uint8)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@_jit(inline=True)
 def _chunk_flags(a, b, c0, c1, flags):
     """flags[j] = 1 where pixel c0 + j differs from pixel c0 + j - 1 in ``a`` or ``b`` (c0 >= 1), zero
     padding up to a whole word; returns the number of 64-bit words to scan."""
@@ -60,7 +74,7 @@ def _chunk_flags(a, b, c0, c1, flags):
     return words
 
 
-@njit(nogil=True, cache=True)
+@_jit()
 def run_starts(a, b, flags, starts):
     """Write the joint run starts of the flat maps ``a`` and ``b`` (same size) into ``starts`` (intp, at
     least that size) in increasing order, 0 first; returns how many."""
@@ -81,7 +95,7 @@ def run_starts(a, b, flags, starts):
     return k
 
 
-@njit(nogil=True, cache=True, inline="always")
+@_jit(inline=True)
 def _col(pred, pos, cols):
     """The histogram column of pixel ``pos``: cols[v] for its predicted value v in 0..len(cols)-2, the last
     entry of ``cols`` for any other value."""
@@ -92,7 +106,7 @@ def _col(pred, pos, cols):
     return cols[v]
 
 
-@njit(nogil=True, cache=True)
+@_jit()
 def joint_hist(gi, pred, cols, width, flags, out):
     """Add the joint histogram of ``gi`` (row indices) and ``pred`` (values mapped to columns by ``cols``, see
     ``_col``) to ``out`` (int64, rows x ``width``, flat), one addition per joint run."""
@@ -115,7 +129,7 @@ def joint_hist(gi, pred, cols, width, flags, out):
     out[key] += n - start
 
 
-@njit(nogil=True, cache=True, inline="always")
+@_jit(inline=True)
 def _row(keys, rows, v):
     """rows[i] for keys[i] == v (keys sorted, binary search); rows[-1] (ids no segment lists) otherwise."""
     lo, hi = 0, keys.size
@@ -130,7 +144,7 @@ def _row(keys, rows, v):
     return rows[rows.size - 1]
 
 
-@njit(nogil=True, cache=True)
+@_jit()
 def joint_hist_ids(gt, pred, keys, rows, cols, width, flags, out):
     """``joint_hist`` for a GT map of raw ids: a run's row is ``rows[i]`` for its id ``keys[i]`` (int64,
     sorted) and ``rows[-1]`` (one more entry than ``keys``) for any other id. Returns False, with ``out``
