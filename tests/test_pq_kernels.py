@@ -56,6 +56,7 @@ def reference_hist(rows: np.ndarray, pred: np.ndarray, cols: np.ndarray, n_rows:
     return np.bincount(rows.astype(np.intp) * width + col, minlength=n_rows * width)
 
 
+NO_KEYS, NO_ROWS = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.intp)  # GT values are the rows
 COLS = np.array([2, 0, 3, 1, 4], dtype=np.intp)  # ids 0..3 -> columns 2, 0, 3, 1; anything else -> 4
 
 
@@ -69,7 +70,7 @@ def test_joint_hist_equals_bincount_with_out_of_range_predictions(n, pred_dtype)
     values = np.array([0, 1, 2, 3, 4, 9, 200] + ([-3] if np.issubdtype(pred_dtype, np.signedinteger) else []))
     pred = piecewise(rng, n, values.astype(pred_dtype), 5)
     out = np.zeros(6 * 5, dtype=np.int64)
-    _pixels.joint_hist(gi, pred, COLS, 5, dirty_flags(), out)
+    assert _pixels.joint_hist(gi, pred, NO_KEYS, NO_ROWS, COLS, 5, dirty_flags(), out)
     assert np.array_equal(out, reference_hist(gi, pred, COLS, 6, 5))
     assert out.sum() == n
 
@@ -86,7 +87,7 @@ def test_joint_hist_ids_looks_up_raw_ids_and_flags_bad_ones(n):
     order = np.argsort(ids, kind="stable")
     rows = np.append(order, len(ids)).astype(np.intp)
     out = np.zeros((len(ids) + 1) * 5, dtype=np.int64)
-    assert _pixels.joint_hist_ids(gt, pred, ids[order], rows, COLS, 5, dirty_flags(), out)
+    assert _pixels.joint_hist(gt, pred, ids[order], rows, COLS, 5, dirty_flags(), out)
     dense = np.full(gt.shape, len(ids))
     for i, v in enumerate(ids):
         dense[gt == v] = i
@@ -94,4 +95,4 @@ def test_joint_hist_ids_looks_up_raw_ids_and_flags_bad_ones(n):
     if n:
         bad = gt.copy()
         bad[n // 2:] = -1
-        assert not _pixels.joint_hist_ids(bad, pred, ids[order], rows, COLS, 5, dirty_flags(), out)
+        assert not _pixels.joint_hist(bad, pred, ids[order], rows, COLS, 5, dirty_flags(), out)

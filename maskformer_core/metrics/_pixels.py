@@ -9,11 +9,10 @@ trailing-zero count. Everything else is per run, not per pixel.
 
 - ``run_starts(a, b, flags, starts)``: the run start positions of two flat maps of any integer dtypes
   (for ids that need a lookup: 24-bit PNG colours, raw GT ids);
-- ``joint_hist(gi, pred, cols, width, flags, out)``: the joint histogram of a dense GT index map
-  (``PanopticGT``) and small predicted ids (the post-processors' 1..N, mapped to segment columns by the
-  table ``cols``), counted per run into ``out``;
-- ``joint_hist_ids(gt, pred, keys, rows, cols, width, flags, out)``: the same for a GT map of raw
-  segment ids, each run's id looked up among the image's sorted ids.
+- ``joint_hist(gt, pred, keys, rows, cols, width, flags, out)``: the joint histogram of a GT map (a
+  dense index map, ``PanopticGT``, or raw segment ids, each run's id looked up among the image's sorted
+  ids) and small predicted ids (the post-processors' 1..N, mapped to segment columns by the table
+  ``cols``), counted per run into ``out``.
 
 numba (``njit(nogil=True, cache=True)``): the kernels release the GIL, so the evaluator's thread pool
 runs them side by side, and their machine code is cached after the first call of each dtype combination
@@ -106,29 +105,6 @@ def _col(pred, pos, cols):
     return cols[v]
 
 
-@_jit()
-def joint_hist(gi, pred, cols, width, flags, out):
-    """Add the joint histogram of ``gi`` (row indices) and ``pred`` (values mapped to columns by ``cols``, see
-    ``_col``) to ``out`` (int64, rows x ``width``, flat), one addition per joint run."""
-    n = gi.size
-    if n == 0:
-        return
-    key = np.intp(gi[0]) * width + _col(pred, 0, cols)
-    start = 0
-    words = flags.view(np.uint64)
-    for c0 in range(1, n, CHUNK):
-        for wi in range(_chunk_flags(gi, pred, c0, min(c0 + CHUNK, n), flags)):
-            word = words[wi]
-            base = c0 + 8 * wi
-            while word:
-                pos = base + np.intp(_cttz(word) >> np.uint64(3))
-                word &= word - np.uint64(1)
-                out[key] += pos - start
-                key = np.intp(gi[pos]) * width + _col(pred, pos, cols)
-                start = pos
-    out[key] += n - start
-
-
 @_jit(inline=True)
 def _row(keys, rows, v):
     """rows[i] for keys[i] == v (keys sorted, binary search); rows[-1] (ids no segment lists) otherwise."""
@@ -145,17 +121,23 @@ def _row(keys, rows, v):
 
 
 @_jit()
-def joint_hist_ids(gt, pred, keys, rows, cols, width, flags, out):
-    """``joint_hist`` for a GT map of raw ids: a run's row is ``rows[i]`` for its id ``keys[i]`` (int64,
-    sorted) and ``rows[-1]`` (one more entry than ``keys``) for any other id. Returns False, with ``out``
-    incomplete, when a GT id is outside 0..2^32-1 (the caller's check names it)."""
+def joint_hist(gt, pred, keys, rows, cols, width, flags, out):
+    """Add the joint histogram of ``gt`` (rows) and ``pred`` (columns by ``cols``, see ``_col``) to ``out``
+    (int64, rows x ``width``, flat), one addition per joint run.
+
+    With ``rows`` empty a GT value is its row (a dense index map, ``PanopticGT``). Otherwise GT values are
+    raw ids: a run's row is ``rows[i]`` for its id ``keys[i]`` (int64, sorted) and ``rows[-1]`` (one more
+    entry than ``keys``) for any other id, looked up only where the GT value changes. Returns False, with
+    ``out`` incomplete, when a GT value is outside 0..2^32-1 (the caller's check names it).
+    """
     n = gt.size
     if n == 0:
         return True
-    v = np.int64(gt[0])
-    if v < 0 or v > 0xFFFFFFFF:
+    dense = rows.size == 0
+    last = np.int64(gt[0])
+    if last < 0 or last > 0xFFFFFFFF:
         return False
-    last, row = v, _row(keys, rows, v)
+    row = np.intp(last) if dense else _row(keys, rows, last)
     key = row * width + _col(pred, 0, cols)
     start = 0
     words = flags.view(np.uint64)
@@ -168,10 +150,11 @@ def joint_hist_ids(gt, pred, keys, rows, cols, width, flags, out):
                 word &= word - np.uint64(1)
                 out[key] += pos - start
                 v = np.int64(gt[pos])
-                if v != last:  # only the prediction changed at most runs of a panoptic map: no search
+                if v != last:  # at most run starts of a panoptic map only the prediction changes
                     if v < 0 or v > 0xFFFFFFFF:
                         return False
-                    last, row = v, _row(keys, rows, v)
+                    last = v
+                    row = np.intp(v) if dense else _row(keys, rows, v)
                 key = row * width + _col(pred, pos, cols)
                 start = pos
     out[key] += n - start

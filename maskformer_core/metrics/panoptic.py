@@ -494,7 +494,7 @@ def _image_pq(gt_map: np.ndarray, gt_fields: tuple, pred_map: np.ndarray, pred_f
         keys = np.asarray(gt_ids + [VOID], dtype=np.int64)[order]
         rows = np.append(order, g + 1).astype(np.intp)  # row g is VOID (its position in the list), g + 1 the rest
         hist = np.zeros((g + 2, p + 2), dtype=np.int64)
-        if _kernels().joint_hist_ids(gt_flat, pred_flat, keys, rows, _columns(pred_ids), p + 2,
+        if _kernels().joint_hist(gt_flat, pred_flat, keys, rows, _columns(pred_ids), p + 2,
                                      (work or _Workspace()).flags, hist.reshape(-1)):
             return _hist_entry(hist, gt_cat, gt_crowd, gt_area, pred_fields, where, pred_flat)
         _dense_index(gt_flat, gt_ids, VOID)  # a GT id outside 0..2^32-1: its DataError
@@ -529,6 +529,7 @@ def _runs_image(gi: np.ndarray, pred_run: np.ndarray, lengths: np.ndarray, gt_ca
     return _hist_entry(hist, gt_cat, gt_crowd, gt_area, pred_fields, where, pred_run)
 
 
+_NO_KEYS, _NO_ROWS = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.intp)  # joint_hist: GT values are rows
 SMALL_ID = 4096  # predicted ids below this (the post-processors' 1..N) are histogram columns as they are
 
 
@@ -1061,7 +1062,8 @@ class PanopticEvaluator:
             if _small_ids(pred_ids):  # the histogram straight from the pixels (one kernel, no runs array)
                 g, p = len(gt_cat), len(pred_ids)
                 hist = np.zeros((g + 2, p + 2), dtype=np.int64)
-                _kernels().joint_hist(gt.index, flat, _columns(pred_ids), p + 2, self._work.flags, hist.reshape(-1))
+                _kernels().joint_hist(gt.index, flat, _NO_KEYS, _NO_ROWS, _columns(pred_ids), p + 2, self._work.flags,
+                                      hist.reshape(-1))
                 return _hist_entry(hist, gt_cat, gt_crowd, gt_area, pred_fields, where, flat)
             gi, pred_run, lengths = _runs(gt.index, flat, self._work)
             return _runs_image(gi, pred_run, lengths, gt_cat, gt_crowd, gt_area, pred_fields, where, self._work.table)
