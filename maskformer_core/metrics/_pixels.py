@@ -27,6 +27,7 @@ from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
+
 def _jit(inline: bool = False):
     """``numba.njit`` releasing the GIL, with an on-disk cache where numba finds a writable place for it."""
     options = {"nogil": True, "inline": "always" if inline else "never"}
