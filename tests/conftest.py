@@ -22,6 +22,10 @@ Fixtures
 - ``chromium``: path of the headless Chromium binary (skip / fail like ``services``); a test that uses it
   is marked ``browser`` automatically.
 
+The suite runs one private Prefect server (``_suite_prefect_server``, autouse): PREFECT_API_URL points at it
+for every test and its subprocesses, so a study does not start Prefect's ephemeral server each time;
+``MASKFORMER_TESTS_PREFECT=ephemeral`` turns it off.
+
 Hypothesis runs derandomised (profile ``ci``: the examples follow from the test's code, so a CI failure
 reproduces); ``HYPOTHESIS_PROFILE=explore`` draws fresh random examples locally.
 """
@@ -55,6 +59,14 @@ atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _PRIVATE_
 os.environ["PREFECT_HOME"] = _PRIVATE_HOMES[0]
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_UI_API_URL", None)
+# The Prefect API of the suite: one private server (``prefect server start``, its database under the
+# private PREFECT_HOME) for the whole session, launched when the session starts and exported as
+# PREFECT_API_URL before the first test (``_suite_prefect_server``). Without it every study run -- each
+# `pipeline study` subprocess, each in-process flow -- starts Prefect's ephemeral server, ~15 s on a loaded
+# 2-core machine against ~1 s with a running server. Tests of the ephemeral path (a study killed or
+# interrupted, a fresh-clone `dvc repro`) drop PREFECT_API_URL from their child's environment;
+# ``services`` / ``services_env`` tests point it at the services' server instead.
+_SUITE_PREFECT = None
 # Likewise MLflow: runs of tests that do not choose a store (flows' study runs, cells) go to a private
 # store, never the repository's mlruns/ or the user's server.
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_PRIVATE_HOMES[1]}/mlflow.db"
@@ -140,6 +152,38 @@ def services() -> Services:
     if problems:
         _unavailable("services not answering: " + ", ".join(problems) + "; run: bash scripts/services.sh up")
     return svc
+
+
+def pytest_sessionstart(session):
+    """Launch the suite's Prefect server (not waited for here: it comes up while the tests are collected)."""
+    global _SUITE_PREFECT
+    if os.environ.get("MASKFORMER_TESTS_PREFECT") == "ephemeral":  # opt out: every study on its own ephemeral server
+        return
+    from pipeline import services as svc
+
+    _SUITE_PREFECT = svc.Server("prefect", Path(_PRIVATE_HOMES[0]) / "suite-server", port=svc.free_port())
+    svc.launch(_SUITE_PREFECT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SUITE_PREFECT is not None:
+        from pipeline import services as svc
+
+        svc.stop(_SUITE_PREFECT)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _suite_prefect_server():
+    """PREFECT_API_URL = the suite's private Prefect server, healthy, for every test and its subprocesses."""
+    if _SUITE_PREFECT is None:
+        yield None
+        return
+    from pipeline import services as svc
+
+    svc.wait(_SUITE_PREFECT)
+    os.environ["PREFECT_API_URL"] = _SUITE_PREFECT.url + "/api"
+    yield _SUITE_PREFECT
+    os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture

@@ -73,6 +73,9 @@ def test_dvc_exp_run_on_one_cell_retrains_only_that_cell(tmp_path):
     # here is which cells DVC and the study run, not training.
     raw["grid"] = {"table6": dict(raw["grid"]["table6"], cells=raw["grid"]["table6"]["cells"][1:3])}
     raw["study"]["cell_fn"] = STAND_IN
+    # Only the twin those cells read (dvc.yaml's `data` stages are one per `data` key): the other six
+    # data stages would add a `pipeline data make` process each and nothing this test checks.
+    raw["data"] = {"ade20k": dict(raw["data"]["ade20k"], num_images=8)}  # the stand-in never reads images
     raw["study"]["retry_delay_s"] = 0
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     _run(["git", "init", "-q"], repo, env)
