@@ -48,7 +48,7 @@ import os
 import re
 import threading
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from operator import itemgetter
 from typing import Iterable, Sequence
 
@@ -69,7 +69,7 @@ OFFSET = 256 * 256 * 256  # panopticapi's id offset; ids are 24-bit colours
 ENGINES = ("hotcoco", "numpy")
 _INT = {int}  # segment ids read_annotations takes without a closer look
 _GET_ID, _GET_CATEGORY = itemgetter("id"), itemgetter("category_id")
-POOL_CHUNK = 4  # images per task of PanopticEvaluator's thread pool
+POOL_CHUNK = 16  # images per task of PanopticEvaluator's thread pool (fewer hand-overs of the GIL)
 MATCH_BATCH = 64  # images matched at once by PanopticEvaluator (match_images); any size gives the same numbers
 
 
@@ -965,6 +965,7 @@ class PanopticEvaluator:
         self._work = _Workspace()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque = deque()
+        self._turn = 0
         self._chunk: list = []
         self._ready: list = []
         self.reset()
@@ -1033,12 +1034,20 @@ class PanopticEvaluator:
             self._match()
 
     def _submit(self) -> None:
-        """Hand the images gathered so far to the pool as one task (fewer, larger tasks: less overhead)."""
+        """Hand the images gathered so far to a pool thread as one task (fewer, larger tasks: less overhead),
+        or, every ``threads``-th time, evaluate them in the calling thread: it then releases the GIL in each
+        image's kernel, so the pool threads are not kept waiting for it while the caller feeds images."""
         if not self._chunk:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pq-image")
-        self._pending.append(self._pool.submit(self._images, self._chunk))
+        self._turn += 1
+        if self._turn % self.threads == 0:
+            done: Future = Future()
+            done.set_result(self._images(self._chunk))
+            self._pending.append(done)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="pq-image")
+            self._pending.append(self._pool.submit(self._images, self._chunk))
         self._chunk = []
 
     def _images(self, jobs: list) -> tuple[list, Exception | None]:
