@@ -32,9 +32,9 @@ prepared once (``PanopticGT``: dense uint8 indices, kept across evaluations of a
 post-processors' small predicted ids, one kernel counts the GT x prediction histogram straight from the
 two maps, one addition per joint run (~10^4 for a COCO image); otherwise a kernel finds the joint runs
 and the run values are mapped to dense segment indices and counted by one weighted ``np.bincount``. The
-passes run on a thread pool (``POOL_CHUNK`` images per task; the kernels release the GIL), and the
-images are matched ``MATCH_BATCH`` at a time by ``match_images`` (no Python loop over segments or
-images), their sums added in image order.
+passes run ``POOL_CHUNK`` images at a time on a thread pool and the caller's thread (the kernels release
+the GIL), and the images are matched ``MATCH_BATCH`` at a time by ``match_images`` (no Python loop over
+segments or images), their sums added in image order.
 
 Results use panopticapi's structure: ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class":
 {category_id: {"pq","sq","rq"}}}`` as fractions in [0, 1]. Where panopticapi divides by zero (a group
@@ -938,10 +938,11 @@ class PanopticEvaluator:
         categories: list of ``{"id", "isthing", ("name")}`` (or a dict id -> such dict); segment
             ``category_id`` values in GT and predictions use these ids.
         threads: images evaluated at once (default: the usable cores). With more than one, ``process``
-            hands the image to a thread pool and returns (numpy releases the GIL in the passes over the
-            pixels, so images overlap each other and the caller's next forward pass); per-image sums are
-            added in image order, so the results do not depend on it, bit for bit. An image's error is
-            raised by a later ``process``, ``results`` or ``evaluate`` call and names the image.
+            gathers ``POOL_CHUNK`` images and hands them to one of ``threads - 1`` pool threads, or every
+            ``threads``-th time evaluates them itself (the compiled passes over the pixels release the GIL,
+            so images overlap each other and the caller's next forward pass); per-image sums are added in
+            image order, so the results do not depend on it, bit for bit. An image's error is raised by a
+            later ``process``, ``results`` or ``evaluate`` call and names the image.
 
     ``process(gt_ids, gt_segments, pred_ids, pred_segments, image_id=None)``: id maps ``[H, W]`` int
     (or ``[H, W, 3]`` uint8 colours) with 0 = VOID; GT segments ``{"id", "category_id", "iscrowd",
