@@ -729,15 +729,10 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
         # only reads; when a check fails its run is awaited and discarded and the check's DataError is
         # raised, so a bad input gives the same error as if the checks had come first.
         early = _HotcocoRun(gt_json_file, pred_json_file, gt_folder, pred_folder)
-    def checks() -> tuple:
+    try:
         gt_json = _load_json(gt_json_file, "ground-truth")
         pred_json = _load_json(pred_json_file, "prediction")
-        return gt_json, pred_json, *_checked_pairs(gt_json, pred_json, gt_json_file, pred_json_file, gt_folder,
-                                                   pred_folder)
-
-    try:
-        # beside a hotcoco run the checks take the cores only where hotcoco leaves them idle
-        gt_json, pred_json, pairs, categories = checks() if early is None else _at_lowest_priority(checks)
+        pairs, categories = _checked_pairs(gt_json, pred_json, gt_json_file, pred_json_file, gt_folder, pred_folder)
     except BaseException:
         if early is not None:
             early.join()  # its result or error is discarded: the check's error is the one to report
@@ -753,30 +748,6 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
         return _hotcoco_results(_HotcocoRun(gt, pred, gt_folder, pred_folder), pairs, gt_folder, pred_folder,
                                 categories, renumbered=True)
     return _run_pool(pairs, gt_folder, pred_folder, categories, num_workers).results()
-
-
-def _at_lowest_priority(fn):
-    """``fn()`` on a thread of its own at the lowest CPU priority (Linux: nice 19 for that thread only, which
-    any user may set), so that it runs where the cores are idle rather than taking time from hotcoco's
-    threads; its result, or its exception re-raised. Elsewhere the thread runs at normal priority."""
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):
-            pass
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # re-raised in the caller's thread
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, name="pq-checks", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def _plain_image_ids(data: dict) -> bool:
