@@ -4,9 +4,9 @@ nodes reach this host on, and the one-writer lock of a run folder.
 - `job_state(job_id, folder)`: submitit's sacct-backed state of a recorded job (`RUNNING`, `PENDING`,
   `COMPLETED`, ..., `UNKNOWN` when SLURM does not know it); `is_live_state` says whether to wait on it.
 - `WriterLock(run_dir)`: `<run_dir>/writer.lock` names the process that writes the folder (SLURM job id,
-  pid, host). Acquired with O_EXCL; a lock whose owner is dead (SLURM job ended, or pid gone on this
-  host) is stale and cleared with a log line; a requeued job (same SLURM job id) takes its own lock
-  back. The engine takes it (rank 0) for every training run, so a cell has one writer across concurrent
+  pid, host). Acquired by hard-linking a complete record into place (atomic, fails if it exists); a
+  lock whose owner is dead (SLURM job ended, or pid gone on this host) is stale and cleared with a log
+  line; a requeued job (same SLURM job id) takes its own lock back. The engine takes it (rank 0) for every training run, so a cell has one writer across concurrent
   studies, Prefect deployments and CLI runs: a second writer waits, then finds the result done.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,14 @@ class WriterLock:
         """Take the lock; returns None on success, else the live owner's record."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({**self.owner, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
+        # The record is written to a private file first and hard-linked into place (atomic, fails when the
+        # lock exists), so no other process ever reads a lock file that is still empty and takes it for a
+        # dead writer's (two writers would then train one cell).
+        tmp = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}.{threading.get_ident()}")
         for _ in range(3):
+            tmp.write_text(text)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, self.path)
             except FileExistsError:
                 current = self.read()
                 if current is None:
@@ -170,8 +176,8 @@ class WriterLock:
                 log.warning("%s: stale lock of %s (no longer running) cleared", self.path, current or "an unreadable owner")
                 self.path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
+            finally:
+                tmp.unlink(missing_ok=True)
             self.held = True
             return None
         return self.read() or {}
