@@ -6,8 +6,9 @@ nodes reach this host on, and the one-writer lock of a run folder.
 - `WriterLock(run_dir)`: `<run_dir>/writer.lock` names the process that writes the folder (SLURM job id,
   pid, host). Acquired by hard-linking a complete record into place (atomic, fails if it exists); a
   lock whose owner is dead (SLURM job ended, or pid gone on this host) is stale and cleared with a log
-  line; a requeued job (same SLURM job id) takes its own lock back. The engine takes it (rank 0) for every training run, so a cell has one writer across concurrent
-  studies, Prefect deployments and CLI runs: a second writer waits, then finds the result done.
+  line; a requeued job (same SLURM job id) takes its own lock back. The engine takes it (rank 0) for
+  every training run, so a cell has one writer across concurrent studies, Prefect deployments and CLI
+  runs: a second writer waits, then finds the result done.
 """
 from __future__ import annotations
 
