@@ -489,13 +489,11 @@ def _image_pq(gt_map: np.ndarray, gt_fields: tuple, pred_map: np.ndarray, pred_f
     pred_ids = pred_fields[0]
     if id_mask is None and _small_ids(pred_ids) and gt_flat.dtype.kind in "iu" and pred_flat.dtype.kind in "iu":
         # the histogram straight from the pixels: each GT run's id looked up among the image's ids
-        g, p = len(gt_ids), len(pred_ids)
         order = np.argsort(gt_ids + [VOID], kind="stable")
         keys = np.asarray(gt_ids + [VOID], dtype=np.int64)[order]
-        rows = np.append(order, g + 1).astype(np.intp)  # row g is VOID (its position in the list), g + 1 the rest
-        hist = np.zeros((g + 2, p + 2), dtype=np.int64)
-        if _kernels().joint_hist(gt_flat, pred_flat, keys, rows, _columns(pred_ids), p + 2,
-                                     (work or _Workspace()).flags, hist.reshape(-1)):
+        rows = np.append(order, len(gt_ids) + 1).astype(np.intp)  # row G is VOID (its list position), G + 1 the rest
+        hist = _pixel_hist(gt_flat, pred_flat, keys, rows, len(gt_ids), pred_ids, work or _Workspace())
+        if hist is not None:
             return _hist_entry(hist, gt_cat, gt_crowd, gt_area, pred_fields, where, pred_flat)
         _dense_index(gt_flat, gt_ids, VOID)  # a GT id outside 0..2^32-1: its DataError
     gt_run, pred_run, lengths = _runs(gt_flat, pred_flat, work)
@@ -535,6 +533,17 @@ SMALL_ID = 4096  # predicted ids below this (the post-processors' 1..N) are hist
 
 def _small_ids(pred_ids: list) -> bool:
     return not pred_ids or (min(pred_ids) >= 0 and max(pred_ids) < SMALL_ID)
+
+
+def _pixel_hist(gt_flat: np.ndarray, pred_flat: np.ndarray, keys: np.ndarray, rows: np.ndarray, g: int,
+                pred_ids: list, work: _Workspace) -> np.ndarray | None:
+    """The ``[G + 2, P + 2]`` joint histogram of a GT map and small predicted ids, counted from the pixels by
+    ``_pixels.joint_hist`` (GT values are rows when ``rows`` is empty, else looked up in ``keys``); None for a
+    GT value outside 0..2^32-1."""
+    p = len(pred_ids)
+    hist = np.zeros((g + 2, p + 2), dtype=np.int64)
+    ok = _kernels().joint_hist(gt_flat, pred_flat, keys, rows, _columns(pred_ids), p + 2, work.flags, hist.reshape(-1))
+    return hist if ok else None
 
 
 def _columns(pred_ids: list) -> np.ndarray:
@@ -1041,10 +1050,7 @@ class PanopticEvaluator:
             flat = pred.reshape(-1)
             pred_ids = pred_fields[0]
             if _small_ids(pred_ids):  # the histogram straight from the pixels (one kernel, no runs array)
-                g, p = len(gt_cat), len(pred_ids)
-                hist = np.zeros((g + 2, p + 2), dtype=np.int64)
-                _kernels().joint_hist(gt.index, flat, _NO_KEYS, _NO_ROWS, _columns(pred_ids), p + 2, self._work.flags,
-                                      hist.reshape(-1))
+                hist = _pixel_hist(gt.index, flat, _NO_KEYS, _NO_ROWS, len(gt_cat), pred_ids, self._work)
                 return _hist_entry(hist, gt_cat, gt_crowd, gt_area, pred_fields, where, flat)
             gi, pred_run, lengths = _runs(gt.index, flat, self._work)
             return _runs_image(gi, pred_run, lengths, gt_cat, gt_crowd, gt_area, pred_fields, where, self._work.table)
